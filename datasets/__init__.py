@@ -1,1 +1,6 @@
-"""datasets"""
+"""Data sets: embedded digits, CIFAR-10/100 (python format) and image folders, as tensor splits."""
+
+from modeltailor.datasets.base import DataSplits
+from modeltailor.datasets.loader import DATASETS, load_dataset
+
+__all__ = ["DATASETS", "DataSplits", "load_dataset"]

@@ -1,0 +1,39 @@
+# One-command entry points. `make demo` and `make test` work on a fresh machine (Python 3.10+).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test test-fast lint bench mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch: a bare `torch` would pull the multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install  ## search the default deployment: ResNet-20 on digits, all classes, ORT CPU 1 thread
+	$(BIN)/modeltailor search --config examples/digits-resnet20.yaml --out $(DEMO_OUT)
+
+test: install  ## the full test suite (CI runs this)
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/search_default.py
+
+mlflow-ui: install  ## open the MLflow UI on the default store (http://127.0.0.1:5000)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf runs mlflow.db mlartifacts .pytest_cache

@@ -1,0 +1,82 @@
+"""A compression policy: per-unit decisions, stored as plain data (JSON), never pickled code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from modeltailor.errors import CompressionError
+
+POLICY_FORMAT = 1
+METHODS: tuple[str, ...] = ("prune",)
+
+
+@dataclass(frozen=True)
+class UnitAction:
+    """What to do to one unit: `method` with `keep` = fraction of its channels kept (0, 1]."""
+
+    unit: str
+    method: str = "prune"
+    keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CompressionError(
+                f"unit '{self.unit}': unknown method '{self.method}': use one of {', '.join(METHODS)}"
+            )
+        if not 0.0 < self.keep <= 1.0:
+            raise CompressionError(
+                f"unit '{self.unit}': keep ratio {self.keep} is outside (0, 1]"
+            )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-unit actions plus whatever identifies the model the policy was found for."""
+
+    actions: tuple[UnitAction, ...]
+    meta: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def uniform(cls, units: Iterable[str], keep: float) -> Policy:
+        return cls(tuple(UnitAction(unit=u, keep=keep) for u in units))
+
+    def keep_ratios(self) -> dict[str, float]:
+        return {a.unit: a.keep for a in self.actions if a.method == "prune"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": POLICY_FORMAT,
+            "meta": dict(self.meta),
+            "units": [asdict(a) for a in self.actions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
+        if not isinstance(data, dict) or not isinstance(data.get("units"), list):
+            raise CompressionError(f"{source}: not a modeltailor policy (no 'units' list)")
+        if data.get("format", POLICY_FORMAT) != POLICY_FORMAT:
+            raise CompressionError(f"{source}: policy format {data.get('format')} is not supported")
+        try:
+            actions = tuple(UnitAction(**entry) for entry in data["units"])
+        except TypeError as exc:
+            raise CompressionError(f"{source}: malformed unit entry ({exc})") from None
+        meta = tuple(sorted((data.get("meta") or {}).items()))
+        return cls(actions, meta)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Policy:
+        if not path.is_file():
+            raise CompressionError(f"policy file '{path}' not found: pass the policy.json a search wrote")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CompressionError(f"policy file '{path}' is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        return cls.from_dict(data, source=f"policy file '{path}'")

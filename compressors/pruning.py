@@ -1,0 +1,97 @@
+"""Channel pruning through Torch-Pruning dependency groups.
+
+Torch-Pruning's dependency graph keeps residual, depthwise and grouped structures consistent;
+this module only decides how many channels each unit keeps (rounded to `round_to`) and which
+criterion ranks them. The result is a new module with physically fewer channels (no masks).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from modeltailor.compressors.policy import Policy
+from modeltailor.compressors.units import classifier_layers
+from modeltailor.errors import CompressionError
+
+IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "fpgm": lambda: tp.importance.FPGMImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(),
+}
+
+
+def kept_channels(channels: int, keep: float, round_to: int) -> int:
+    """Channels a unit keeps: `keep` of them rounded to a multiple of `round_to`, at least one multiple."""
+    step = max(1, round_to)
+    if channels <= step:
+        return channels
+    kept = int(round(channels * keep / step)) * step
+    return int(min(channels, max(step, kept)))
+
+
+@dataclass
+class ChannelPruningCompressor:
+    """Prunes each unit to its keep ratio with the chosen importance criterion."""
+
+    importance: str = "l2"
+    round_to: int = 4
+    name: str = "prune"
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise CompressionError(
+                f"unknown importance '{self.importance}': choose one of {', '.join(IMPORTANCES)}"
+            )
+
+    def apply(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
+        """A pruned copy of `model`; `model` itself is left untouched."""
+        pruned = copy.deepcopy(model).eval()
+        modules = dict(pruned.named_modules())
+        ratios = self._ratios(modules, policy.keep_ratios())
+        if not ratios:
+            return pruned
+        pruner = tp.pruner.BasePruner(
+            pruned,
+            example,
+            importance=IMPORTANCES[self.importance](),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratios,
+            ignored_layers=classifier_layers(pruned),
+            round_to=None,
+        )
+        pruner.step()
+        return pruned
+
+    def _ratios(self, modules: Mapping[str, nn.Module], keep: Mapping[str, float]) -> dict:
+        ratios: dict[nn.Module, float] = {}
+        for unit, ratio in keep.items():
+            module = modules.get(unit)
+            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                raise CompressionError(
+                    f"policy names unit '{unit}', which is not a conv/linear layer of this model: "
+                    "apply the policy to the model it was searched on"
+                )
+            channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            kept = kept_channels(channels, ratio, self.round_to)
+            if kept < channels:
+                # +0.5 keeps Torch-Pruning's int() truncation from dropping one channel too many
+                ratios[module] = max(0.0, 1.0 - (kept + 0.5) / channels)
+        return ratios
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_fraction(original: nn.Module, pruned: nn.Module) -> float:
+    """Fraction of parameters removed: 0 for an unchanged model."""
+    before, after = count_params(original), count_params(pruned)
+    return 1.0 - after / before if before else math.nan

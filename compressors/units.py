@@ -1,0 +1,241 @@
+"""Compressible units of a model: what the agent decides about, one step per unit.
+
+A *unit* is one Torch-Pruning dependency group: a set of layers whose channels must be pruned
+together (a residual stage's convolutions, a depthwise conv with its producer, ...). It is named by
+its root module's dotted name, which is stable across copies of the same architecture, so a
+policy can be stored as data and re-applied to a fresh copy of the model.
+
+Besides the units, `analyze_model` records per conv/linear layer which unit drives its output and
+its input channels and its MACs at batch 1: enough to estimate the MACs of any policy without
+building the pruned model (`estimate_macs`), which the env uses to keep actions within a budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+UNIT_KINDS: tuple[str, ...] = ("conv", "pointwise", "depthwise", "grouped", "linear")
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """A conv or linear layer: its MACs at batch 1 and the units that set its channel counts."""
+
+    name: str
+    macs: int
+    params: int
+    out_unit: str | None
+    in_unit: str | None
+    depthwise: bool
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One compressible unit (a dependency group), with the features the agent observes."""
+
+    name: str
+    index: int
+    kind: str
+    channels: int
+    in_channels: int
+    kernel: int
+    stride: int
+    macs: int
+    params: int
+    members: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ModelAnalysis:
+    """Units of a model plus the per-layer costs that let a policy's cost be estimated."""
+
+    units: tuple[Unit, ...]
+    layers: tuple[LayerCost, ...]
+    total_macs: int
+    total_params: int
+
+    def unit(self, name: str) -> Unit:
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(name)
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers never pruned: the model's `classifier` if it has one, else its last Linear."""
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Module):
+        return [head]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def pruning_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tp.Group]:
+    """Groups whose channels can be pruned, in the order Torch-Pruning's pruner visits them."""
+    ignored = classifier_layers(model)
+    groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])
+    return [g for g in groups if _out_channels(g[0].dep.target.module) > 1]
+
+
+def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
+    """Find the units of `model` (not modified) and the MACs of each of its layers."""
+    names = {module: name for name, module in model.named_modules()}
+    costs = _layer_macs(model, example)
+    graph = build_dependency_graph(model, example)
+    out_unit: dict[str, str] = {}
+    in_unit: dict[str, str] = {}
+    units: list[Unit] = []
+    for index, group in enumerate(pruning_groups(model, graph)):
+        root = group[0].dep.target.module
+        root_name = names[root]
+        members: list[str] = []
+        for dep, _ in group:
+            module = dep.target.module
+            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            name = names[module]
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                out_unit[name] = root_name
+                if _is_depthwise(module):
+                    in_unit[name] = root_name
+            else:
+                in_unit[name] = root_name
+            members.append(name)
+        units.append(_make_unit(root_name, index, root, members, costs))
+    order = {name: i for i, name in enumerate(costs)}
+    units.sort(key=lambda u: order.get(u.name, len(order)))
+    units = [replace(u, index=i) for i, u in enumerate(units)]
+    layers = tuple(
+        LayerCost(
+            name=name,
+            macs=macs,
+            params=params,
+            out_unit=out_unit.get(name),
+            in_unit=in_unit.get(name),
+            depthwise=_is_depthwise(dict(model.named_modules())[name]),
+        )
+        for name, (macs, params) in costs.items()
+    )
+    total_params = sum(p.numel() for p in model.parameters())
+    return ModelAnalysis(tuple(units), layers, sum(c.macs for c in layers), total_params)
+
+
+def estimate_macs(analysis: ModelAnalysis, keep: Mapping[str, float]) -> float:
+    """MACs of the model after keeping the fraction `keep[unit]` of each unit's channels."""
+    return _estimate(analysis, keep, "macs")
+
+
+def estimate_params(analysis: ModelAnalysis, keep: Mapping[str, float]) -> float:
+    """Conv/linear parameters after keeping `keep[unit]` of each unit's channels."""
+    return _estimate(analysis, keep, "params")
+
+
+def _estimate(analysis: ModelAnalysis, keep: Mapping[str, float], attr: str) -> float:
+    total = 0.0
+    for layer in analysis.layers:
+        out_keep = keep.get(layer.out_unit, 1.0) if layer.out_unit else 1.0
+        in_keep = keep.get(layer.in_unit, 1.0) if layer.in_unit else 1.0
+        factor = out_keep if layer.depthwise else out_keep * in_keep
+        total += getattr(layer, attr) * factor
+    return total
+
+
+def unit_macs(analysis: ModelAnalysis, unit: str) -> int:
+    """MACs of every layer whose input or output channels the unit controls."""
+    return sum(
+        layer.macs for layer in analysis.layers if unit in (layer.out_unit, layer.in_unit)
+    )
+
+
+def _make_unit(
+    name: str, index: int, root: nn.Module, members: Sequence[str], costs: Mapping
+) -> Unit:
+    macs = sum(costs[m][0] for m in members if m in costs)
+    params = sum(costs[m][1] for m in members if m in costs)
+    return Unit(
+        name=name,
+        index=index,
+        kind=_kind(root),
+        channels=_out_channels(root),
+        in_channels=_in_channels(root),
+        kernel=_kernel(root),
+        stride=_stride(root),
+        macs=macs,
+        params=params,
+        members=tuple(members),
+    )
+
+
+def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """MACs and parameter count of every Conv2d / Linear at batch 1, in forward order."""
+    costs: dict[str, tuple[int, int]] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+            if isinstance(module, nn.Conv2d):
+                weight_per_out = module.weight[0].numel()
+                macs = output[0].numel() * weight_per_out
+            else:
+                macs = module.in_features * module.out_features
+            costs[name] = (int(macs), int(params))
+
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in hooks:
+            handle.remove()
+    return costs
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if _is_depthwise(module):
+        return "depthwise"
+    if module.groups > 1:
+        return "grouped"
+    return "pointwise" if module.kernel_size == (1, 1) else "conv"
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _in_channels(module: nn.Module) -> int:
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _kernel(module: nn.Module) -> int:
+    return 1 if isinstance(module, nn.Linear) else int(module.kernel_size[0])
+
+
+def _stride(module: nn.Module) -> int:
+    return 1 if isinstance(module, nn.Linear) else int(module.stride[0])

@@ -1,0 +1,181 @@
+"""CompressionEnv: one step per compressible unit, reward at the last step.
+
+The env orchestrates only. It is handed the model analysis (units), a policy evaluator
+(compress -> recover -> measure), a reward function and the baseline; observation features and
+rewards are pure functions in `features.py` and `reward.py`.
+
+Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep, max_keep].
+Under a budget (`BudgetReward`), the keep ratio is then capped, AMC-style, so that even if every
+later unit is pruned as hard as allowed, the predicted latency / memory stays within the budget.
+The prediction comes from `LinearCostModel`s fitted online on every measured episode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from modeltailor.compressors.policy import Policy, UnitAction
+from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
+from modeltailor.env.cost_model import LinearCostModel
+from modeltailor.env.evaluator import Outcome
+from modeltailor.env.features import OBS_SIZE, DeploymentFeatures, observe
+from modeltailor.env.history import EpisodeRecord
+from modeltailor.env.reward import BudgetReward, Resources, RewardFunction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActionRange:
+    min_keep: float = 0.2
+    max_keep: float = 1.0
+
+    def to_keep(self, action: float) -> float:
+        a = float(np.clip(action, -1.0, 1.0))
+        return self.min_keep + (a + 1.0) / 2.0 * (self.max_keep - self.min_keep)
+
+    def to_action(self, keep: float) -> float:
+        return 2.0 * (keep - self.min_keep) / (self.max_keep - self.min_keep) - 1.0
+
+
+class CompressionEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        analysis: ModelAnalysis,
+        evaluator: Callable[[Policy], Outcome],
+        reward: RewardFunction,
+        baseline: Resources,
+        action_range: ActionRange = ActionRange(),
+        latency_model: LinearCostModel | None = None,
+        memory_model: LinearCostModel | None = None,
+        class_fraction: float = 1.0,
+        budget_safety: float = 0.97,
+    ) -> None:
+        super().__init__()
+        self.analysis = analysis
+        self.evaluator = evaluator
+        self.reward_fn = reward
+        self.baseline = baseline
+        self.range = action_range
+        self.latency_model = latency_model or LinearCostModel()
+        self.memory_model = memory_model or LinearCostModel()
+        self.class_fraction = class_fraction
+        self.budget_safety = budget_safety
+        self.units = analysis.units
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-1.0, 2.0, shape=(OBS_SIZE,), dtype=np.float32)
+        self.history: list[EpisodeRecord] = []
+        self.callbacks: list[Callable[[EpisodeRecord], None]] = []
+        self._t = 0
+        self._keep: dict[str, float] = {}
+        self._previous = 1.0
+
+    # gymnasium API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t, self._keep, self._previous = 0, {}, 1.0
+        return self._get_obs(), {}
+
+    def step(self, action: np.ndarray):
+        unit = self.units[self._t]
+        wanted = self.range.to_keep(float(np.asarray(action).reshape(-1)[0]))
+        keep = min(wanted, self._max_keep_within_budget(unit.name))
+        self._keep[unit.name] = keep
+        self._previous = self.range.to_action(keep)
+        self._t += 1
+        if self._t < len(self.units):
+            return self._get_obs(), 0.0, False, False, {"keep": keep}
+        record = self._finish_episode()
+        return self._get_obs(), float(record.reward), True, False, self._get_info(record)
+
+    # helpers -------------------------------------------------------------------------------
+    def _get_obs(self) -> np.ndarray:
+        unit = self.units[min(self._t, len(self.units) - 1)]
+        features = DeploymentFeatures(self.class_fraction, self._budget_fraction())
+        obs = observe(self.analysis, unit, self._keep, self._previous, features)
+        return np.clip(obs, -1.0, 2.0).astype(np.float32)
+
+    def _get_info(self, record: EpisodeRecord) -> dict[str, Any]:
+        return {
+            "accuracy": record.accuracy,
+            "latency_ms": record.latency_ms,
+            "memory_bytes": record.memory_bytes,
+            "feasible": record.feasible,
+            "episode": record.episode,
+        }
+
+    def policy(self) -> Policy:
+        return Policy(tuple(UnitAction(unit=u, keep=round(k, 4)) for u, k in self._keep.items()))
+
+    def _finish_episode(self) -> EpisodeRecord:
+        policy = self.policy()
+        outcome = self.evaluator(policy)
+        if not outcome.cached:
+            self.latency_model.add(outcome.macs, outcome.latency_ms)
+            self.memory_model.add(outcome.params, outcome.memory_bytes)
+        resources = Resources(outcome.accuracy, outcome.latency_ms, outcome.memory_bytes)
+        record = EpisodeRecord(
+            episode=len(self.history),
+            policy=policy.to_dict(),
+            accuracy=outcome.accuracy,
+            latency_ms=outcome.latency_ms,
+            latency_p90_ms=outcome.measurement.latency.p90_ms,
+            memory_bytes=int(outcome.memory_bytes),
+            params=outcome.params,
+            macs=outcome.macs,
+            reward=float(self.reward_fn(resources, self.baseline)),
+            feasible=self.reward_fn.feasible(resources),
+            cached=outcome.cached,
+            seconds=outcome.seconds,
+            kept_channels=outcome.kept_channels,
+        )
+        self.history.append(record)
+        for callback in self.callbacks:
+            callback(record)
+        return record
+
+    def _caps(self) -> tuple[float, float]:
+        """(MACs cap, params cap) implied by the budgets through the fitted cost models."""
+        macs_cap = params_cap = float("inf")
+        if isinstance(self.reward_fn, BudgetReward):
+            if self.reward_fn.max_latency_ms is not None:
+                target = self.reward_fn.max_latency_ms * self.budget_safety
+                macs_cap = self.latency_model.inverse(target)
+            if self.reward_fn.max_memory_bytes is not None:
+                target = self.reward_fn.max_memory_bytes * self.budget_safety
+                params_cap = self.memory_model.inverse(target)
+        return macs_cap, params_cap
+
+    def _budget_fraction(self) -> float:
+        macs_cap, _ = self._caps()
+        return float(min(1.0, macs_cap / max(self.analysis.total_macs, 1)))
+
+    def _max_keep_within_budget(self, unit: str) -> float:
+        macs_cap, params_cap = self._caps()
+        if macs_cap == float("inf") and params_cap == float("inf"):
+            return self.range.max_keep
+        rest = {u.name: self.range.min_keep for u in self.units[self._t + 1 :]}
+
+        def fits(keep: float) -> bool:
+            trial = {**self._keep, unit: keep, **rest}
+            return (
+                estimate_macs(self.analysis, trial) <= macs_cap
+                and estimate_params(self.analysis, trial) <= params_cap
+            )
+
+        lo, hi = self.range.min_keep, self.range.max_keep
+        if fits(hi):
+            return hi
+        if not fits(lo):
+            return lo
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo

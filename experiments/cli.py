@@ -1,0 +1,185 @@
+"""The `modeltailor` command line: search, train, apply, show-config.
+
+User mistakes (ModelTailorError) print one line on stderr and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modeltailor.env.history import EpisodeRecord
+from modeltailor.errors import ModelTailorError
+from modeltailor.experiments.config import DeploymentConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL auto-compression of CNNs, per deployment.")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="deployment YAML")]
+
+
+class RichReporter:
+    """Progress bar with the best result so far."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[best]}"), console=console,
+        )
+        self.task: Any = None
+
+    def message(self, text: str) -> None:
+        console.log(text)
+
+    def start(self, episodes: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("search", total=episodes, best="")
+
+    def episode(self, record: EpisodeRecord, best: EpisodeRecord | None) -> None:
+        text = ""
+        if best is not None:
+            text = f"best: acc {best.accuracy:.3f}, {best.latency_ms:.3f} ms (ep {best.episode})"
+        self.progress.update(self.task, advance=1, best=text)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+@app.command()
+def search(
+    config: ConfigOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/search"),
+    episodes: Annotated[int | None, typer.Option(help="override search.episodes")] = None,
+    agent: Annotated[str | None, typer.Option(help="override search.agent: ppo, random, uniform")] = None,
+    device: Annotated[str | None, typer.Option(help="override device.name")] = None,
+    classes: Annotated[str | None, typer.Option(help="override classes, e.g. '0,3,7'")] = None,
+    seed: Annotated[int | None, typer.Option(help="override search.seed")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="override tracking.uri")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
+) -> None:
+    """Search a compression policy for one deployment and write OUT/summary.json, model.onnx, policy.json."""
+    from modeltailor.experiments.search import run_search
+
+    overrides = {
+        "search.episodes": episodes, "search.agent": agent, "device.name": device,
+        "classes": _parse_classes(classes), "search.seed": seed, "tracking.uri": tracking_uri,
+        "tracking.enabled": False if no_tracking else None,
+    }
+    cfg = load_config(config, overrides)
+    reporter = RichReporter()
+    try:
+        run = run_search(cfg, out, reporter)
+    finally:
+        reporter.stop()
+    _print_summary(run.summary, out)
+
+
+@app.command()
+def train(config: ConfigOpt = None) -> None:
+    """Train the configured zoo model on its data set and cache it as the teacher."""
+    from modeltailor.datasets import load_dataset
+    from modeltailor.compressors.distill import accuracy
+    from modeltailor.experiments.teacher import load_teacher
+
+    cfg = load_config(config)
+    splits = load_dataset(cfg.data.name, root=str(cfg.data.root) if cfg.data.root else None,
+                          input_size=cfg.data.input_size, seed=cfg.data.seed, classes=cfg.classes)
+    teacher, source = load_teacher(cfg, splits, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"))
+    x, y = splits.val.tensors
+    console.print(f"teacher: {source}\nvalidation accuracy: {accuracy(teacher, x, y, cfg.classes):.4f}")
+
+
+@app.command()
+def apply(
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="policy.json written by a search")],
+    config: ConfigOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/apply"),
+    weights: Annotated[Path | None, typer.Option(help="model.pt of the search, for the exact weights")] = None,
+    distill_steps: Annotated[int, typer.Option(help="distillation steps when no --weights")] = 0,
+) -> None:
+    """Rebuild the compressed model from the original model and a policy; write OUT/model.onnx."""
+    from modeltailor.experiments.rebuild import rebuild
+
+    cfg = load_config(config)
+    result = rebuild(cfg, policy, out, weights, distill_steps)
+    console.print(
+        f"rebuilt: {result['params']:,} parameters (original {result['original_params']:,}), "
+        f"validation accuracy {result['val_accuracy']:.4f} -> {out / 'model.onnx'}"
+    )
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt = None) -> None:
+    """Print the effective deployment config (defaults filled in) as YAML."""
+    cfg = load_config(config)
+    console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON schema of deployment configs (every key with its description)."""
+    console.print_json(json.dumps(DeploymentConfig.model_json_schema()))
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ModelTailorError(f"--classes '{text}': give comma-separated class ids, e.g. 0,3,7") from None
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    base, best = summary["baseline"], summary["best"]
+    table = Table(title=f"deployment '{summary['deployment']}' on {summary['device']['name']}")
+    for col in ("", "accuracy (test)", "latency ms (median)", "p90 ms", "memory", "params"):
+        table.add_column(col, justify="right")
+    for name, row in (("baseline", base), ("best", best)):
+        table.add_row(
+            name, f"{row['accuracy']:.4f}", f"{row['latency_ms']:.3f}", f"{row['latency_p90_ms']:.3f}",
+            f"{row['memory_bytes'] / 1e6:.2f} MB", f"{row['params']:,}",
+        )
+    console.print(table)
+    console.print(
+        f"speedup {summary['speedup']:.2f}x, memory {summary['memory_reduction']:.2f}x smaller, "
+        f"accuracy drop {summary['accuracy_drop']:.2f} points, {summary['episodes']} episodes in "
+        f"{summary['search_seconds']:.0f} s; outputs in {out}"
+    )
+    if summary.get("mlflow_run_id"):
+        console.print(f"MLflow run {summary['mlflow_run_id']}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:
+        app(standalone_mode=False)
+    except ModelTailorError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished episodes are in OUT/episodes.jsonl and MLflow")
+        sys.exit(130)
+    except (typer.Abort, typer.Exit) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

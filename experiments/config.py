@@ -1,0 +1,153 @@
+"""Deployment configs: YAML (plus CLI overrides) -> validated pydantic objects, at one boundary.
+
+Field descriptions double as documentation; `modeltailor config-schema` prints them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modeltailor.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    name: str | None = Field("resnet20", description="built-in zoo model: resnet20, vgg, mobilenetv2, shufflenet")
+    factory: str | None = Field(None, description="bring your own: 'package.module:factory' (overrides name)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory or zoo model")
+    weights: Path | None = Field(None, description="state-dict file (torch.save); zoo models default to a cached teacher")
+
+
+class DataConfig(_Strict):
+    name: str = Field("digits", description="digits (embedded), cifar10, cifar100, imagefolder")
+    root: Path | None = Field(None, description="local folder for cifar10/cifar100/imagefolder")
+    input_size: int = Field(32, ge=4, le=512, description="images are resized to input_size x input_size")
+    seed: int = Field(0, description="seed of the train/val/test split")
+
+
+class DeviceConfig(_Strict):
+    name: str = Field("cpu-1t", description="device profile: cpu-1t, cpu-2t")
+    runs: int = Field(200, ge=5, description="timed runs per latency measurement (after warm-up)")
+    warmup: int = Field(20, ge=0, description="untimed warm-up runs")
+
+
+class TradeoffWeights(_Strict):
+    accuracy: float = 1.0
+    latency: float = 0.1
+    memory: float = 0.02
+
+
+class ObjectiveConfig(_Strict):
+    kind: Literal["budget", "tradeoff"] = Field(
+        "budget", description="budget: reward = accuracy, actions kept within the budgets; tradeoff: weighted sum"
+    )
+    max_latency_ratio: float | None = Field(0.45, gt=0, le=1, description="latency budget as a fraction of the baseline's")
+    max_latency_ms: float | None = Field(None, gt=0, description="absolute latency budget (ms); overrides the ratio")
+    max_memory_ratio: float | None = Field(None, gt=0, le=1, description="memory budget as a fraction of the baseline's")
+    max_memory_bytes: int | None = Field(None, gt=0, description="absolute memory budget (bytes)")
+    weights: TradeoffWeights = Field(default_factory=TradeoffWeights)
+
+
+class SearchConfig(_Strict):
+    agent: Literal["ppo", "random", "uniform"] = "ppo"
+    episodes: int = Field(48, ge=1, description="episodes (policies evaluated) in the search")
+    seed: int = 0
+    min_keep: float = Field(0.2, gt=0, le=1, description="smallest fraction of a unit's channels kept")
+    max_keep: float = Field(1.0, gt=0, le=1)
+    round_to: int = Field(4, ge=1, description="kept channel counts are multiples of this")
+    importance: Literal["l1", "l2", "fpgm", "lamp"] = "l2"
+
+    @model_validator(mode="after")
+    def _range(self) -> SearchConfig:
+        if self.min_keep >= self.max_keep:
+            raise ValueError(f"min_keep ({self.min_keep}) must be below max_keep ({self.max_keep})")
+        return self
+
+
+class RecoveryConfig(_Strict):
+    episode_steps: int = Field(40, ge=0, description="distillation steps inside each episode")
+    final_steps: int = Field(800, ge=0, description="distillation steps for each finalist")
+    finalists: int = Field(3, ge=1, description="best distinct policies given the long distillation")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.02, gt=0)
+    final_lr: float = Field(0.02, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term vs cross-entropy")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1, description="teacher training epochs (when no weights are given)")
+    batch_size: int = 64
+    lr: float = 0.05
+    seed: int = 0
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db")
+    experiment: str = "modeltailor"
+
+
+class DeploymentConfig(_Strict):
+    name: str = "default"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    classes: list[int] | None = Field(None, description="class ids the deployment needs (default: all)")
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> DeploymentConfig:
+    """Read `path` (YAML), apply dotted `overrides` ({"search.episodes": 8}), validate."""
+    data = _read_yaml(path) if path is not None else {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return DeploymentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, path)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found: pass a deployment YAML (see examples/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _one_line(exc: ValidationError, path: Path | None) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "config"
+    source = f"config file '{path}'" if path else "config"
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{where}': remove it or check the spelling (`modeltailor config-schema` lists the keys)"
+    return f"{source}: {where}: {error['msg']}"

@@ -1,0 +1,153 @@
+"""Everything a search leaves behind: summary.json, policy.json, model.onnx, model.pt, pareto.png.
+
+`summary.json` follows the contract in DESIGN.md: `baseline` and `best` (accuracy on the test split
+as a fraction, median latency on the deployment's device, memory, params), `speedup`,
+`accuracy_drop` (points), `pareto`, `policy`, `episodes`, `search_seconds`, `device`, `classes`,
+`mlflow_run_id`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modeltailor.agent import SearchResult
+from modeltailor.compressors.policy import Policy
+from modeltailor.env.devices import Measurement
+from modeltailor.env.history import EpisodeRecord
+from modeltailor.experiments.finalize import FinalResult
+from modeltailor.experiments.report import plot_pareto
+from modeltailor.experiments.tracking import Tracker
+from modeltailor.experiments.workbench import Workbench
+
+ARTIFACTS = ("summary.json", "policy.json", "model.onnx", "model.pt", "pareto.png", "episodes.jsonl")
+
+
+def model_entry(accuracy: float, val_accuracy: float, m: Measurement, params: int, macs: int) -> dict[str, Any]:
+    return {
+        "accuracy": accuracy,
+        "val_accuracy": val_accuracy,
+        "latency_ms": m.latency.median_ms,
+        "latency_p90_ms": m.latency.p90_ms,
+        "latency_spread": m.latency.spread,
+        "latency_runs": m.latency.runs,
+        "memory_bytes": m.memory.total_bytes,
+        "weight_bytes": m.memory.weight_bytes,
+        "activation_bytes": m.memory.peak_activation_bytes,
+        "onnx_bytes": m.memory.onnx_file_bytes,
+        "params": params,
+        "macs": macs,
+    }
+
+
+def pareto_entry(record: EpisodeRecord) -> dict[str, Any]:
+    return {
+        "episode": record.episode,
+        "val_accuracy": record.accuracy,
+        "accuracy": record.accuracy,
+        "latency_ms": record.latency_ms,
+        "memory_bytes": record.memory_bytes,
+        "params": record.params,
+        "feasible": record.feasible,
+        "policy": record.policy,
+    }
+
+
+def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
+    """The chosen policy plus what it takes to rebuild it on the original model."""
+    config = bench.config
+    meta = {
+        "model": config.model.factory or config.model.name,
+        "model_kwargs": config.model.kwargs,
+        "input_shape": list(bench.input_shape),
+        "num_classes": bench.splits.num_classes,
+        "importance": config.search.importance,
+        "round_to": config.search.round_to,
+        "kept_channels": record.kept_channels,
+    }
+    base = Policy.from_dict(record.policy)
+    return Policy(base.actions, tuple(sorted(meta.items())))
+
+
+def build_summary(
+    bench: Workbench,
+    result: SearchResult,
+    final: FinalResult,
+    search_seconds: float,
+    total_seconds: float,
+    run_id: str | None,
+    policy: Policy,
+) -> dict[str, Any]:
+    chosen = final.chosen
+    baseline = model_entry(
+        final.baseline_test_accuracy, bench.baseline.accuracy, final.baseline,
+        bench.baseline.params, bench.baseline.macs,
+    )
+    best = model_entry(
+        final.test_accuracy, chosen.val_accuracy, final.best, chosen.record.params, chosen.record.macs
+    )
+    return {
+        "deployment": bench.config.name,
+        "baseline": baseline,
+        "best": best,
+        "speedup": baseline["latency_ms"] / best["latency_ms"],
+        "memory_reduction": baseline["memory_bytes"] / best["memory_bytes"],
+        "accuracy_drop": 100.0 * (baseline["accuracy"] - best["accuracy"]),
+        "pareto": [pareto_entry(r) for r in result.pareto],
+        "policy": policy.to_dict(),
+        "chosen_episode": chosen.record.episode,
+        "episodes": len(result.episodes),
+        "episodes_cached": sum(r.cached for r in result.episodes),
+        "interrupted": result.interrupted,
+        "searcher": result.searcher,
+        "search_seconds": search_seconds,
+        "total_seconds": total_seconds,
+        "device": {"name": bench.config.device.name, **bench.device.describe()},
+        "classes": bench.classes if bench.classes else list(range(bench.splits.num_classes)),
+        "class_names": bench.splits.class_names,
+        "teacher": bench.teacher_source,
+        "onnx_max_abs_diff": final.onnx_max_abs_diff,
+        "mlflow_run_id": run_id,
+        "config": bench.config.model_dump(mode="json"),
+    }
+
+
+def write_outputs(
+    out_dir: Path,
+    bench: Workbench,
+    result: SearchResult,
+    final: FinalResult,
+    search_seconds: float,
+    total_seconds: float,
+    run_id: str | None,
+    tracker: Tracker | None,
+) -> dict[str, Any]:
+    policy = policy_with_meta(bench, final.chosen.record)
+    summary = build_summary(bench, result, final, search_seconds, total_seconds, run_id, policy)
+    policy.save(out_dir / "policy.json")
+    (out_dir / "model.onnx").write_bytes(final.onnx_bytes)
+    torch.save(final.chosen.model.state_dict(), out_dir / "model.pt")
+    plot_pareto(
+        [r.to_dict() for r in result.episodes],
+        summary["pareto"],
+        {**summary["baseline"], "accuracy": summary["baseline"]["val_accuracy"]},
+        {**summary["best"], "accuracy": final.chosen.record.accuracy},
+        out_dir / "pareto.png",
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if tracker is not None:
+        tracker.log_metrics(final_metrics(summary))
+        for name in ARTIFACTS:
+            tracker.log_artifact(out_dir / name)
+    return summary
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    metrics = {"final/speedup": summary["speedup"], "final/accuracy_drop_points": summary["accuracy_drop"]}
+    for side in ("baseline", "best"):
+        for key in ("accuracy", "latency_ms", "latency_p90_ms", "memory_bytes", "params"):
+            metrics[f"{side}/{key}"] = float(summary[side][key])
+    return metrics

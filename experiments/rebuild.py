@@ -1,0 +1,65 @@
+"""`modeltailor apply`: rebuild a compressed model from the original model and a policy file.
+
+The policy is data (unit names, methods, keep ratios, plus the compressor settings in its meta);
+re-applying it to the original model gives the same architecture, and the search's `model.pt`
+(a plain state dict) then gives the same weights. Without it, a distillation can recover one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accuracy, distill, recalibrate_batchnorm
+from modeltailor.compressors.policy import Policy
+from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
+from modeltailor.datasets import load_dataset
+from modeltailor.env.onnx_export import export_onnx
+from modeltailor.errors import CompressionError
+from modeltailor.experiments.config import DeploymentConfig
+from modeltailor.experiments.teacher import load_teacher
+from modeltailor.experiments.workbench import recovery_config
+from modeltailor.models import load_weights
+
+
+def rebuild(
+    config: DeploymentConfig, policy_path: Path, out: Path, weights: Path | None, distill_steps: int
+) -> dict[str, Any]:
+    policy = Policy.load(policy_path)
+    meta = dict(policy.meta)
+    splits = load_dataset(config.data.name, root=str(config.data.root) if config.data.root else None,
+                          input_size=config.data.input_size, seed=config.data.seed, classes=config.classes)
+    teacher, _ = load_teacher(config, splits)
+    input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
+    _check_meta(meta, input_shape, policy_path)
+    compressor = ChannelPruningCompressor(meta.get("importance", "l2"), int(meta.get("round_to", 4)))
+    model = compressor.apply(teacher, policy, torch.zeros(input_shape))
+    train_x, train_y = splits.train.tensors
+    if weights is not None:
+        load_weights(model, weights)
+    elif distill_steps > 0:
+        recalibrate_batchnorm(model, train_x)
+        r = recovery_config(config, final=True)
+        distill(model, TeacherLogits(teacher, train_x), train_y, DistillConfig(**{**r.__dict__, "steps": distill_steps}))
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, input_shape[1:], out / "model.onnx")
+    torch.save(model.state_dict(), out / "model.pt")
+    val_x, val_y = splits.val.tensors
+    return {
+        "params": count_params(model),
+        "original_params": count_params(teacher),
+        "val_accuracy": accuracy(model, val_x, val_y, config.classes),
+        "model": model,
+    }
+
+
+def _check_meta(meta: dict[str, Any], input_shape: tuple[int, ...], path: Path) -> None:
+    wanted = meta.get("input_shape")
+    if wanted is not None and tuple(wanted) != tuple(input_shape):
+        raise CompressionError(
+            f"policy file '{path}' was searched for input {tuple(wanted)} but this config gives "
+            f"{tuple(input_shape)}: pass the config of the search (--config)"
+        )

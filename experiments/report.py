@@ -1,0 +1,95 @@
+"""Plots and formatting for search reports.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so no display
+is needed and pyplot's global backend/state is left alone (safe in threads and Ray workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_UNITS = ("B", "KB", "MB", "GB", "TB")
+_PANELS = (("latency_ms", "latency (ms)"), ("memory_bytes", "memory (MB)"))
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable size with decimal units: 1_200_000 -> "1.2 MB", 512 -> "512 B"."""
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1000 or unit == _UNITS[-1]:
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _xy(points: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    scale = 1e6 if key == "memory_bytes" else 1.0
+    xs = [float(p[key]) / scale for p in points]
+    ys = [100.0 * float(p["accuracy"]) for p in points]
+    return xs, ys
+
+
+def _draw_panel(
+    ax: Axes,
+    key: str,
+    episodes: Sequence[dict[str, Any]],
+    pareto: Sequence[dict[str, Any]],
+    baseline: dict[str, Any],
+    chosen: dict[str, Any] | None,
+) -> None:
+    if episodes:
+        ax.scatter(*_xy(episodes, key), s=12, color="tab:blue", alpha=0.25, label="episodes")
+    if pareto:
+        front = sorted(pareto, key=lambda p: float(p[key]))
+        ax.plot(*_xy(front, key), "-o", color="tab:orange", ms=5, lw=1.5, label="Pareto set")
+    ax.scatter(
+        *_xy([baseline], key),
+        marker="*",
+        s=220,
+        color="tab:red",
+        zorder=5,
+        edgecolors="black",
+        linewidths=0.5,
+        label="baseline",
+    )
+    if chosen is not None:
+        ax.scatter(
+            *_xy([chosen], key),
+            marker="o",
+            s=260,
+            facecolors="none",
+            zorder=6,
+            edgecolors="tab:green",
+            linewidths=2.5,
+            label="chosen",
+        )
+    ax.set_xlabel(dict(_PANELS)[key])
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_pareto(
+    episodes: list[dict[str, Any]],
+    pareto: list[dict[str, Any]],
+    baseline: dict[str, Any],
+    chosen: dict[str, Any] | None,
+    path: Path,
+) -> Path:
+    """Write a two-panel PNG (accuracy vs latency, accuracy vs memory) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for ax, (key, _label) in zip(axes, _PANELS, strict=True):
+        _draw_panel(ax, key, episodes, pareto, baseline, chosen)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Compression search: {len(episodes)} episodes, {len(pareto)} on the Pareto front")
+    fig.savefig(path, dpi=120, format="png")
+    return path

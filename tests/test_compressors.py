@@ -1,0 +1,128 @@
+"""Channel pruning on every zoo model: smaller, same output shape, ONNX == torch, input untouched."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from modeltailor.compressors.policy import Policy, UnitAction
+from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params, kept_channels
+from modeltailor.compressors.units import analyze_model, estimate_macs, estimate_params
+from modeltailor.env.devices import LocalOrtDevice
+from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
+from modeltailor.errors import CompressionError
+from modeltailor.models import build_model
+
+ZOO_NAMES = ["resnet20", "vgg", "mobilenetv2", "shufflenet"]
+SHAPE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module", params=ZOO_NAMES)
+def zoo_model(request):
+    torch.manual_seed(0)
+    return request.param, build_model(request.param, in_channels=3, input_size=32, num_classes=10).eval()
+
+
+def _half(model):
+    analysis = analyze_model(model, torch.zeros(1, *SHAPE))
+    return analysis, Policy.uniform([u.name for u in analysis.units], 0.5)
+
+
+def test_pruning_keeps_shape_and_shrinks(zoo_model):
+    name, model = zoo_model
+    analysis, policy = _half(model)
+    assert analysis.units, f"{name} has no prunable unit"
+    before = copy.deepcopy(model.state_dict())
+    pruned = ChannelPruningCompressor(round_to=4).apply(model, policy, torch.zeros(1, *SHAPE))
+    x = torch.randn(4, *SHAPE)
+    assert pruned(x).shape == model(x).shape == (4, 10)
+    assert count_params(pruned) < 0.6 * count_params(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "input model was mutated"
+    assert pruned is not model
+
+
+def test_pruned_onnx_matches_torch(zoo_model):
+    _, model = zoo_model
+    _, policy = _half(model)
+    pruned = ChannelPruningCompressor().apply(model, policy, torch.zeros(1, *SHAPE))
+    onnx_bytes = export_onnx(pruned, SHAPE, dynamic_batch=True)
+    assert onnx_matches_torch(pruned, onnx_bytes, torch.randn(8, *SHAPE)) < 1e-4
+
+
+def test_pruned_is_faster_on_ort(zoo_model):
+    name, model = zoo_model
+    analysis = analyze_model(model, torch.zeros(1, *SHAPE))
+    policy = Policy.uniform([u.name for u in analysis.units], 0.3)
+    pruned = ChannelPruningCompressor().apply(model, policy, torch.zeros(1, *SHAPE))
+    device = LocalOrtDevice(runs=60, warmup=10)
+    base = device.measure(export_onnx(model, SHAPE)).latency.median_ms
+    small = device.measure(export_onnx(pruned, SHAPE)).latency.median_ms
+    assert small < base, f"{name}: pruned {small:.3f} ms is not faster than {base:.3f} ms"
+
+
+def test_estimates_match_the_pruned_model(zoo_model):
+    _, model = zoo_model
+    analysis, _ = _half(model)
+    keep = {u.name: 0.5 for u in analysis.units}
+    pruned = ChannelPruningCompressor(round_to=1).apply(
+        model, Policy(tuple(UnitAction(u, keep=k) for u, k in keep.items())), torch.zeros(1, *SHAPE)
+    )
+    actual = analyze_model(pruned, torch.zeros(1, *SHAPE))
+    # estimates ignore rounding to whole channels and grouped-conv constraints: within 15%
+    assert estimate_macs(analysis, keep) == pytest.approx(actual.total_macs, rel=0.15)
+    conv_params = sum(layer.params for layer in actual.layers)
+    assert estimate_params(analysis, keep) == pytest.approx(conv_params, rel=0.15)
+
+
+def test_unit_channels_follow_keep_and_round_to():
+    model = build_model("resnet20", in_channels=1, input_size=16, num_classes=10)
+    analysis = analyze_model(model, torch.zeros(1, 1, 16, 16))
+    keeps = {u.name: k for u, k in zip(analysis.units, [0.3, 0.5, 0.8, 1.0] * 10, strict=False)}
+    policy = Policy(tuple(UnitAction(u, keep=k) for u, k in keeps.items()))
+    pruned = ChannelPruningCompressor(round_to=8).apply(model, policy, torch.zeros(1, 1, 16, 16))
+    modules = dict(pruned.named_modules())
+    for unit in analysis.units:
+        expected = kept_channels(unit.channels, keeps[unit.name], 8)
+        assert modules[unit.name].out_channels == expected, unit.name
+        assert expected % 8 == 0 or expected == unit.channels
+
+
+@pytest.mark.parametrize(
+    ("channels", "keep", "round_to", "expected"),
+    [(64, 0.5, 8, 32), (64, 0.01, 8, 8), (16, 0.5, 16, 16), (30, 1.0, 4, 30), (64, 0.55, 8, 32)],
+)
+def test_kept_channels_rounding(channels, keep, round_to, expected):
+    assert kept_channels(channels, keep, round_to) == expected
+
+
+def test_unknown_unit_is_a_clear_error():
+    model = build_model("vgg", in_channels=1, input_size=16, num_classes=3)
+    policy = Policy((UnitAction("no.such.layer", keep=0.5),))
+    with pytest.raises(CompressionError, match="unit 'no.such.layer'"):
+        ChannelPruningCompressor().apply(model, policy, torch.zeros(1, 1, 16, 16))
+
+
+def test_bad_keep_and_method_are_rejected():
+    with pytest.raises(CompressionError, match="outside"):
+        UnitAction("a", keep=0.0)
+    with pytest.raises(CompressionError, match="unknown method"):
+        UnitAction("a", method="magic", keep=0.5)
+
+
+def test_policy_round_trips_through_json(tmp_path):
+    policy = Policy((UnitAction("a", keep=0.5), UnitAction("b", keep=1.0)), (("round_to", 8),))
+    assert Policy.load(policy.save(tmp_path / "p.json")) == policy
+
+
+def test_policy_file_errors(tmp_path):
+    with pytest.raises(CompressionError, match="not found"):
+        Policy.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CompressionError, match="not valid JSON"):
+        Policy.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"layers": []}')
+    with pytest.raises(CompressionError, match="no 'units' list"):
+        Policy.load(tmp_path / "other.json")
