@@ -72,8 +72,11 @@ def accuracy_from_logits(
     return float((predicted == labels).float().mean())
 
 
-def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 128) -> None:
-    """Re-estimate every BatchNorm's running statistics on `inputs` (cumulative average)."""
+def recalibrate_batchnorm(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = 128, max_samples: int = 512
+) -> None:
+    """Re-estimate every BatchNorm's running statistics on the first `max_samples` of `inputs`."""
+    inputs = inputs[:max_samples]
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return

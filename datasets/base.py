@@ -40,15 +40,13 @@ class DataSplits:
 def to_float_images(x: np.ndarray | torch.Tensor, input_size: int, scale: float = 1.0) -> torch.Tensor:
     """NCHW array -> float32 tensor times `scale`, bilinearly resized to input_size (in chunks)."""
     source = torch.as_tensor(x)
-    chunks = []
+    out = torch.empty(len(source), source.shape[1], input_size, input_size)
     for start in range(0, len(source), _CHUNK):
-        chunk = source[start : start + _CHUNK].to(torch.float32) * scale
+        chunk = source[start : start + _CHUNK].to(torch.float32, copy=True).mul_(scale)
         if chunk.shape[-2:] != (input_size, input_size):
             chunk = F.interpolate(chunk, size=(input_size, input_size), mode="bilinear", align_corners=False)
-        chunks.append(chunk)
-    if not chunks:
-        return torch.zeros(0, source.shape[1], input_size, input_size)
-    return torch.cat(chunks)
+        out[start : start + len(chunk)] = chunk
+    return out
 
 
 def check_options(input_size: int, val_fraction: float, test_fraction: float) -> None:
@@ -103,10 +101,10 @@ def stratified_split(
 
 def normalize(
     splits: Sequence[torch.Tensor], reference: torch.Tensor
-) -> tuple[list[torch.Tensor], tuple[float, ...], tuple[float, ...]]:
-    """Standardize each tensor per channel with the mean/std of `reference` (the training split)."""
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Standardize each tensor in place per channel with the mean/std of `reference` (train split)."""
     mean = reference.mean(dim=(0, 2, 3))
     std = reference.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    shape = (1, -1, 1, 1)
-    out = [(x - mean.view(shape)) / std.view(shape) for x in splits]
-    return out, tuple(mean.tolist()), tuple(std.tolist())
+    for x in splits:
+        x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    return tuple(mean.tolist()), tuple(std.tolist())

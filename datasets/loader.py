@@ -62,8 +62,8 @@ def load_dataset(
     raw = reader(Path(root).expanduser() if root is not None else None, input_size)
     ids = check_classes(classes, len(raw.class_names), key)
     train_x, train_y, val_x, val_y, test_x, test_y = _split(raw, ids, seed, val_fraction, test_fraction, key)
-    tensors = [to_float_images(x, input_size, raw.scale) for x in (train_x, val_x, test_x)]
-    (train, val, test), mean, std = normalize(tensors, tensors[0])
+    train, val, test = (to_float_images(x, input_size, raw.scale) for x in (train_x, val_x, test_x))
+    mean, std = normalize((train, val, test), train)
     log.info(
         "data set %s: %d train, %d val, %d test, %d of %d classes, %dx%d",
         key, len(train), len(val), len(test), len(ids), len(raw.class_names), input_size, input_size,

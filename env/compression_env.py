@@ -19,6 +19,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
 from modeltailor.env.cost_model import LinearCostModel

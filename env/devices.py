@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import onnx
 import onnxruntime as ort
+
 from modeltailor.env.memory import MemoryStats, load_model, onnx_memory
 from modeltailor.errors import DeviceError
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
+
 from modeltailor.compressors.base import Compressor
 from modeltailor.compressors.distill import (
     DistillConfig,
@@ -26,7 +28,6 @@ from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
 from modeltailor.env.devices import Device, Measurement
 from modeltailor.env.onnx_export import export_onnx
-from torch import nn
 
 log = logging.getLogger(__name__)
 

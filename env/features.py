@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
 from modeltailor.compressors.units import UNIT_KINDS, ModelAnalysis, Unit, estimate_macs
 
 OBS_SIZE = 17

@@ -52,8 +52,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import onnx
-from modeltailor.errors import DeviceError
 from onnx import TensorProto, helper
+
+from modeltailor.errors import DeviceError
 
 _SUB_BYTE_BITS: dict[int, int] = {
     getattr(TensorProto, name): bits

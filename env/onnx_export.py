@@ -23,8 +23,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from modeltailor.errors import DeviceError
 from torch import nn
+
+from modeltailor.errors import DeviceError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -145,11 +146,14 @@ def run_onnx(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
     session = make_session(onnx_bytes, threads)
     name = session.get_inputs()[0].name
     data = np.ascontiguousarray(x, dtype=np.float32)
-    step = _static_batch(session) or RUN_CHUNK
-    if len(data) % step and step != RUN_CHUNK:
+    if len(data) == 0:
+        raise DeviceError("run_onnx got an empty batch: pass at least one sample")
+    static = _static_batch(session)
+    step = static or RUN_CHUNK
+    if static and len(data) % static:
         raise DeviceError(
-            f"batch of {len(data)} samples does not split into the model's static batch {step}: "
-            "export with dynamic_batch=True"
+            f"batch of {len(data)} samples does not split into the model's static batch "
+            f"{static}: export with dynamic_batch=True"
         )
     outputs = [session.run(None, {name: data[i : i + step]})[0] for i in range(0, len(data), step)]
     return np.concatenate(outputs, axis=0)

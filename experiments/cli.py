@@ -89,8 +89,8 @@ def search(
 @app.command()
 def train(config: ConfigOpt = None) -> None:
     """Train the configured zoo model on its data set and cache it as the teacher."""
-    from modeltailor.datasets import load_dataset
     from modeltailor.compressors.distill import accuracy
+    from modeltailor.datasets import load_dataset
     from modeltailor.experiments.teacher import load_teacher
 
     cfg = load_config(config)
@@ -183,3 +183,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+if __name__ == "__main__":
+    main()

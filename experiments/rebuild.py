@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accuracy, distill, recalibrate_batchnorm
+from modeltailor.compressors.distill import (
+    DistillConfig,
+    TeacherLogits,
+    accuracy,
+    distill,
+    recalibrate_batchnorm,
+)
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.datasets import load_dataset

@@ -104,7 +104,7 @@ def train_model(
             optimizer.step()
             schedule.step()
         if progress is not None:
-            progress(epoch + 1, config.epochs, float(loss))
+            progress(epoch + 1, config.epochs, loss.item())
     return model.eval()
 
 

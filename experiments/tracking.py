@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
 from modeltailor.errors import ModelTailorError
 
 DB_NAME = "mlflow.db"
@@ -75,9 +76,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def quiet_mlflow_logging() -> None:
-    """Silence MLflow's INFO chatter (database creation, alembic migrations); warnings still show."""
+    """Silence MLflow's INFO chatter (database creation, alembic migrations) and its "View run at"
+    stdout lines for remote servers (``ui_hint`` says where to look); warnings and errors still show.
+    Set MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false to get the stdout lines back."""
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:

@@ -70,6 +70,7 @@ def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
 
 
 def build_workbench(config: DeploymentConfig, report: Report = log.info) -> Workbench:
+    device = build_device(config)  # fail fast on an unknown device, before any training
     report(f"loading data '{config.data.name}'")
     splits = load_dataset(
         config.data.name,
@@ -93,7 +94,7 @@ def build_workbench(config: DeploymentConfig, report: Report = log.info) -> Work
         data=EvalData(train_x, train_y, val_x, val_y, config.classes),
         teacher_logits=TeacherLogits(teacher, train_x),
         recovery=recovery_config(config),
-        device=build_device(config),
+        device=device,
         input_shape=input_shape,
     )
     report(f"measuring the baseline on '{config.device.name}'")

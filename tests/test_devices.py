@@ -10,6 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
+from torch import nn
+
 from modeltailor.env.devices import (
     DEVICE_PROFILES,
     CachedDevice,
@@ -23,8 +26,6 @@ from modeltailor.env.devices import (
 from modeltailor.env.memory import MemoryStats, onnx_memory, tensor_bytes
 from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch, run_onnx
 from modeltailor.errors import DeviceError
-from onnx import TensorProto, helper
-from torch import nn
 
 SHAPE = (3, 16, 16)
 
@@ -72,6 +73,11 @@ def test_export_round_trip_matches_torch(dynamic: bool) -> None:
     assert onnx_matches_torch(model, data, x) < 1e-4
     expected = model.eval()(x).detach().numpy()
     np.testing.assert_allclose(run_onnx(data, x.numpy()), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_mismatching_model_is_reported(small_onnx: bytes) -> None:
+    with pytest.raises(DeviceError, match="ONNX output differs from torch"):
+        onnx_matches_torch(conv_net(seed=1), small_onnx, torch.randn(2, *SHAPE))
 
 
 def test_export_does_not_mutate_model(tmp_path: Path) -> None:

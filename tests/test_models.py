@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import textwrap
 from pathlib import Path
 
@@ -262,7 +261,7 @@ def test_load_factory_with_kwargs(user_module: str) -> None:
     ],
 )
 def test_load_factory_errors(user_module: str, ref: str, kwargs: object, fragment: str) -> None:
-    with pytest.raises(ModelLoadError, match=None) as info:
+    with pytest.raises(ModelLoadError) as info:
         load_factory(ref, kwargs)  # type: ignore[arg-type]
     message = str(info.value)
     assert fragment in message

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from modeltailor.errors import ModelTailorError
 from modeltailor.experiments.report import format_bytes, plot_pareto
 from modeltailor.experiments.tracking import (
@@ -25,6 +26,7 @@ from modeltailor.experiments.tracking import (
     default_tracking_uri,
     flatten_params,
     get_run_summary,
+    quiet_mlflow_logging,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,6 +36,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated MLflow SQLite file with no experiment of ours; copying it skips ~1 s of setup."""
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    quiet_mlflow_logging()
     mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 

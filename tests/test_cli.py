@@ -1,0 +1,81 @@
+"""The CLI on bad input: one line on stderr, exit status 2, no traceback, nothing trained."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from modeltailor.experiments import cli
+from modeltailor.models import build_model
+
+BAD_FACTORY_MODULE = "definitely_not_a_module_xyz"
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["modeltailor", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return int(info.value.code), capsys.readouterr().err
+
+
+def config(tmp_path, text: str) -> str:
+    path = tmp_path / "d.yaml"
+    path.write_text("tracking: {enabled: false}\ntrain: {epochs: 1}\n" + text)
+    return str(path)
+
+
+def cases(tmp_path):
+    vgg = tmp_path / "vgg.pt"
+    torch.save(build_model("vgg", in_channels=1, num_classes=10).state_dict(), vgg)
+    return {
+        "missing weights": ("model: {weights: /no/such/file.pt}\n", "weights file '/no/such/file.pt' not found"),
+        "factory import": (f"model: {{factory: '{BAD_FACTORY_MODULE}:make'}}\n", BAD_FACTORY_MODULE),
+        "state dict misfit": (f"model: {{weights: '{vgg}'}}\n", "does not fit"),
+        "unknown data set": ("data: {name: imagenet}\n", "unknown data set 'imagenet'"),
+        "unknown device": ("device: {name: pixel9}\n", "unknown device 'pixel9'"),
+        "class out of range": ("classes: [1, 12]\n", "12"),
+        "malformed yaml": ("search: {episodes: [1,\n", "not valid YAML"),
+        "unknown key": ("search: {agents: ppo}\n", "unknown key 'search.agents'"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing weights", "factory import", "state dict misfit", "unknown data set", "unknown device",
+     "class out of range", "malformed yaml", "unknown key"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
+    text, fragment = cases(tmp_path)[case]
+    code, err = run_main(monkeypatch, capsys, "search", "--config", config(tmp_path, text), "--out", str(tmp_path / "o"))
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), err
+    assert fragment in " ".join(lines)
+    assert "Traceback" not in err
+    assert not (tmp_path / "cache" / "teachers").exists(), "a teacher was trained before the error"
+
+
+def test_bad_classes_flag(tmp_path, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "search", "--classes", "1,x", "--no-tracking")
+    assert code == 2 and "--classes '1,x'" in err
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    env = {**os.environ, "MODELTAILOR_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeltailor.experiments.cli", "search", "--config",
+         config(tmp_path, "data: {name: imagenet}\n")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown data set 'imagenet'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_show_config_prints_effective_yaml(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["modeltailor", "show-config"])
+    cli.main()
+    assert "resnet20" in capsys.readouterr().out

@@ -1,0 +1,53 @@
+"""Deployment configs: validation at one boundary, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from modeltailor.errors import ConfigError
+from modeltailor.experiments.config import load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "deployment.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_embedded_deployment():
+    cfg = load_config(None)
+    assert (cfg.model.name, cfg.data.name, cfg.device.name, cfg.classes) == ("resnet20", "digits", "cpu-1t", None)
+
+
+def test_overrides_win_over_yaml(tmp_path):
+    cfg = load_config(write(tmp_path, "search:\n  episodes: 5\n"), {"search.episodes": 7, "classes": [1, 2]})
+    assert cfg.search.episodes == 7 and cfg.classes == [1, 2]
+
+
+def test_none_overrides_are_ignored(tmp_path):
+    cfg = load_config(write(tmp_path, "search:\n  episodes: 5\n"), {"search.episodes": None})
+    assert cfg.search.episodes == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("search: {episodes: [1,\n", "is not valid YAML at line"),
+        ("serch:\n  episodes: 3\n", "unknown key 'serch'"),
+        ("search:\n  episode: 3\n", "unknown key 'search.episode'"),
+        ("search:\n  episodes: 0\n", "search.episodes"),
+        ("search:\n  min_keep: 0.9\n  max_keep: 0.5\n", "min_keep (0.9) must be below max_keep"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("objective:\n  kind: fastest\n", "objective.kind"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,129 @@
+"""A tiny real search end to end: outputs, MLflow run, apply, interruption, bring-your-own model."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from modeltailor.compressors.distill import predict_logits
+from modeltailor.env.onnx_export import run_onnx
+from modeltailor.experiments.config import load_config
+from modeltailor.experiments.rebuild import rebuild
+from modeltailor.experiments.search import LogReporter, run_search
+from modeltailor.experiments.tracking import get_run_summary
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "model.kwargs": {"width": 0.5},
+    "data.input_size": 16,
+    "train.epochs": 3,
+    "search.episodes": 3,
+    "search.round_to": 2,
+    "recovery.episode_steps": 5,
+    "recovery.final_steps": 10,
+    "recovery.finalists": 1,
+    "device.runs": 10,
+    "device.warmup": 2,
+}
+
+SUMMARY_KEYS = {
+    "baseline", "best", "speedup", "accuracy_drop", "pareto", "policy", "episodes",
+    "search_seconds", "device", "classes", "mlflow_run_id",
+}
+ENTRY_KEYS = {"accuracy", "latency_ms", "memory_bytes", "params"}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return load_config(None, {**TINY, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"})
+
+
+def test_search_writes_the_contract_and_tracks_it(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    run = run_search(tiny_config, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert ENTRY_KEYS <= summary["baseline"].keys() and ENTRY_KEYS <= summary["best"].keys()
+    assert summary["episodes"] == 3 and summary["classes"] == list(range(10))
+    assert summary["speedup"] == pytest.approx(summary["baseline"]["latency_ms"] / summary["best"]["latency_ms"])
+    assert summary["accuracy_drop"] == pytest.approx(
+        100 * (summary["baseline"]["accuracy"] - summary["best"]["accuracy"])
+    )
+    assert summary["best"]["params"] < summary["baseline"]["params"]
+    assert summary["onnx_max_abs_diff"] < 1e-4
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 3
+    tracked = get_run_summary(tiny_config.tracking.uri, summary["mlflow_run_id"])
+    assert {"summary.json", "policy.json", "model.onnx", "pareto.png"} <= set(tracked["artifacts"])
+    assert tracked["tags"]["model"] == "resnet20" and tracked["status"] == "FINISHED"
+    assert tracked["metrics"]["final/speedup"] == pytest.approx(summary["speedup"])
+    assert run.result.best is not None
+
+
+def test_apply_rebuilds_the_searched_model(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    run_search(tiny_config, out)
+    rebuilt = rebuild(tiny_config, out / "policy.json", tmp_path / "apply", out / "model.pt", 0)
+    x = torch.randn(5, 1, 16, 16)
+    onnx_logits = run_onnx((out / "model.onnx").read_bytes(), x.numpy())
+    torch_logits = predict_logits(rebuilt["model"], x).numpy()
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=1e-3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert rebuilt["params"] == summary["best"]["params"]
+
+
+class InterruptAfter(LogReporter):
+    def __init__(self, episodes: int) -> None:
+        self.left = episodes
+
+    def episode(self, record, best) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("agent", ["ppo", "random"])
+def test_interrupted_search_keeps_finished_episodes(tmp_path, agent):
+    cfg = load_config(None, {**TINY, "search.episodes": 6, "search.agent": agent, "tracking.enabled": False})
+    out = tmp_path / "out"
+    run = run_search(cfg, out, InterruptAfter(2))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["episodes"] == 2
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+    assert (out / "model.onnx").stat().st_size > 0
+    assert run.result.interrupted
+
+
+def test_bring_your_own_model(tmp_path, monkeypatch):
+    package = tmp_path / "mymodels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(textwrap.dedent('''
+        from torch import nn
+
+        def small_cnn(num_classes=10, width=8):
+            return nn.Sequential(
+                nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
+            )
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mymodels", None)
+    from mymodels.nets import small_cnn  # type: ignore[import-not-found]
+
+    weights = tmp_path / "small.pt"
+    torch.save(small_cnn(width=8).state_dict(), weights)
+    cfg = load_config(
+        None,
+        {**TINY, "model.kwargs": {"width": 8}, "model.factory": "mymodels.nets:small_cnn",
+         "model.weights": str(weights), "tracking.enabled": False},
+    )
+    run = run_search(cfg, tmp_path / "out")
+    assert run.summary["teacher"] == str(weights)
+    assert run.summary["best"]["params"] <= run.summary["baseline"]["params"]
