@@ -9,6 +9,7 @@ as a fraction, median latency on the deployment's device, memory, params), `spee
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,17 @@ def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
     return Policy(base.actions, tuple(sorted(meta.items())))
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """How long the search took and where it was tracked."""
+
+    search_seconds: float
+    total_seconds: float
+    mlflow_run_id: str | None
+
+
 def build_summary(
-    bench: Workbench,
-    result: SearchResult,
-    final: FinalResult,
-    search_seconds: float,
-    total_seconds: float,
-    run_id: str | None,
-    policy: Policy,
+    bench: Workbench, result: SearchResult, final: FinalResult, info: RunInfo, policy: Policy
 ) -> dict[str, Any]:
     chosen = final.chosen
     baseline = model_entry(
@@ -103,14 +107,14 @@ def build_summary(
         "episodes_cached": sum(r.cached for r in result.episodes),
         "interrupted": result.interrupted,
         "searcher": result.searcher,
-        "search_seconds": search_seconds,
-        "total_seconds": total_seconds,
+        "search_seconds": info.search_seconds,
+        "total_seconds": info.total_seconds,
         "device": {"name": bench.config.device.name, **bench.device.describe()},
         "classes": bench.classes if bench.classes else list(range(bench.splits.num_classes)),
         "class_names": bench.splits.class_names,
         "teacher": bench.teacher_source,
         "onnx_max_abs_diff": final.onnx_max_abs_diff,
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": info.mlflow_run_id,
         "config": bench.config.model_dump(mode="json"),
     }
 
@@ -120,13 +124,11 @@ def write_outputs(
     bench: Workbench,
     result: SearchResult,
     final: FinalResult,
-    search_seconds: float,
-    total_seconds: float,
-    run_id: str | None,
+    info: RunInfo,
     tracker: Tracker | None,
 ) -> dict[str, Any]:
     policy = policy_with_meta(bench, final.chosen.record)
-    summary = build_summary(bench, result, final, search_seconds, total_seconds, run_id, policy)
+    summary = build_summary(bench, result, final, info, policy)
     policy.save(out_dir / "policy.json")
     (out_dir / "model.onnx").write_bytes(final.onnx_bytes)
     torch.save(final.chosen.model.state_dict(), out_dir / "model.pt")
@@ -134,7 +136,7 @@ def write_outputs(
         [r.to_dict() for r in result.episodes],
         summary["pareto"],
         {**summary["baseline"], "accuracy": summary["baseline"]["val_accuracy"]},
-        {**summary["best"], "accuracy": final.chosen.record.accuracy},
+        final.chosen.record.to_dict(),
         out_dir / "pareto.png",
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -35,6 +35,15 @@ def _xy(points: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[f
     return xs, ys
 
 
+def _front_2d(points: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Points no other point beats on both this panel's cost and accuracy, by cost."""
+    front: list[dict[str, Any]] = []
+    for point in sorted(points, key=lambda p: (float(p[key]), -float(p["accuracy"]))):
+        if not front or float(point["accuracy"]) > float(front[-1]["accuracy"]):
+            front.append(point)
+    return front
+
+
 def _draw_panel(
     ax: Axes,
     key: str,
@@ -46,8 +55,17 @@ def _draw_panel(
     if episodes:
         ax.scatter(*_xy(episodes, key), s=12, color="tab:blue", alpha=0.25, label="episodes")
     if pareto:
-        front = sorted(pareto, key=lambda p: float(p[key]))
-        ax.plot(*_xy(front, key), "-o", color="tab:orange", ms=5, lw=1.5, label="Pareto set")
+        ax.scatter(*_xy(pareto, key), s=22, color="tab:orange", zorder=4, label="Pareto set (3-D)")
+    front = _front_2d(episodes, key)
+    if front:
+        ax.step(
+            *_xy(front, key),
+            where="post",
+            color="tab:orange",
+            lw=1.2,
+            alpha=0.8,
+            label="best accuracy at this cost",
+        )
     ax.scatter(
         *_xy([baseline], key),
         marker="*",

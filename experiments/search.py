@@ -24,7 +24,7 @@ from modeltailor.env.reward import BudgetReward, Resources, RewardFunction, Trad
 from modeltailor.errors import ConfigError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.finalize import FinalResult, finalize
-from modeltailor.experiments.outputs import write_outputs
+from modeltailor.experiments.outputs import RunInfo, write_outputs
 from modeltailor.experiments.tracking import Tracker
 from modeltailor.experiments.workbench import Workbench, build_device, build_workbench
 
@@ -116,9 +116,8 @@ def run_search(config: DeploymentConfig, out_dir: Path, reporter: Reporter | Non
         if not result.episodes:
             raise KeyboardInterrupt
         final = finalize(bench, result.episodes, reward, build_device(config, cached=False), reporter.message)
-        summary = write_outputs(
-            out_dir, bench, result, final, search_seconds, time.perf_counter() - started, run_id, tracker
-        )
+        info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
+        summary = write_outputs(out_dir, bench, result, final, info, tracker)
     except BaseException as exc:
         if tracker is not None:
             tracker.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
