@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -108,3 +108,42 @@ def normalize(
     for x in splits:
         x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def resolve_classes(
+    classes: Sequence[int | str] | None, class_names: Sequence[str], name: str
+) -> list[int] | None:
+    """Class ids from ids or names (None = every class); DataError for unknown names or bad ids."""
+    if classes is None:
+        return None
+    ids: list[int] = []
+    for entry in classes:
+        if isinstance(entry, str):
+            if entry not in class_names:
+                shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+                raise DataError(f"unknown class name '{entry}' for '{name}': choose from {shown}")
+            ids.append(list(class_names).index(entry))
+        else:
+            ids.append(entry)
+    return check_classes(ids, len(class_names), name)
+
+
+def restrict_splits(splits: DataSplits, classes: Sequence[int]) -> DataSplits:
+    """The same splits with only the samples of `classes` (labels keep their original ids)."""
+    wanted = torch.as_tensor(list(classes))
+
+    def keep(data: TensorDataset) -> TensorDataset:
+        x, y = data.tensors
+        mask = torch.isin(y, wanted)
+        return TensorDataset(x[mask], y[mask])
+
+    return replace(
+        splits, train=keep(splits.train), val=keep(splits.val), test=keep(splits.test), classes=list(classes)
+    )
+
+
+def remap_labels(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Original class ids -> positions in `classes` (the outputs of a narrowed head)."""
+    lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
+    lookup[torch.as_tensor(list(classes))] = torch.arange(len(classes))
+    return lookup[labels]

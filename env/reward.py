@@ -6,6 +6,9 @@ Two forms, chosen in the deployment's objective:
   ``w_acc * accuracy + w_lat * log(base_latency / latency) + w_mem * log(base_memory / memory)``.
   Log ratios make halving latency worth the same at any scale; the weights set the exchange rate
   (with w_lat = 0.1, halving latency is worth 0.1 * ln 2 = 6.9 accuracy points).
+- `AccuracyFloorReward` (accuracy-guaranteed): ``log(base / cost)`` of latency or memory while
+  the accuracy is at least the floor, minus ``penalty * (floor - accuracy)`` below it: the fastest
+  (or smallest) model that keeps the accuracy.
 - `BudgetReward` (resource-constrained, after AMC): actions are limited so the predicted latency
   and memory stay within the budgets; the reward is the accuracy. A measured result that still
   breaks a budget (the prediction was off) is penalized by how far it is over, so the best
@@ -76,3 +79,23 @@ class BudgetReward:
 
     def feasible(self, outcome: Resources) -> bool:
         return self.overrun(outcome) == 0.0
+
+
+@dataclass(frozen=True)
+class AccuracyFloorReward:
+    """log speedup (or memory reduction) within an accuracy floor; `penalty` per unit below it."""
+
+    min_accuracy: float
+    minimize: str = "latency"
+    penalty: float = 20.0
+    name: str = "accuracy"
+
+    def __call__(self, outcome: Resources, baseline: Resources) -> float:
+        if self.minimize == "memory":
+            gain = math.log(baseline.memory_bytes / outcome.memory_bytes)
+        else:
+            gain = math.log(baseline.latency_ms / outcome.latency_ms)
+        return gain - self.penalty * max(0.0, self.min_accuracy - outcome.accuracy)
+
+    def feasible(self, outcome: Resources) -> bool:
+        return outcome.accuracy >= self.min_accuracy

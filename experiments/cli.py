@@ -64,10 +64,11 @@ def search(
     episodes: Annotated[int | None, typer.Option(help="override search.episodes")] = None,
     agent: Annotated[str | None, typer.Option(help="override search.agent: ppo, random, uniform")] = None,
     device: Annotated[str | None, typer.Option(help="override device.name")] = None,
-    classes: Annotated[str | None, typer.Option(help="override classes, e.g. '0,3,7'")] = None,
+    classes: Annotated[str | None, typer.Option(help="override classes: ids or names, e.g. '0,3,7'")] = None,
     seed: Annotated[int | None, typer.Option(help="override search.seed")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="override tracking.uri")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="keep the episodes already in OUT and run the rest")] = False,
 ) -> None:
     """Search a compression policy for one deployment and write OUT/summary.json, model.onnx, policy.json."""
     from modeltailor.experiments.search import run_search
@@ -80,7 +81,7 @@ def search(
     cfg = load_config(config, overrides)
     reporter = RichReporter()
     try:
-        run = run_search(cfg, out, reporter)
+        run = run_search(cfg, out, reporter, resume=resume)
     finally:
         reporter.stop()
     _print_summary(run.summary, out)
@@ -90,15 +91,14 @@ def search(
 def train(config: ConfigOpt = None) -> None:
     """Train the configured zoo model on its data set and cache it as the teacher."""
     from modeltailor.compressors.distill import accuracy
-    from modeltailor.datasets import load_dataset
     from modeltailor.experiments.teacher import load_teacher
+    from modeltailor.experiments.workbench import load_deployment_data
 
     cfg = load_config(config)
-    splits = load_dataset(cfg.data.name, root=str(cfg.data.root) if cfg.data.root else None,
-                          input_size=cfg.data.input_size, seed=cfg.data.seed, classes=cfg.classes)
-    teacher, source = load_teacher(cfg, splits, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"))
-    x, y = splits.val.tensors
-    console.print(f"teacher: {source}\nvalidation accuracy: {accuracy(teacher, x, y, cfg.classes):.4f}")
+    full, _, _ = load_deployment_data(cfg)
+    teacher, source = load_teacher(cfg, full, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"))
+    x, y = full.val.tensors
+    console.print(f"teacher: {source}\nvalidation accuracy (all classes): {accuracy(teacher, x, y):.4f}")
 
 
 @app.command()
@@ -120,6 +120,30 @@ def apply(
     )
 
 
+@app.command()
+def pick(
+    run: Annotated[str, typer.Option("--run", "-r", help="a search's output folder or MLflow run id")],
+    max_latency_ms: Annotated[float | None, typer.Option(help="latency limit (ms)")] = None,
+    max_memory_bytes: Annotated[float | None, typer.Option(help="memory limit (bytes)")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="accuracy floor (fraction)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the picked policy.json here")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store of --run (default: ./mlflow.db)")] = None,
+) -> None:
+    """Pick another trade-off from a finished search's Pareto set, without searching again."""
+    from modeltailor.experiments.pick import load_search_summary, picked_policy
+    from modeltailor.experiments.pick import pick as pick_point
+
+    summary = load_search_summary(run, tracking_uri)
+    point = pick_point(summary, max_latency_ms, max_memory_bytes, min_accuracy)
+    console.print(
+        f"episode {point['episode']}: accuracy {point['accuracy']:.4f} (validation, search-time recovery), "
+        f"{point['latency_ms']:.3f} ms, {point['memory_bytes'] / 1e6:.2f} MB, {point['params']:,} params"
+    )
+    if out is not None:
+        picked_policy(summary, point).save(out)
+        console.print(f"policy written to {out}: rebuild with `modeltailor apply --policy {out} --distill-steps 800`")
+
+
 @app.command("show-config")
 def show_config(config: ConfigOpt = None) -> None:
     """Print the effective deployment config (defaults filled in) as YAML."""
@@ -133,13 +157,12 @@ def config_schema() -> None:
     console.print_json(json.dumps(DeploymentConfig.model_json_schema()))
 
 
-def _parse_classes(text: str | None) -> list[int] | None:
+def _parse_classes(text: str | None) -> list[int | str] | None:
+    """'0,3,7' -> [0, 3, 7]; 'cat,dog' -> names; an empty list is left for validation to reject."""
     if text is None:
         return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ModelTailorError(f"--classes '{text}': give comma-separated class ids, e.g. 0,3,7") from None
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    return [int(t) if t.lstrip("-").isdigit() else t for t in tokens]
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:

@@ -45,14 +45,22 @@ class TradeoffWeights(_Strict):
 
 
 class ObjectiveConfig(_Strict):
-    kind: Literal["budget", "tradeoff"] = Field(
-        "budget", description="budget: reward = accuracy, actions kept within the budgets; tradeoff: weighted sum"
+    kind: Literal["budget", "tradeoff", "accuracy"] = Field(
+        "budget",
+        description="budget: most accurate model within the budgets (reward = accuracy); "
+        "tradeoff: weighted sum of accuracy and log latency/memory ratios; "
+        "accuracy: fastest (or smallest) model within an accuracy floor",
     )
-    max_latency_ratio: float | None = Field(0.45, gt=0, le=1, description="latency budget as a fraction of the baseline's")
+    max_latency_ratio: float | None = Field(
+        None, gt=0, le=1, description="latency budget as a fraction of the baseline's (budget kind: 0.45 if no budget is set)"
+    )
     max_latency_ms: float | None = Field(None, gt=0, description="absolute latency budget (ms); overrides the ratio")
     max_memory_ratio: float | None = Field(None, gt=0, le=1, description="memory budget as a fraction of the baseline's")
     max_memory_bytes: int | None = Field(None, gt=0, description="absolute memory budget (bytes)")
     weights: TradeoffWeights = Field(default_factory=TradeoffWeights)
+    min_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy kind: absolute floor (fraction)")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="accuracy kind: floor = baseline minus this many points")
+    minimize: Literal["latency", "memory"] = Field("latency", description="accuracy kind: what to minimize")
 
 
 class SearchConfig(_Strict):
@@ -99,7 +107,9 @@ class DeploymentConfig(_Strict):
     name: str = "default"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    classes: list[int] | None = Field(None, description="class ids the deployment needs (default: all)")
+    classes: list[int | str] | None = Field(
+        None, description="class ids or names the deployment needs (default: all); the head is narrowed to them"
+    )
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)

@@ -43,6 +43,7 @@ class FinalResult:
     best: Measurement
     test_accuracy: float
     baseline_test_accuracy: float
+    baseline_test_accuracy_all_classes: float
     onnx_max_abs_diff: float
 
 
@@ -73,7 +74,7 @@ def finalize(
     for i, record in enumerate(pick_finalists(records, bench.config.recovery.finalists)):
         report(f"finalist {i + 1}: long distillation ({bench.config.recovery.final_steps} steps)")
         model = bench.evaluator.build(Policy.from_dict(record.policy), recovery_config(bench.config, final=True))
-        val = accuracy(model, *bench.splits.val.tensors, bench.classes)
+        val = accuracy(model, *bench.labels("val"))
         score = reward(Resources(val, record.latency_ms, record.memory_bytes), base_res)
         finalists.append(Finalist(record, model, val, score))
     chosen = max(finalists, key=lambda f: (f.record.feasible, f.score))
@@ -91,7 +92,8 @@ def finalize(
         baseline=base_m,
         best=best_m,
         test_accuracy=bench.test_accuracy(chosen.model),
-        baseline_test_accuracy=bench.test_accuracy(bench.teacher),
+        baseline_test_accuracy=bench.test_accuracy(bench.base),
+        baseline_test_accuracy_all_classes=bench.teacher_test_accuracy_all_classes(),
         onnx_max_abs_diff=float(diff),
     )
 

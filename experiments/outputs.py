@@ -65,6 +65,7 @@ def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
         "model_kwargs": config.model.kwargs,
         "input_shape": list(bench.input_shape),
         "num_classes": bench.splits.num_classes,
+        "classes": bench.classes,
         "importance": config.search.importance,
         "round_to": config.search.round_to,
         "kept_channels": record.kept_channels,
@@ -90,6 +91,8 @@ def build_summary(
         final.baseline_test_accuracy, bench.baseline.accuracy, final.baseline,
         bench.baseline.params, bench.baseline.macs,
     )
+    # the teacher predicting among all of its classes, on the deployment's test images
+    baseline["accuracy_all_classes"] = final.baseline_test_accuracy_all_classes
     best = model_entry(
         final.test_accuracy, chosen.val_accuracy, final.best, chosen.record.params, chosen.record.macs
     )
@@ -110,8 +113,9 @@ def build_summary(
         "search_seconds": info.search_seconds,
         "total_seconds": info.total_seconds,
         "device": {"name": bench.config.device.name, **bench.device.describe()},
-        "classes": bench.classes if bench.classes else list(range(bench.splits.num_classes)),
-        "class_names": bench.splits.class_names,
+        "classes": bench.output_classes,
+        "class_names": [bench.splits.class_names[c] for c in bench.output_classes],
+        "subset": bench.classes is not None,
         "teacher": bench.teacher_source,
         "onnx_max_abs_diff": final.onnx_max_abs_diff,
         "mlflow_run_id": info.mlflow_run_id,

@@ -19,14 +19,15 @@ from modeltailor.compressors.distill import (
     distill,
     recalibrate_batchnorm,
 )
+from modeltailor.compressors.head import narrow_classifier
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
-from modeltailor.datasets import load_dataset
+from modeltailor.datasets import remap_labels
 from modeltailor.env.onnx_export import export_onnx
 from modeltailor.errors import CompressionError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import load_teacher
-from modeltailor.experiments.workbench import recovery_config
+from modeltailor.experiments.workbench import load_deployment_data, recovery_config
 from modeltailor.models import load_weights
 
 
@@ -35,34 +36,45 @@ def rebuild(
 ) -> dict[str, Any]:
     policy = Policy.load(policy_path)
     meta = dict(policy.meta)
-    splits = load_dataset(config.data.name, root=str(config.data.root) if config.data.root else None,
-                          input_size=config.data.input_size, seed=config.data.seed, classes=config.classes)
-    teacher, _ = load_teacher(config, splits)
+    full, splits, classes = load_deployment_data(config)
+    teacher, _ = load_teacher(config, full)
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
-    _check_meta(meta, input_shape, policy_path)
+    _check_meta(meta, input_shape, classes, policy_path)
+    base = narrow_classifier(teacher, classes) if classes else teacher
     compressor = ChannelPruningCompressor(meta.get("importance", "l2"), int(meta.get("round_to", 4)))
-    model = compressor.apply(teacher, policy, torch.zeros(input_shape))
+    model = compressor.apply(base, policy, torch.zeros(input_shape))
     train_x, train_y = splits.train.tensors
+    if classes:
+        train_y = remap_labels(train_y, classes)
     if weights is not None:
         load_weights(model, weights)
     elif distill_steps > 0:
         recalibrate_batchnorm(model, train_x)
         r = recovery_config(config, final=True)
-        distill(model, TeacherLogits(teacher, train_x), train_y, DistillConfig(**{**r.__dict__, "steps": distill_steps}))
+        distill(model, TeacherLogits(base, train_x), train_y, DistillConfig(**{**r.__dict__, "steps": distill_steps}))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, input_shape[1:], out / "model.onnx")
     torch.save(model.state_dict(), out / "model.pt")
     val_x, val_y = splits.val.tensors
+    if classes:
+        val_y = remap_labels(val_y, classes)
     return {
         "params": count_params(model),
         "original_params": count_params(teacher),
-        "val_accuracy": accuracy(model, val_x, val_y, config.classes),
+        "val_accuracy": accuracy(model, val_x, val_y),
         "model": model,
     }
 
 
-def _check_meta(meta: dict[str, Any], input_shape: tuple[int, ...], path: Path) -> None:
+def _check_meta(
+    meta: dict[str, Any], input_shape: tuple[int, ...], classes: list[int] | None, path: Path
+) -> None:
+    if "classes" in meta and meta["classes"] != classes:
+        raise CompressionError(
+            f"policy file '{path}' was searched for classes {meta['classes']} but this config gives "
+            f"{classes}: pass the config of the search (--config)"
+        )
     wanted = meta.get("input_shape")
     if wanted is not None and tuple(wanted) != tuple(input_shape):
         raise CompressionError(

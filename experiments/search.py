@@ -19,9 +19,16 @@ from modeltailor.agent import SearchResult, make_searcher
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import LinearCostModel
+from modeltailor.env.evaluator import Outcome
 from modeltailor.env.history import EpisodeRecord, best_record
-from modeltailor.env.reward import BudgetReward, Resources, RewardFunction, TradeoffReward
-from modeltailor.errors import ConfigError
+from modeltailor.env.reward import (
+    AccuracyFloorReward,
+    BudgetReward,
+    Resources,
+    RewardFunction,
+    TradeoffReward,
+)
+from modeltailor.errors import ConfigError, DeviceError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.finalize import FinalResult, finalize
 from modeltailor.experiments.outputs import RunInfo, write_outputs
@@ -61,16 +68,40 @@ class SearchRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+DEFAULT_LATENCY_RATIO = 0.45
+
+
 def make_reward(config: DeploymentConfig, baseline: Resources) -> RewardFunction:
     o = config.objective
     if o.kind == "tradeoff":
         w = o.weights
         return TradeoffReward(w.accuracy, w.latency, w.memory)
-    latency = o.max_latency_ms or (o.max_latency_ratio * baseline.latency_ms if o.max_latency_ratio else None)
+    if o.kind == "accuracy":
+        floor = o.min_accuracy if o.min_accuracy is not None else baseline.accuracy - o.max_accuracy_drop / 100
+        return AccuracyFloorReward(min_accuracy=floor, minimize=o.minimize)
+    ratio = o.max_latency_ratio
+    if not any((o.max_latency_ms, ratio, o.max_memory_bytes, o.max_memory_ratio)):
+        ratio = DEFAULT_LATENCY_RATIO
+    latency = o.max_latency_ms or (ratio * baseline.latency_ms if ratio else None)
     memory = o.max_memory_bytes or (o.max_memory_ratio * baseline.memory_bytes if o.max_memory_ratio else None)
-    if latency is None and memory is None:
-        raise ConfigError("objective kind 'budget' needs max_latency_ms/ratio or max_memory_bytes/ratio")
     return BudgetReward(max_latency_ms=latency, max_memory_bytes=memory)
+
+
+def check_budget_reachable(reward: RewardFunction, fastest: Outcome, min_keep: float, slack: float = 0.9) -> None:
+    """ConfigError when a budget is below what the most compressed model of this search measures."""
+    if not isinstance(reward, BudgetReward):
+        return
+    what = f"measured with every unit at search.min_keep={min_keep}"
+    if reward.max_latency_ms is not None and reward.max_latency_ms < slack * fastest.latency_ms:
+        raise ConfigError(
+            f"objective: latency budget {reward.max_latency_ms:.3f} ms is below the fastest model this search "
+            f"can build ({fastest.latency_ms:.3f} ms {what}): raise the budget or lower search.min_keep"
+        )
+    if reward.max_memory_bytes is not None and reward.max_memory_bytes < slack * fastest.memory_bytes:
+        raise ConfigError(
+            f"objective: memory budget {reward.max_memory_bytes:,.0f} bytes is below the smallest model this "
+            f"search can build ({fastest.memory_bytes:,} bytes {what}): raise the budget or lower search.min_keep"
+        )
 
 
 def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> CompressionEnv:
@@ -82,6 +113,7 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
     calib = bench.evaluator.measure(
         bench.evaluator.compressor.apply(bench.teacher, _uniform(bench, s.min_keep), bench.example)
     )
+    check_budget_reachable(reward, calib, s.min_keep)
     latency_model.add(calib.macs, calib.latency_ms)
     memory_model.add(calib.params, calib.memory_bytes)
     classes = len(bench.classes) if bench.classes else bench.splits.num_classes
@@ -97,10 +129,16 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
     )
 
 
-def run_search(config: DeploymentConfig, out_dir: Path, reporter: Reporter | None = None) -> SearchRun:
+EPISODES_FILE = "episodes.jsonl"
+RESUME_KEYS = ("model", "data", "classes", "device", "objective", "search")
+
+
+def run_search(
+    config: DeploymentConfig, out_dir: Path, reporter: Reporter | None = None, resume: bool = False
+) -> SearchRun:
     reporter = reporter or LogReporter()
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    previous = prepare_out_dir(config, out_dir, resume)
     bench = build_workbench(config, reporter.message)
     baseline = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
     reward = make_reward(config, baseline)
@@ -108,10 +146,11 @@ def run_search(config: DeploymentConfig, out_dir: Path, reporter: Reporter | Non
     run_id = _start_tracking(tracker, config, bench)
     try:
         env = build_env(bench, reward, baseline)
-        _attach_episode_sinks(env, out_dir / "episodes.jsonl", tracker, reporter)
-        reporter.start(config.search.episodes)
+        env.history.extend(previous)
+        _attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
+        reporter.start(max(0, config.search.episodes - len(previous)))
         search_started = time.perf_counter()
-        result = make_searcher(config.search.agent, config.search.seed).search(env, config.search.episodes)
+        result = _search(env, config, len(previous), out_dir / EPISODES_FILE)
         search_seconds = time.perf_counter() - search_started
         if not result.episodes:
             raise KeyboardInterrupt
@@ -125,6 +164,50 @@ def run_search(config: DeploymentConfig, out_dir: Path, reporter: Reporter | Non
     if tracker is not None:
         tracker.end_run("KILLED" if result.interrupted else "FINISHED")
     return SearchRun(summary, result, final, out_dir)
+
+
+def _search(env: CompressionEnv, config: DeploymentConfig, done: int, episodes_file: Path) -> SearchResult:
+    """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
+    searcher = make_searcher(config.search.agent, config.search.seed)
+    try:
+        result = searcher.search(env, max(0, config.search.episodes - done))
+    except DeviceError as exc:
+        raise DeviceError(
+            f"{exc} (after {len(env.history)} episodes, all kept in {episodes_file}: "
+            "fix the device and rerun with --resume)"
+        ) from None
+    return SearchResult.from_records(searcher.name, env.history, interrupted=result.interrupted)
+
+
+def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> list[EpisodeRecord]:
+    """Create OUT; with `resume`, the episodes a previous run of the same deployment finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = out_dir / "deployment.json"
+    current = {k: v for k, v in config.model_dump(mode="json").items() if k in RESUME_KEYS}
+    previous: list[EpisodeRecord] = []
+    if resume and stamp.is_file():
+        if json.loads(stamp.read_text()) != current:
+            raise ConfigError(
+                f"--resume: '{out_dir}' holds a search of a different deployment: use another --out or drop --resume"
+            )
+        previous = load_episodes(out_dir / EPISODES_FILE)
+    else:
+        (out_dir / EPISODES_FILE).write_text("")
+    stamp.write_text(json.dumps(current, indent=2) + "\n")
+    return previous
+
+
+def load_episodes(path: Path) -> list[EpisodeRecord]:
+    """Records from an episodes.jsonl; a torn last line (a killed write) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(EpisodeRecord(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            log.warning("skipping an unreadable line of %s", path)
+    return records
 
 
 def _uniform(bench: Workbench, keep: float) -> Policy:
@@ -148,7 +231,6 @@ def _start_tracking(tracker: Tracker | None, config: DeploymentConfig, bench: Wo
 def _attach_episode_sinks(
     env: CompressionEnv, path: Path, tracker: Tracker | None, reporter: Reporter
 ) -> None:
-    path.write_text("")
 
     def sink(record: EpisodeRecord) -> None:
         with path.open("a") as handle:

@@ -335,3 +335,19 @@ def get_run_summary(tracking_uri: str, run_id: str) -> dict[str, Any]:
         "metrics": dict(run.data.metrics),
         "artifacts": artifacts,
     }
+
+
+def read_artifact_json(tracking_uri: str, run_id: str, path: str) -> dict[str, Any]:
+    """A JSON artifact of a run (e.g. summary.json), parsed; one-line error if it is missing."""
+    quiet_mlflow_logging()
+    uri = normalize_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    with _mlflow_errors(uri):
+        try:
+            local = client.download_artifacts(run_id, path)
+        except MlflowException as exc:
+            raise ModelTailorError(
+                f"run '{run_id}' has no artifact '{path}' in {uri}: pass a finished search's run id"
+            ) from exc
+    return json.loads(Path(local).read_text())

@@ -1,24 +1,36 @@
 """The workbench: everything one deployment's search needs, built once.
 
-Loads the data (restricted to the deployment's classes), the teacher, finds the compressible units,
-sets up the device and the policy evaluator, and measures the baseline once.
+Loads the data, the teacher (trained on every class: it is the one model shipped to every
+deployment), restricts the data to the deployment's classes and narrows the head to them, finds the
+compressible units, sets up the device and the policy evaluator, and measures the baseline once.
+
+Label spaces: `splits` keep original class ids; the search works on the narrowed model, whose
+outputs are the deployment's classes in order, so its labels are remapped (`remap_labels`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accuracy
-from modeltailor.compressors.pruning import ChannelPruningCompressor
+from modeltailor.compressors.head import narrow_classifier
+from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
-from modeltailor.datasets import DataSplits, load_dataset
+from modeltailor.datasets import (
+    DataSplits,
+    load_dataset,
+    remap_labels,
+    resolve_classes,
+    restrict_splits,
+)
 from modeltailor.env.devices import CachedDevice, Device, get_device
 from modeltailor.env.evaluator import EvalData, Outcome, PolicyEvaluator
+from modeltailor.env.onnx_export import export_onnx
 from modeltailor.errors import DataError, ModelLoadError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import cache_dir, load_teacher
@@ -33,6 +45,7 @@ class Workbench:
     config: DeploymentConfig
     splits: DataSplits
     teacher: nn.Module
+    base: nn.Module
     teacher_source: str
     classes: list[int] | None
     input_shape: tuple[int, ...]
@@ -45,9 +58,22 @@ class Workbench:
     def example(self) -> torch.Tensor:
         return torch.zeros(self.input_shape)
 
+    @property
+    def output_classes(self) -> list[int]:
+        return self.classes if self.classes else list(range(self.splits.num_classes))
+
+    def labels(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of a split, labels in the narrowed model's output space."""
+        return _split_labels(self.splits, split, self.classes)
+
     def test_accuracy(self, model: nn.Module) -> float:
+        """Accuracy of a model with the deployment's outputs (the narrowed head) on the test split."""
+        return accuracy(model, *self.labels("test"))
+
+    def teacher_test_accuracy_all_classes(self) -> float:
+        """The original teacher on the subset's test images, predicting among ALL classes."""
         x, y = self.splits.test.tensors
-        return accuracy(model, x, y, self.classes)
+        return accuracy(self.teacher, x, y)
 
 
 def recovery_config(config: DeploymentConfig, final: bool = False) -> DistillConfig:
@@ -69,40 +95,76 @@ def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
     return CachedDevice(device, path=cache_dir() / "latency-cache.json")
 
 
-def build_workbench(config: DeploymentConfig, report: Report = log.info) -> Workbench:
-    device = build_device(config)  # fail fast on an unknown device, before any training
-    report(f"loading data '{config.data.name}'")
-    splits = load_dataset(
+def load_deployment_data(config: DeploymentConfig) -> tuple[DataSplits, DataSplits, list[int] | None]:
+    """(all-class splits, the deployment's splits, class ids or None for all)."""
+    full = load_dataset(
         config.data.name,
         root=str(config.data.root) if config.data.root else None,
         input_size=config.data.input_size,
         seed=config.data.seed,
-        classes=config.classes,
     )
+    classes = resolve_classes(config.classes, full.class_names, full.name)
+    if classes is not None and len(classes) == full.num_classes and classes == sorted(classes):
+        classes = None  # every class in order: nothing to narrow
+    return full, (restrict_splits(full, classes) if classes else full), classes
+
+
+def build_workbench(config: DeploymentConfig, report: Report = log.info) -> Workbench:
+    device = build_device(config)  # fail fast on an unknown device, before any training
+    report(f"loading data '{config.data.name}'")
+    full, splits, classes = load_deployment_data(config)
     report("loading the teacher (trains and caches a zoo model on first use)")
-    teacher, source = load_teacher(config, splits, _train_progress(report))
+    teacher, source = load_teacher(config, full, _train_progress(report))
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
     _check_teacher(teacher, input_shape, splits)
-    analysis = analyze_model(teacher, torch.zeros(input_shape))
+    base = narrow_classifier(teacher, classes) if classes else teacher
+    analysis = analyze_model(base, torch.zeros(input_shape))
     if not analysis.units:
         raise ModelLoadError("the model has no prunable conv/linear layer: nothing to compress")
-    train_x, train_y = splits.train.tensors
-    val_x, val_y = splits.val.tensors
-    evaluator = PolicyEvaluator(
-        teacher=teacher,
+    evaluator = _evaluator(config, splits, classes, base, input_shape, device)
+    report(f"measuring the baseline on '{config.device.name}'")
+    baseline = _baseline(evaluator, teacher, base, input_shape)
+    return Workbench(
+        config, splits, teacher, base, source, classes, input_shape, analysis, device, evaluator, baseline
+    )
+
+
+def _split_labels(splits: DataSplits, split: str, classes: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = getattr(splits, split).tensors
+    return x, (remap_labels(y, classes) if classes else y)
+
+
+def _evaluator(
+    config: DeploymentConfig,
+    splits: DataSplits,
+    classes: list[int] | None,
+    base: nn.Module,
+    input_shape: tuple[int, ...],
+    device: Device,
+) -> PolicyEvaluator:
+    train_x, train_y = _split_labels(splits, "train", classes)
+    val_x, val_y = _split_labels(splits, "val", classes)
+    return PolicyEvaluator(
+        teacher=base,
         compressor=ChannelPruningCompressor(config.search.importance, config.search.round_to),
-        data=EvalData(train_x, train_y, val_x, val_y, config.classes),
-        teacher_logits=TeacherLogits(teacher, train_x),
+        data=EvalData(train_x, train_y, val_x, val_y),
+        teacher_logits=TeacherLogits(base, train_x),
         recovery=recovery_config(config),
         device=device,
         input_shape=input_shape,
     )
-    report(f"measuring the baseline on '{config.device.name}'")
-    baseline = evaluator.measure(teacher)
-    return Workbench(
-        config, splits, teacher, source, config.classes, input_shape, analysis,
-        evaluator.device, evaluator, baseline,
-    )
+
+
+def _baseline(
+    evaluator: PolicyEvaluator, teacher: nn.Module, base: nn.Module, input_shape: tuple[int, ...]
+) -> Outcome:
+    """The uncompressed teacher: accuracy restricted to the classes, latency of the original model."""
+    outcome = evaluator.measure(base)
+    if base is teacher:
+        return outcome
+    measurement = evaluator.device.measure(export_onnx(teacher, input_shape[1:]))
+    macs = analyze_model(teacher, torch.zeros(input_shape)).total_macs
+    return replace(outcome, measurement=measurement, params=count_params(teacher), macs=macs)
 
 
 def _check_teacher(teacher: nn.Module, input_shape: tuple[int, ...], splits: DataSplits) -> None:
@@ -113,7 +175,7 @@ def _check_teacher(teacher: nn.Module, input_shape: tuple[int, ...], splits: Dat
         raise ModelLoadError(
             f"the model fails on input of shape {tuple(input_shape)}: {str(exc).splitlines()[0]}"
         ) from None
-    if out.ndim != 2 or out.shape[1] < splits.num_classes:
+    if out.ndim != 2 or out.shape[1] != splits.num_classes:
         raise DataError(
             f"the model outputs shape {tuple(out.shape)} but data set '{splits.name}' has "
             f"{splits.num_classes} classes: build the model with num_classes={splits.num_classes}"

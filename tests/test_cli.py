@@ -38,6 +38,8 @@ def cases(tmp_path):
         "unknown data set": ("data: {name: imagenet}\n", "unknown data set 'imagenet'"),
         "unknown device": ("device: {name: pixel9}\n", "unknown device 'pixel9'"),
         "class out of range": ("classes: [1, 12]\n", "12"),
+        "empty class list": ("classes: []\n", "is empty"),
+        "unknown class name": ("classes: ['3', 'seven']\n", "unknown class name 'seven'"),
         "malformed yaml": ("search: {episodes: [1,\n", "not valid YAML"),
         "unknown key": ("search: {agents: ppo}\n", "unknown key 'search.agents'"),
     }
@@ -46,7 +48,7 @@ def cases(tmp_path):
 @pytest.mark.parametrize(
     "case",
     ["missing weights", "factory import", "state dict misfit", "unknown data set", "unknown device",
-     "class out of range", "malformed yaml", "unknown key"],
+     "class out of range", "empty class list", "unknown class name", "malformed yaml", "unknown key"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
     text, fragment = cases(tmp_path)[case]
@@ -59,9 +61,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
     assert not (tmp_path / "cache" / "teachers").exists(), "a teacher was trained before the error"
 
 
-def test_bad_classes_flag(tmp_path, monkeypatch, capsys):
+def test_unknown_class_name_flag(tmp_path, monkeypatch, capsys):
     code, err = run_main(monkeypatch, capsys, "search", "--classes", "1,x", "--no-tracking")
-    assert code == 2 and "--classes '1,x'" in err
+    assert code == 2 and "unknown class name 'x'" in err
 
 
 def test_real_process_prints_no_traceback(tmp_path):

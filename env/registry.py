@@ -1,0 +1,227 @@
+"""Device registry: named device profiles in YAML, validated with pydantic.
+
+The built-in ``experiments/devices.yaml`` is merged with the user file (``$MODELTAILOR_DEVICES``,
+else ``~/.config/modeltailor/devices.yaml``) and then with an explicit ``path``; later files
+override earlier ones entry by entry. Kinds: ``local-ort`` (ONNX Runtime on this machine),
+``remote`` (a ``modeltailor device-agent`` over HTTP) and ``table`` (a per-layer latency table).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import modeltailor.experiments
+from modeltailor.env.devices import Device, LocalOrtDevice
+from modeltailor.errors import ConfigError, DeviceError
+
+REGISTRY_ENV = "MODELTAILOR_DEVICES"
+DEFAULT_TOKEN_ENV = "MODELTAILOR_AGENT_TOKEN"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    int8: bool = Field(False, description="whether int8 kernels are worth trying on this device")
+    description: str = ""
+
+
+class LocalOrtSpec(_Spec):
+    """ONNX Runtime on this machine's CPU."""
+
+    kind: Literal["local-ort"] = "local-ort"
+    intra_op_threads: int = Field(1, ge=1, le=256)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+    @property
+    def where(self) -> str:
+        return f"{self.intra_op_threads} thread(s), opt {self.graph_optimization_level}"
+
+    def build(self, name: str, runs: int | None, warmup: int | None) -> Device:
+        timing = {k: v for k, v in (("runs", runs), ("warmup", warmup)) if v is not None}
+        return LocalOrtDevice(
+            name=name,
+            intra_op_threads=self.intra_op_threads,
+            graph_optimization_level=self.graph_optimization_level,
+            **timing,
+        )
+
+
+class RemoteSpec(_Spec):
+    """A ``modeltailor device-agent`` reached over HTTP."""
+
+    kind: Literal["remote"] = "remote"
+    url: str
+    token_env: str = Field(DEFAULT_TOKEN_ENV, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://10.0.0.7:8765")
+        return value.rstrip("/")
+
+    @property
+    def where(self) -> str:
+        return self.url
+
+    def build(self, name: str, runs: int | None, warmup: int | None) -> Device:
+        from modeltailor.env.remote import RemoteDevice, token_from_env
+
+        timing = {k: v for k, v in (("runs", runs), ("warmup", warmup)) if v is not None}
+        token = token_from_env(name, self.token_env)
+        return RemoteDevice(name, self.url, token, timeout_s=self.timeout_s, **timing)
+
+
+class TableSpec(_Spec):
+    """A per-layer latency table built by ``modeltailor devices calibrate``."""
+
+    kind: Literal["table"] = "table"
+    table: Path
+
+    @property
+    def where(self) -> str:
+        return str(self.table)
+
+    def build(self, name: str, runs: int | None, warmup: int | None) -> Device:
+        if not self.table.is_file():
+            raise DeviceError(
+                f"latency table {self.table} of device '{name}' does not exist: "
+                "build it with `modeltailor devices calibrate` or fix `table` in the registry"
+            )
+        try:
+            from modeltailor.env.latency_table import TableDevice
+        except ImportError as exc:
+            raise DeviceError(
+                f"device '{name}' is a latency table, but this install has no "
+                f"modeltailor.env.latency_table ({exc})"
+            ) from exc
+        return TableDevice(name=name, table_path=self.table)
+
+
+DeviceSpec = LocalOrtSpec | RemoteSpec | TableSpec
+_KINDS: dict[str, type[_Spec]] = {"local-ort": LocalOrtSpec, "remote": RemoteSpec, "table": TableSpec}
+
+
+def builtin_path() -> Path:
+    return Path(modeltailor.experiments.__file__).parent / "devices.yaml"
+
+
+def user_path() -> Path | None:
+    """The user registry: ``$MODELTAILOR_DEVICES`` (must exist) or the default, if it exists."""
+    if os.environ.get(REGISTRY_ENV):
+        return Path(os.environ[REGISTRY_ENV]).expanduser()
+    default = Path.home() / ".config" / "modeltailor" / "devices.yaml"
+    return default if default.is_file() else None
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"device registry {path} does not exist: fix the path or ${REGISTRY_ENV}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"device registry {path} is not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"device registry {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _validation_message(path: Path, name: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in ("devices", name, *err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return f"device registry {path}: unknown key '{key}'"
+    return f"device registry {path}: '{key}': {err['msg']}"
+
+
+def _parse_entry(path: Path, name: str, raw: Any) -> DeviceSpec:
+    if not _NAME.match(name):
+        raise ConfigError(f"device registry {path}: bad device name 'devices.{name}': use letters, digits, '-', '_', '.'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"device registry {path}: 'devices.{name}' must be a mapping with a 'kind'")
+    kind = raw.get("kind")
+    if kind not in _KINDS:
+        raise ConfigError(
+            f"device registry {path}: 'devices.{name}.kind' is {kind!r}: choose one of {', '.join(_KINDS)}"
+        )
+    data = dict(raw)
+    if kind == "table" and data.get("table") is not None:
+        data["table"] = (path.parent / Path(str(data["table"])).expanduser()).resolve()
+    try:
+        return _KINDS[kind].model_validate(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        allowed = ", ".join(_KINDS[kind].model_fields)
+        message = _validation_message(path, name, exc)
+        if "unknown key" in message:
+            message += f" (a {kind} device takes {allowed})"
+        raise ConfigError(message) from None
+
+
+def read_registry_file(path: Path) -> dict[str, DeviceSpec]:
+    """Parse and validate one registry file; ConfigError naming the file and the bad key."""
+    data = _read_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"device registry {path} must be a mapping with a 'devices' key")
+    extra = sorted(set(data) - {"devices"})
+    if extra:
+        raise ConfigError(f"device registry {path}: unknown key '{extra[0]}' (only 'devices' is allowed)")
+    devices = data.get("devices") or {}
+    if not isinstance(devices, dict):
+        raise ConfigError(f"device registry {path}: 'devices' must be a mapping of name -> profile")
+    return {str(name): _parse_entry(path, str(name), raw) for name, raw in devices.items()}
+
+
+def registry_files(path: Path | None = None) -> list[Path]:
+    """The files merged, in order: built-in, user (if any), explicit ``path`` (if given)."""
+    files = [builtin_path()]
+    user = user_path()
+    if user is not None:
+        files.append(user)
+    if path is not None:
+        files.append(Path(path).expanduser())
+    return files
+
+
+def load_registry(path: Path | None = None) -> dict[str, DeviceSpec]:
+    """Every device profile, later files overriding earlier ones by name."""
+    merged: dict[str, DeviceSpec] = {}
+    for file in registry_files(path):
+        merged.update(read_registry_file(file))
+    return merged
+
+
+def list_devices(registry: Path | None = None) -> list[tuple[str, DeviceSpec]]:
+    """(name, spec) pairs in registry order (built-ins first, then new user entries)."""
+    return list(load_registry(registry).items())
+
+
+def get_spec(name: str, registry: Path | None = None) -> DeviceSpec:
+    specs = load_registry(registry)
+    if name not in specs:
+        raise DeviceError(
+            f"unknown device '{name}': choose one of {', '.join(specs)} (modeltailor devices list)"
+        )
+    return specs[name]
+
+
+def get_device(
+    name: str,
+    *,
+    registry: Path | None = None,
+    runs: int | None = None,
+    warmup: int | None = None,
+) -> Device:
+    """The device profile ``name``, built: LocalOrtDevice, RemoteDevice or TableDevice."""
+    return get_spec(name, registry).build(name, runs, warmup)

@@ -1,0 +1,373 @@
+"""The device agent: an HTTP service on the target device that measures ONNX models.
+
+``GET /health`` (no auth) describes the agent; ``POST /measure`` (``Authorization: Bearer``,
+raw ONNX bytes, query ``runs`` and ``warmup``) times the model with :class:`LocalOrtDevice` and
+answers ``Measurement.to_dict()`` plus ``latency`` and ``memory`` dicts. Measurements run one at a
+time in a worker process that is killed and replaced when it exceeds ``timeout_s``. Every error
+is a JSON ``{"error": "..."}`` with a 4xx status, never a 500.
+
+Run it with ``modeltailor device-agent`` or ``python -m modeltailor.experiments.device_agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import multiprocessing
+import os
+import platform
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+import onnxruntime as ort
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modeltailor.env.devices import LocalOrtDevice
+from modeltailor.errors import ConfigError, ModelTailorError
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+TOKEN_ENV = "MODELTAILOR_AGENT_TOKEN"
+WORKER_START_TIMEOUT_S = 120.0
+
+
+class AgentError(Exception):
+    """An error answered as JSON ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) -> dict[str, Any]:
+    device = LocalOrtDevice(name="agent", intra_op_threads=threads, runs=runs, warmup=warmup)
+    start = time.perf_counter()
+    measurement = device.measure(onnx_bytes)
+    return {
+        "device": measurement.device,
+        **measurement.to_dict(),
+        "latency": measurement.latency.to_dict(),
+        "memory": measurement.memory.to_dict(),
+        "measure_seconds": time.perf_counter() - start,
+    }
+
+
+def _worker_main(conn: Connection, threads: int) -> None:
+    """Worker process: answer ("ok", payload) or ("error", message) to each (bytes, runs, warmup)."""
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            onnx_bytes, runs, warmup = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", _measure_payload(threads, onnx_bytes, runs, warmup)))
+        except ModelTailorError as exc:
+            conn.send(("error", _first_line(exc)))
+        except Exception as exc:  # anything ORT or numpy throws: still one line
+            conn.send(("error", f"measurement failed: {type(exc).__name__}: {_first_line(exc)}"))
+
+
+class MeasureWorker:
+    """One measuring process, used one request at a time; replaced when it overruns or dies."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._ctx = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._ready = False
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def _spawn(self) -> None:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, self.threads), daemon=True, name="measure-worker"
+        )
+        process.start()
+        child.close()
+        self._process, self._conn, self._ready = process, parent, False
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn, self._ready = None, None, False
+
+    def _ensure_ready(self) -> Connection:
+        if self._process is None or not self._process.is_alive():
+            self._kill()
+            self._spawn()
+        assert self._conn is not None
+        if not self._ready:
+            if not self._conn.poll(WORKER_START_TIMEOUT_S):
+                self._kill()
+                raise AgentError(422, "the measuring process did not start: check the agent's log")
+            self._conn.recv()
+            self._ready = True
+        return self._conn
+
+    def start(self) -> None:
+        with self._lock:
+            self._ensure_ready()
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+    def measure(self, onnx_bytes: bytes, runs: int, warmup: int, timeout_s: float) -> dict[str, Any]:
+        """The measurement payload; AgentError 504 on timeout, 422 on a model ORT rejects."""
+        with self._lock:
+            conn = self._ensure_ready()
+            try:
+                conn.send((onnx_bytes, runs, warmup))
+                finished = conn.poll(timeout_s)
+                status, payload = conn.recv() if finished else ("timeout", None)
+            except (EOFError, OSError):
+                code = self._process.exitcode if self._process is not None else None
+                self._kill()
+                raise AgentError(
+                    422, f"the measuring process died (exit code {code}) on this model"
+                ) from None
+            if status == "timeout":
+                self._kill()
+                self._spawn()  # the replacement starts while the answer goes out
+                raise AgentError(
+                    504,
+                    f"the measurement took longer than the agent's timeout of {timeout_s:g} s: "
+                    "lower runs or start the agent with a larger --timeout-s",
+                )
+            if status == "error":
+                raise AgentError(422, str(payload))
+            return payload
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "system": platform.system(),
+        "release": platform.release(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _check_token(request: Request, token: str) -> None:
+    given = _bearer(request)
+    if given is None:
+        raise AgentError(401, "missing token: send the header 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise AgentError(401, "wrong token: use the token the agent was started with")
+
+
+def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AgentError(422, f"query parameter {key}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise AgentError(422, f"query parameter {key}={value} is out of range [{low}, {high}]")
+    return value
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise AgentError(400, f"Content-Length {declared!r} is not a byte count")
+        if int(declared) > limit:
+            raise AgentError(413, _too_big(int(declared), limit))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise AgentError(413, _too_big(size, limit, at_least=True))
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise AgentError(422, "empty body: send the ONNX model's bytes (application/octet-stream)")
+    return body
+
+
+def _too_big(size: int, limit: int, at_least: bool = False) -> str:
+    more = "at least " if at_least else ""
+    return (
+        f"the model is {more}{size:,} bytes, over the agent's limit of {limit:,} bytes: "
+        "start the agent with a larger --max-model-mb"
+    )
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AgentError)
+    async def _agent_error(request: Request, exc: AgentError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code if 400 <= exc.status_code < 500 else 422
+        return _error(status, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(422, f"the agent failed: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def create_app(
+    token: str,
+    threads: int = 1,
+    max_model_bytes: int = 64 * MIB,
+    timeout_s: float = 60.0,
+    runs: int = 200,
+    warmup: int = 20,
+    max_runs: int = 10_000,
+    max_warmup: int = 1_000,
+) -> FastAPI:
+    """The agent's FastAPI app; the worker process starts with the app (or on first use)."""
+    if not token:
+        raise ConfigError(f"the device agent needs a token: pass --token or set {TOKEN_ENV}")
+    if threads < 1 or max_model_bytes < 1 or timeout_s <= 0:
+        raise ConfigError("the device agent needs threads >= 1, max model size > 0, timeout > 0")
+    worker = MeasureWorker(threads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(worker.start)
+        yield
+        await run_in_threadpool(worker.close)
+
+    app = FastAPI(title="modeltailor device agent", lifespan=lifespan)
+    app.state.worker = worker
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "onnxruntime": ort.__version__,
+            "threads": threads,
+            "machine": machine_info(),
+            "max_model_bytes": max_model_bytes,
+            "timeout_s": timeout_s,
+            "max_runs": max_runs,
+            "busy": worker.busy,
+        }
+
+    @app.post("/measure")
+    async def measure(request: Request) -> JSONResponse:
+        _check_token(request, token)
+        n_runs = _int_param(request, "runs", runs, 1, max_runs)
+        n_warmup = _int_param(request, "warmup", warmup, 0, max_warmup)
+        body = await _read_body(request, max_model_bytes)
+        payload = await run_in_threadpool(worker.measure, body, n_runs, n_warmup, timeout_s)
+        log.info(
+            "measured %d bytes: %.4f ms median over %d runs",
+            len(body), payload["latency_ms"], payload["latency"]["runs"],
+        )
+        return JSONResponse(payload)
+
+    return app
+
+
+def _ready_line(host: str, port: int, threads: int) -> str:
+    return f"device agent on http://{host}:{port}, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    threads: int = 1,
+    max_model_mb: float = 64,
+    timeout_s: float = 60.0,
+) -> None:
+    """Run the agent with uvicorn until interrupted; prints one line when it is ready."""
+    import uvicorn
+
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise ConfigError(f"the device agent needs a token: pass --token or set {TOKEN_ENV}")
+    app = create_app(
+        token, threads=threads, max_model_bytes=int(max_model_mb * MIB), timeout_s=timeout_s
+    )
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and self.servers:
+                bound = self.servers[0].sockets[0].getsockname()[1]
+                print(_ready_line(host, bound, threads), flush=True)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    _Server(config).run()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="modeltailor device agent")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--max-model-mb", type=float, default=64.0)
+    parser.add_argument("--timeout-s", type=float, default=60.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        serve(args.host, args.port, args.token, args.threads, args.max_model_mb, args.timeout_s)
+    except ModelTailorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Objectives (trade-off, budget, accuracy floor), unreachable budgets, pick and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, TradeoffReward
+from modeltailor.errors import ConfigError, ModelTailorError
+from modeltailor.experiments.config import load_config
+from modeltailor.experiments.pick import pick, picked_policy
+from modeltailor.experiments.search import make_reward, run_search
+from tests.test_search_e2e import TINY, InterruptAfter
+
+BASE = Resources(accuracy=0.95, latency_ms=1.0, memory_bytes=1000)
+
+
+def test_tradeoff_rewards_speed_and_accuracy():
+    reward = TradeoffReward(1.0, 0.1, 0.0)
+    faster = reward(Resources(0.95, 0.5, 1000), BASE)
+    assert faster == pytest.approx(0.95 + 0.1 * math.log(2))
+    assert reward(Resources(0.90, 0.5, 1000), BASE) < faster
+
+
+def test_budget_reward_penalizes_overrun():
+    reward = BudgetReward(max_latency_ms=0.5)
+    inside, outside = Resources(0.9, 0.5, 1000), Resources(0.95, 0.75, 1000)
+    assert reward.feasible(inside) and not reward.feasible(outside)
+    assert reward(inside, BASE) == 0.9 > reward(outside, BASE)
+
+
+def test_accuracy_floor_prefers_the_fastest_within_the_floor():
+    reward = AccuracyFloorReward(min_accuracy=0.94)
+    fast_ok, faster_bad = Resources(0.945, 0.5, 1000), Resources(0.90, 0.3, 1000)
+    assert reward.feasible(fast_ok) and not reward.feasible(faster_bad)
+    assert reward(fast_ok, BASE) > reward(faster_bad, BASE)
+    assert reward(Resources(0.95, 0.4, 1000), BASE) > reward(fast_ok, BASE)
+
+
+def test_make_reward_by_kind():
+    assert make_reward(load_config(None), BASE) == BudgetReward(max_latency_ms=0.45)
+    memory_only = load_config(None, {"objective.max_memory_ratio": 0.5})
+    assert make_reward(memory_only, BASE) == BudgetReward(max_memory_bytes=500)
+    floor = make_reward(load_config(None, {"objective.kind": "accuracy", "objective.max_accuracy_drop": 2}), BASE)
+    assert isinstance(floor, AccuracyFloorReward) and floor.min_accuracy == pytest.approx(0.93)
+    assert isinstance(make_reward(load_config(None, {"objective.kind": "tradeoff"}), BASE), TradeoffReward)
+
+
+def summary_with(points):
+    return {"pareto": points, "policy": {"meta": {"input_shape": [1, 1, 16, 16], "kept_channels": {}}}}
+
+
+def point(episode, acc, lat, mem=100):
+    return {"episode": episode, "accuracy": acc, "latency_ms": lat, "memory_bytes": mem, "params": 1,
+            "policy": {"format": 1, "meta": {}, "units": [{"unit": "a", "method": "prune", "keep": 0.5}]}}
+
+
+def test_pick_returns_the_most_accurate_within_limits():
+    summary = summary_with([point(0, 0.80, 0.2), point(1, 0.90, 0.4), point(2, 0.95, 0.8)])
+    assert pick(summary, max_latency_ms=0.5)["episode"] == 1
+    assert pick(summary)["episode"] == 2
+    assert pick(summary, max_latency_ms=0.5, min_accuracy=0.85)["episode"] == 1
+    with pytest.raises(ModelTailorError, match="fastest result is 0.200 ms"):
+        pick(summary, max_latency_ms=0.1)
+    policy = picked_policy(summary, pick(summary, max_latency_ms=0.5))
+    assert dict(policy.meta)["picked_from_episode"] == 1 and "kept_channels" not in dict(policy.meta)
+
+
+@pytest.mark.slow
+def test_unreachable_budget_is_a_clear_error(tmp_path):
+    cfg = load_config(None, {**TINY, "objective.max_latency_ms": 1e-4, "tracking.enabled": False})
+    with pytest.raises(ConfigError, match="below the fastest model this search can build"):
+        run_search(cfg, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_resume_keeps_finished_episodes_and_runs_the_rest(tmp_path):
+    out = tmp_path / "out"
+    cfg = load_config(None, {**TINY, "search.episodes": 4, "search.agent": "random", "tracking.enabled": False})
+    run_search(cfg, out, InterruptAfter(2))
+    first = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(first) == 2
+    run = run_search(cfg, out, resume=True)
+    lines = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in lines] == [0, 1, 2, 3]
+    assert lines[:2] == first
+    assert run.summary["episodes"] == 4
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_deployment(tmp_path):
+    out = tmp_path / "out"
+    cfg = load_config(None, {**TINY, "search.episodes": 1, "tracking.enabled": False})
+    run_search(cfg, out)
+    other = load_config(None, {**TINY, "search.episodes": 1, "classes": [1, 2], "tracking.enabled": False})
+    with pytest.raises(ConfigError, match="different deployment"):
+        run_search(other, out, resume=True)

@@ -1,0 +1,59 @@
+"""Class-subset deployments: a narrowed head, restricted data and accuracy, both baselines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from modeltailor.compressors.head import narrow_classifier
+from modeltailor.datasets import load_dataset, remap_labels, resolve_classes, restrict_splits
+from modeltailor.errors import DataError
+from modeltailor.experiments.config import load_config
+from modeltailor.experiments.search import run_search
+from modeltailor.models import build_model
+from tests.test_search_e2e import TINY
+
+
+def test_narrowed_head_gives_the_restricted_logits():
+    model = build_model("resnet20", in_channels=1, input_size=16, num_classes=10, width=0.5).eval()
+    classes = [7, 2, 5]
+    narrowed = narrow_classifier(model, classes).eval()
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.allclose(narrowed(x), model(x)[:, classes], atol=1e-6)
+    assert narrowed.classifier.out_features == 3 and model.classifier.out_features == 10
+    assert sum(p.numel() for p in narrowed.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_restricted_splits_keep_only_the_subset():
+    full = load_dataset("digits", input_size=8)
+    sub = restrict_splits(full, [1, 4])
+    for split in ("train", "val", "test"):
+        labels = getattr(sub, split).tensors[1]
+        assert set(labels.tolist()) == {1, 4}
+    assert remap_labels(torch.tensor([4, 1, 4]), [1, 4]).tolist() == [1, 0, 1]
+
+
+def test_class_names_resolve_and_unknown_names_fail():
+    names = [str(i) for i in range(10)]
+    assert resolve_classes(["3", 5], names, "digits") == [3, 5]
+    with pytest.raises(DataError, match="unknown class name 'cat'"):
+        resolve_classes(["cat"], names, "digits")
+    with pytest.raises(DataError, match="is empty"):
+        resolve_classes([], names, "digits")
+
+
+@pytest.mark.slow
+def test_subset_search_narrows_the_model(tmp_path):
+    cfg = load_config(None, {**TINY, "classes": [0, 3, 7], "tracking.enabled": False})
+    out = tmp_path / "out"
+    run = run_search(cfg, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == [0, 3, 7] and summary["subset"] is True
+    assert {"accuracy", "accuracy_all_classes"} <= summary["baseline"].keys()
+    assert summary["baseline"]["accuracy"] >= summary["baseline"]["accuracy_all_classes"] - 1e-9
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["meta"]["classes"] == [0, 3, 7]
+    assert run.final is not None
+    assert run.final.chosen.model.classifier.out_features == 3
