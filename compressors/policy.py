@@ -11,7 +11,8 @@ from typing import Any
 from modeltailor.errors import CompressionError
 
 POLICY_FORMAT = 1
-METHODS: tuple[str, ...] = ("prune",)
+METHODS: tuple[str, ...] = ("prune", "skip")
+"""prune: keep `keep` of the unit's channels; skip: remove the residual block the unit lives in."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class UnitAction:
             raise CompressionError(
                 f"unit '{self.unit}': unknown method '{self.method}': use one of {', '.join(METHODS)}"
             )
-        if not 0.0 < self.keep <= 1.0:
+        if self.method == "prune" and not 0.0 < self.keep <= 1.0:
             raise CompressionError(
                 f"unit '{self.unit}': keep ratio {self.keep} is outside (0, 1]"
             )
@@ -45,7 +46,11 @@ class Policy:
         return cls(tuple(UnitAction(unit=u, keep=keep) for u in units))
 
     def keep_ratios(self) -> dict[str, float]:
-        return {a.unit: a.keep for a in self.actions if a.method == "prune"}
+        """Fraction of channels kept per unit; 0 for a unit whose block is skipped."""
+        return {a.unit: (a.keep if a.method == "prune" else 0.0) for a in self.actions}
+
+    def skipped(self) -> list[str]:
+        return [a.unit for a in self.actions if a.method == "skip"]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from modeltailor.compressors.policy import Policy
-from modeltailor.compressors.units import classifier_layers
+from modeltailor.compressors.units import classifier_layers, skippable_blocks
 from modeltailor.errors import CompressionError
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
@@ -54,8 +54,10 @@ class ChannelPruningCompressor:
     def apply(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
         """A pruned copy of `model`; `model` itself is left untouched."""
         pruned = copy.deepcopy(model).eval()
+        skip_blocks(pruned, policy.skipped())
         modules = dict(pruned.named_modules())
-        ratios = self._ratios(modules, policy.keep_ratios())
+        keep = {u: k for u, k in policy.keep_ratios().items() if u not in policy.skipped()}
+        ratios = self._ratios(modules, keep)
         if not ratios:
             return pruned
         pruner = tp.pruner.BasePruner(
@@ -85,6 +87,29 @@ class ChannelPruningCompressor:
                 # +0.5 keeps Torch-Pruning's int() truncation from dropping one channel too many
                 ratios[module] = max(0.0, 1.0 - (kept + 0.5) / channels)
         return ratios
+
+
+def skip_blocks(model: nn.Module, units: list[str]) -> None:
+    """Replace, in place, the skippable residual block around each unit with nn.Identity."""
+    blocks = skippable_blocks(model)
+    for unit in units:
+        owner = next((b for b in sorted(blocks, key=len, reverse=True) if unit.startswith(b + ".")), None)
+        if owner is None:
+            if any(unit.startswith(b + ".") or unit == b for b in _replaced(model)):
+                continue
+            raise CompressionError(
+                f"policy skips unit '{unit}', which is not inside a skippable residual block of this model"
+            )
+        parent_name, _, child = owner.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        replacement = nn.Identity()
+        replacement.skipped_block = owner  # type: ignore[attr-defined]
+        setattr(parent, child, replacement)
+        blocks = skippable_blocks(model)
+
+
+def _replaced(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if getattr(m, "skipped_block", None)]
 
 
 def count_params(model: nn.Module) -> int:

@@ -48,6 +48,7 @@ class Unit:
     macs: int
     params: int
     members: tuple[str, ...] = field(default_factory=tuple)
+    block: str | None = None  # the skippable residual block holding every member, if any
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
             else:
                 in_unit[name] = root_name
             members.append(name)
-        units.append(_make_unit(root_name, index, root, members, costs))
+        unit = _make_unit(root_name, index, root, members, costs)
+        units.append(replace(unit, block=_enclosing_block(model, members)))
     order = {name: i for i, name in enumerate(costs)}
     units.sort(key=lambda u: order.get(u.name, len(order)))
     units = [replace(u, index=i) for i, u in enumerate(units)]
@@ -205,6 +207,18 @@ def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int,
         for handle in hooks:
             handle.remove()
     return costs
+
+
+def skippable_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Residual blocks that declare `skippable = True` (identity shortcut): removable whole."""
+    return {name: m for name, m in model.named_modules() if getattr(m, "skippable", False) is True}
+
+
+def _enclosing_block(model: nn.Module, members: Sequence[str]) -> str | None:
+    for name in sorted(skippable_blocks(model), key=len, reverse=True):
+        if members and all(m.startswith(name + ".") for m in members):
+            return name
+    return None
 
 
 def _is_depthwise(module: nn.Module) -> bool:

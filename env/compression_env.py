@@ -4,7 +4,10 @@ The env orchestrates only. It is handed the model analysis (units), a policy eva
 (compress -> recover -> measure), a reward function and the baseline; observation features and
 rewards are pure functions in `features.py` and `reward.py`.
 
-Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep, max_keep].
+Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep, max_keep]. For a
+unit inside a skippable residual block (identity shortcut), the lowest `skip_fraction` of the
+action range means "remove the whole block" (depth compression); other units cannot choose it, so
+impossible combinations are mapped away rather than masked.
 Under a budget (`BudgetReward`), the keep ratio is then capped, AMC-style, so that even if every
 later unit is pruned as hard as allowed, the predicted latency / memory stays within the budget.
 The prediction comes from `LinearCostModel`s fitted online on every measured episode.
@@ -31,17 +34,35 @@ from modeltailor.env.reward import BudgetReward, Resources, RewardFunction
 log = logging.getLogger(__name__)
 
 
+SKIP = 0.0  # keep ratio recorded for a skipped unit
+
+
 @dataclass(frozen=True)
 class ActionRange:
     min_keep: float = 0.2
     max_keep: float = 1.0
+    skip_fraction: float = 0.0  # 0 disables skipping
 
-    def to_keep(self, action: float) -> float:
+    @property
+    def skip_below(self) -> float:
+        return -1.0 + 2.0 * self.skip_fraction
+
+    def to_keep(self, action: float, skippable: bool = False) -> float:
+        """Keep ratio for an action; SKIP (0) in the skip region of a skippable unit."""
         a = float(np.clip(action, -1.0, 1.0))
+        if skippable and self.skip_fraction > 0:
+            if a < self.skip_below:
+                return SKIP
+            a = -1.0 + 2.0 * (a - self.skip_below) / (1.0 - self.skip_below)
         return self.min_keep + (a + 1.0) / 2.0 * (self.max_keep - self.min_keep)
 
     def to_action(self, keep: float) -> float:
+        if keep == SKIP:
+            return -1.0
         return 2.0 * (keep - self.min_keep) / (self.max_keep - self.min_keep) - 1.0
+
+    def lowest(self, skippable: bool) -> float:
+        return SKIP if skippable and self.skip_fraction > 0 else self.min_keep
 
 
 class CompressionEnv(gym.Env):
@@ -86,8 +107,9 @@ class CompressionEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         unit = self.units[self._t]
-        wanted = self.range.to_keep(float(np.asarray(action).reshape(-1)[0]))
-        keep = min(wanted, self._max_keep_within_budget(unit.name))
+        skippable = unit.block is not None
+        wanted = self.range.to_keep(float(np.asarray(action).reshape(-1)[0]), skippable)
+        keep = min(wanted, self._max_keep_within_budget(unit.name, skippable))
         self._keep[unit.name] = keep
         self._previous = self.range.to_action(keep)
         self._t += 1
@@ -99,7 +121,9 @@ class CompressionEnv(gym.Env):
     # helpers -------------------------------------------------------------------------------
     def _get_obs(self) -> np.ndarray:
         unit = self.units[min(self._t, len(self.units) - 1)]
-        features = DeploymentFeatures(self.class_fraction, self._budget_fraction())
+        features = DeploymentFeatures(
+            self.class_fraction, self._budget_fraction(), self.range.skip_fraction > 0
+        )
         obs = observe(self.analysis, unit, self._keep, self._previous, features)
         return np.clip(obs, -1.0, 2.0).astype(np.float32)
 
@@ -113,7 +137,12 @@ class CompressionEnv(gym.Env):
         }
 
     def policy(self) -> Policy:
-        return Policy(tuple(UnitAction(unit=u, keep=round(k, 4)) for u, k in self._keep.items()))
+        return Policy(
+            tuple(
+                UnitAction(unit=u, method="skip", keep=SKIP) if k == SKIP else UnitAction(unit=u, keep=round(k, 4))
+                for u, k in self._keep.items()
+            )
+        )
 
     def _finish_episode(self) -> EpisodeRecord:
         policy = self.policy()
@@ -158,11 +187,11 @@ class CompressionEnv(gym.Env):
         macs_cap, _ = self._caps()
         return float(min(1.0, macs_cap / max(self.analysis.total_macs, 1)))
 
-    def _max_keep_within_budget(self, unit: str) -> float:
+    def _max_keep_within_budget(self, unit: str, skippable: bool) -> float:
         macs_cap, params_cap = self._caps()
         if macs_cap == float("inf") and params_cap == float("inf"):
             return self.range.max_keep
-        rest = {u.name: self.range.min_keep for u in self.units[self._t + 1 :]}
+        rest = {u.name: self.range.lowest(u.block is not None) for u in self.units[self._t + 1 :]}
 
         def fits(keep: float) -> bool:
             trial = {**self._keep, unit: keep, **rest}
@@ -175,7 +204,7 @@ class CompressionEnv(gym.Env):
         if fits(hi):
             return hi
         if not fits(lo):
-            return lo
+            return self.range.lowest(skippable)
         for _ in range(20):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)

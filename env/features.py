@@ -17,6 +17,7 @@ Layout (all roughly in [0, 1]):
 | 14 | budget: target MACs / model MACs (1 when there is no budget) |
 | 15 | previous action, mapped back to [0, 1] |
 | 16 | deployment: classes in the deployment / classes of the model |
+| 17 | 1 if the unit's residual block can be skipped whole |
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import numpy as np
 
 from modeltailor.compressors.units import UNIT_KINDS, ModelAnalysis, Unit, estimate_macs
 
-OBS_SIZE = 17
+OBS_SIZE = 18
 
 
 @dataclass(frozen=True)
 class DeploymentFeatures:
     class_fraction: float = 1.0
     budget_fraction: float = 1.0
+    skip_allowed: bool = False
 
 
 def observe(
@@ -60,6 +62,7 @@ def observe(
     obs[14] = deployment.budget_fraction
     obs[15] = (previous_action + 1.0) / 2.0
     obs[16] = deployment.class_fraction
+    obs[17] = 1.0 if unit.block is not None and deployment.skip_allowed else 0.0
     return obs
 
 

@@ -21,14 +21,19 @@ Every tensor part ends in ``:<dtype>`` unless its dtype is float32, e.g.
 depend on weight values or tensor names. Constant nodes and nodes computed from constants
 alone are skipped: ONNX Runtime folds them before it runs the model.
 
-Prediction: ``latency ~= intercept + scale * sum(node latencies)``. Isolated node timings
-count one ``session.run`` overhead per node, and miss the fusions (Conv+Relu, Conv+Add+Relu)
-and cache reuse of the whole model; ``intercept`` and ``scale`` are fitted by (relative)
-least squares on measured calibration models to absorb that. A key missing from the table is
-estimated from entries of the same *family* (op type and attributes, depthwise group as
-``gdw``) by cost (MACs for Conv/ConvTranspose/Gemm/MatMul, else elements read and written):
-linear interpolation between the nearest cheaper and the nearest costlier entry, or the
-nearest entry scaled by the cost ratio when only one side exists. Such keys are counted
+Prediction: ``latency ~= intercept + scale * sum(node latencies - overhead)``, ``overhead``
+being the time of a trivial one-node model (``LatencyTable.overhead_ms``). Isolated node
+timings each count one ``session.run`` call (removed by that subtraction), and miss the
+fusions (Conv+Relu, Conv+Add+Relu), layout reorders and cache reuse of the whole model;
+``intercept`` and ``scale`` are fitted by (relative) least squares on measured calibration
+models to absorb that.
+
+A key missing from the table is estimated from its neighbours: the entries with the same
+*layout* (op type, attributes, activation shapes with the channel axis left free), else the
+same *family* (op type and attributes, a depthwise group as ``gdw``), else the same op type.
+By cost (MACs for Conv/ConvTranspose/Gemm/MatMul, else elements read and written): a line
+``a + b * cost`` fitted through the neighbours, or the nearest one scaled by the cost ratio
+when they have a single cost (:func:`estimate_latency`). Such nodes are counted
 (``Prediction.estimated``, ``LatencyTable.last_estimated``). An op type with no entry at all
 is a DeviceError.
 
@@ -372,7 +377,13 @@ class Prediction:
 
 @dataclass
 class LatencyTable:
-    """Per-node median latencies (ms) of one device, plus the whole-model correction."""
+    """Per-node median latencies (ms) of one device, plus the whole-model correction.
+
+    ``entries`` hold the raw medians of the isolated nodes. ``overhead_ms`` is the median of a
+    trivial one-node model (one ``session.run`` call doing nothing: None until measured, then
+    subtracted from every node, never below 0, before summing), so the node sum does not grow
+    with the node count alone and the table carries over better to other architectures.
+    """
 
     entries: dict[str, TableEntry] = field(default_factory=dict)
     intercept: float = 0.0
@@ -381,6 +392,7 @@ class LatencyTable:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     mape: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    overhead_ms: float | None = None
     last_estimated: int = 0
 
     def __len__(self) -> int:
@@ -411,7 +423,7 @@ class LatencyTable:
 
     def explain(self, onnx_bytes: bytes) -> Prediction:
         nodes = graph_nodes(onnx_bytes)
-        total = sum(self.node_latency(n) for n in nodes)
+        total = sum(max(self.node_latency(n) - (self.overhead_ms or 0.0), 0.0) for n in nodes)
         estimated = tuple(n.key for n in nodes if n.key not in self.entries)
         self.last_estimated = len(estimated)
         return Prediction(self.correct(total), total, len(nodes), estimated)
@@ -439,7 +451,7 @@ class LatencyTable:
             self.intercept, self.scale = float(intercept), float(scale)
 
     def _estimate(self, graph_node: GraphNode) -> float:
-        return _interpolate(self.neighbours(graph_node), graph_node.cost)
+        return estimate_latency(self.neighbours(graph_node), graph_node.cost)
 
     def neighbours(self, graph_node: GraphNode) -> list[TableEntry]:
         """Entries to estimate a missing key from: same layout, else family, else op type."""
@@ -467,6 +479,7 @@ class LatencyTable:
             "intercept": self.intercept,
             "scale": self.scale,
             "mape": self.mape,
+            "overhead_ms": self.overhead_ms,
             "meta": self.meta,
             "entries": {
                 key: {"ms": e.ms, "family": e.family, "layout": e.layout, "cost": e.cost}
@@ -484,11 +497,12 @@ class LatencyTable:
             )
             for key, e in data["entries"].items()
         }
-        mape = data.get("mape")
+        mape, overhead = data.get("mape"), data.get("overhead_ms")
         return cls(
             entries=entries, intercept=float(data["intercept"]), scale=float(data["scale"]),
             device=dict(data.get("device") or {}), created=str(data.get("created", "")),
             mape=None if mape is None else float(mape), meta=dict(data.get("meta") or {}),
+            overhead_ms=None if overhead is None else float(overhead),
         )
 
     def save(self, path: Path | str) -> Path:
@@ -522,18 +536,24 @@ class LatencyTable:
             ) from exc
 
 
-def _interpolate(entries: list[TableEntry], cost: float) -> float:
-    """Latency at ``cost`` from entries of one family (module docstring)."""
-    below = [e for e in entries if e.cost <= cost]
-    above = [e for e in entries if e.cost > cost]
-    low = max(below, key=lambda e: e.cost) if below else None
-    high = min(above, key=lambda e: e.cost) if above else None
-    if low is not None and high is not None:
-        t = (cost - low.cost) / (high.cost - low.cost)
-        return low.ms + t * (high.ms - low.ms)
-    nearest = low or high
-    assert nearest is not None
+def _nearest_scaled(entries: list[TableEntry], cost: float) -> float:
+    """The entry nearest in log cost, scaled by the cost ratio."""
+    nearest = min(entries, key=lambda e: abs(math.log1p(e.cost) - math.log1p(cost)))
     return nearest.ms * cost / nearest.cost if nearest.cost > 0 else nearest.ms
+
+
+def estimate_latency(entries: list[TableEntry], cost: float) -> float:
+    """Latency at ``cost`` from entries of one layout/family: ``a + b * cost`` fitted by least
+    squares when they have two or more costs (and the slope is positive), else the nearest
+    entry scaled by the cost ratio."""
+    costs = np.array([e.cost for e in entries])
+    times = np.array([e.ms for e in entries])
+    if costs.size >= 2 and np.ptp(costs) > 0:
+        slope, intercept = np.polyfit(costs, times, 1)
+        value = float(intercept + slope * cost)
+        if slope > 0 and value > 0:
+            return value
+    return _nearest_scaled(entries, cost)
 
 
 # ------------------------------------------------------------------------- measuring
@@ -563,6 +583,18 @@ def node_timer(device: Device, runs: int = NODE_RUNS) -> Callable[[bytes], float
     return lambda onnx_bytes: float(device.measure(onnx_bytes).latency.median_ms)
 
 
+def trivial_model() -> bytes:
+    """A one-node model that does (almost) nothing: Identity of one float."""
+    value = helper.make_tensor_value_info
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node], "trivial", [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def measure_nodes(
     device: Device,
     onnx_bytes: bytes,
@@ -571,9 +603,14 @@ def measure_nodes(
     runs: int = NODE_RUNS,
     progress: Callable[[str], None] | None = None,
 ) -> int:
-    """Time every node of the model whose key the table lacks; returns how many were timed."""
+    """Time every node of the model whose key the table lacks; returns how many were timed.
+
+    Also times :func:`trivial_model` into ``table.overhead_ms`` if the table has none yet.
+    """
     todo = {n.key: n for n in graph_nodes(onnx_bytes) if n.key not in table}
     timer = node_timer(device, runs)
+    if table.overhead_ms is None:
+        table.overhead_ms = timer(trivial_model())
     for index, (key, graph_node) in enumerate(todo.items(), start=1):
         table.add(graph_node, timer(single_node_model(graph_node)))
         if progress is not None:

@@ -123,7 +123,7 @@ def user_path() -> Path | None:
 
 
 def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"device registry {path} does not exist: fix the path or ${REGISTRY_ENV}")
     try:
         return yaml.safe_load(path.read_text())

@@ -70,6 +70,9 @@ class SearchConfig(_Strict):
     min_keep: float = Field(0.2, gt=0, le=1, description="smallest fraction of a unit's channels kept")
     max_keep: float = Field(1.0, gt=0, le=1)
     round_to: int = Field(4, ge=1, description="kept channel counts are multiples of this")
+    skip_blocks: bool = Field(
+        True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
+    )
     importance: Literal["l1", "l2", "fpgm", "lamp"] = "l2"
 
     @model_validator(mode="after")

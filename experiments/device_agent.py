@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import logging
-import multiprocessing
 import os
 import platform
+import select
+import struct
+import subprocess
 import sys
 import threading
 import time
 from contextlib import asynccontextmanager
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, BinaryIO
 
 import onnxruntime as ort
 from fastapi import FastAPI, Request
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 TOKEN_ENV = "MODELTAILOR_AGENT_TOKEN"
 WORKER_START_TIMEOUT_S = 120.0
+WORKER_MODULE = "modeltailor.experiments.device_agent"
 
 
 class AgentError(Exception):
@@ -68,31 +71,72 @@ def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) ->
     }
 
 
-def _worker_main(conn: Connection, threads: int) -> None:
-    """Worker process: answer ("ok", payload) or ("error", message) to each (bytes, runs, warmup)."""
-    conn.send(("ready", os.getpid()))
+def _write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes = b"") -> None:
+    """One frame: 4-byte header length, JSON header, 8-byte body length, body."""
+    head = json.dumps(header).encode()
+    for part in (struct.pack(">I", len(head)) + head + struct.pack(">Q", len(body)), body):
+        view = memoryview(part)
+        while view:  # a raw pipe may take fewer bytes than offered
+            view = view[stream.write(view) or 0 :]
+
+
+def _read_exact(stream: BinaryIO, size: int, deadline: float | None = None) -> bytes:
+    """``size`` bytes; EOFError if the other side closed, TimeoutError past ``deadline``."""
+    chunks: list[bytes] = []
+    while size > 0:
+        if deadline is not None:
+            ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(stream: BinaryIO, deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
+    (head_size,) = struct.unpack(">I", _read_exact(stream, 4, deadline))
+    header = json.loads(_read_exact(stream, head_size, deadline))
+    (body_size,) = struct.unpack(">Q", _read_exact(stream, 8, deadline))
+    return header, _read_exact(stream, body_size, deadline)
+
+
+def _worker_answer(threads: int, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+    try:
+        return {"ok": _measure_payload(threads, body, int(header["runs"]), int(header["warmup"]))}
+    except ModelTailorError as exc:
+        return {"error": _first_line(exc)}
+    except Exception as exc:  # anything ORT or numpy throws: still one line
+        return {"error": f"measurement failed: {type(exc).__name__}: {_first_line(exc)}"}
+
+
+def worker_main(threads: int) -> None:
+    """The measuring process: frames in on stdin, answers out on the original stdout."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # stray prints from libraries go to stderr, never into the protocol
+    stdin = os.fdopen(os.dup(0), "rb", buffering=0)
+    _write_frame(out, {"ready": os.getpid()})
     while True:
         try:
-            onnx_bytes, runs, warmup = conn.recv()
+            header, body = _read_frame(stdin)
         except (EOFError, OSError):
             return
-        try:
-            conn.send(("ok", _measure_payload(threads, onnx_bytes, runs, warmup)))
-        except ModelTailorError as exc:
-            conn.send(("error", _first_line(exc)))
-        except Exception as exc:  # anything ORT or numpy throws: still one line
-            conn.send(("error", f"measurement failed: {type(exc).__name__}: {_first_line(exc)}"))
+        _write_frame(out, _worker_answer(threads, header, body))
 
 
 class MeasureWorker:
-    """One measuring process, used one request at a time; replaced when it overruns or dies."""
+    """One measuring process, used one request at a time; replaced when it overruns or dies.
+
+    The worker is ``python -m modeltailor.experiments.device_agent --worker``, talking framed
+    JSON + bytes over its stdin/stdout, so its start never depends on the parent's ``__main__``.
+    """
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._lock = threading.Lock()
-        self._ctx = multiprocessing.get_context("spawn")
-        self._process: Any = None
-        self._conn: Connection | None = None
+        self._process: subprocess.Popen | None = None
         self._ready = False
 
     @property
@@ -100,34 +144,36 @@ class MeasureWorker:
         return self._lock.locked()
 
     def _spawn(self) -> None:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=_worker_main, args=(child, self.threads), daemon=True, name="measure-worker"
+        command = [sys.executable, "-m", WORKER_MODULE, "--worker", "--threads", str(self.threads)]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
         )
-        process.start()
-        child.close()
-        self._process, self._conn, self._ready = process, parent, False
+        self._ready = False
 
     def _kill(self) -> None:
         if self._process is not None:
             self._process.kill()
-            self._process.join(5)
-        if self._conn is not None:
-            self._conn.close()
-        self._process, self._conn, self._ready = None, None, False
+            self._process.wait(10)
+            for stream in (self._process.stdin, self._process.stdout):
+                if stream is not None:
+                    stream.close()
+        self._process, self._ready = None, False
 
-    def _ensure_ready(self) -> Connection:
-        if self._process is None or not self._process.is_alive():
+    def _ensure_ready(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
             self._kill()
             self._spawn()
-        assert self._conn is not None
+        assert self._process is not None
         if not self._ready:
-            if not self._conn.poll(WORKER_START_TIMEOUT_S):
+            try:
+                _read_frame(self._process.stdout, time.monotonic() + WORKER_START_TIMEOUT_S)
+            except (EOFError, TimeoutError, OSError, ValueError):
                 self._kill()
-                raise AgentError(422, "the measuring process did not start: check the agent's log")
-            self._conn.recv()
+                raise AgentError(
+                    422, "the measuring process did not start: check the agent's log"
+                ) from None
             self._ready = True
-        return self._conn
+        return self._process
 
     def start(self) -> None:
         with self._lock:
@@ -140,28 +186,27 @@ class MeasureWorker:
     def measure(self, onnx_bytes: bytes, runs: int, warmup: int, timeout_s: float) -> dict[str, Any]:
         """The measurement payload; AgentError 504 on timeout, 422 on a model ORT rejects."""
         with self._lock:
-            conn = self._ensure_ready()
+            process = self._ensure_ready()
             try:
-                conn.send((onnx_bytes, runs, warmup))
-                finished = conn.poll(timeout_s)
-                status, payload = conn.recv() if finished else ("timeout", None)
-            except (EOFError, OSError):
-                code = self._process.exitcode if self._process is not None else None
-                self._kill()
-                raise AgentError(
-                    422, f"the measuring process died (exit code {code}) on this model"
-                ) from None
-            if status == "timeout":
+                _write_frame(process.stdin, {"runs": runs, "warmup": warmup}, onnx_bytes)
+                answer, _ = _read_frame(process.stdout, time.monotonic() + timeout_s)
+            except TimeoutError:
                 self._kill()
                 self._spawn()  # the replacement starts while the answer goes out
                 raise AgentError(
                     504,
                     f"the measurement took longer than the agent's timeout of {timeout_s:g} s: "
                     "lower runs or start the agent with a larger --timeout-s",
-                )
-            if status == "error":
-                raise AgentError(422, str(payload))
-            return payload
+                ) from None
+            except (EOFError, OSError, ValueError):
+                code = process.poll()
+                self._kill()
+                raise AgentError(
+                    422, f"the measuring process died (exit code {code}) on this model"
+                ) from None
+            if "error" in answer:
+                raise AgentError(422, str(answer["error"]))
+            return answer["ok"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -354,11 +399,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--max-model-mb", type=float, default=64.0)
     parser.add_argument("--timeout-s", type=float, default=60.0)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
+    if args.worker:
+        worker_main(max(1, args.threads))
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         serve(args.host, args.port, args.token, args.threads, args.max_model_mb, args.timeout_s)

@@ -69,6 +69,7 @@ class SearchRun:
 
 
 DEFAULT_LATENCY_RATIO = 0.45
+SKIP_FRACTION = 0.15  # share of a skippable unit's action range that means "remove the block"
 
 
 def make_reward(config: DeploymentConfig, baseline: Resources) -> RewardFunction:
@@ -111,7 +112,7 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
     latency_model.add(bench.baseline.macs, bench.baseline.latency_ms)
     memory_model.add(bench.baseline.params, bench.baseline.memory_bytes)
     calib = bench.evaluator.measure(
-        bench.evaluator.compressor.apply(bench.teacher, _uniform(bench, s.min_keep), bench.example)
+        bench.evaluator.compressor.apply(bench.base, _fastest(bench, s.min_keep, s.skip_blocks), bench.example)
     )
     check_budget_reachable(reward, calib, s.min_keep)
     latency_model.add(calib.macs, calib.latency_ms)
@@ -122,7 +123,7 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
         evaluator=bench.evaluator,
         reward=reward,
         baseline=baseline,
-        action_range=ActionRange(s.min_keep, s.max_keep),
+        action_range=ActionRange(s.min_keep, s.max_keep, SKIP_FRACTION if s.skip_blocks else 0.0),
         latency_model=latency_model,
         memory_model=memory_model,
         class_fraction=classes / bench.splits.num_classes,
@@ -210,8 +211,14 @@ def load_episodes(path: Path) -> list[EpisodeRecord]:
     return records
 
 
-def _uniform(bench: Workbench, keep: float) -> Policy:
-    return Policy(tuple(UnitAction(unit=u.name, keep=keep) for u in bench.analysis.units))
+def _fastest(bench: Workbench, keep: float, skip: bool) -> Policy:
+    """Every unit at `keep`, every skippable block removed: the most compressed model reachable."""
+    return Policy(
+        tuple(
+            UnitAction(unit=u.name, method="skip", keep=0.0) if skip and u.block else UnitAction(unit=u.name, keep=keep)
+            for u in bench.analysis.units
+        )
+    )
 
 
 def _start_tracking(tracker: Tracker | None, config: DeploymentConfig, bench: Workbench) -> str | None:

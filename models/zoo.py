@@ -86,6 +86,9 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBNReLU(in_channels, out_channels, 1, stride, relu=False)
         self.relu = nn.ReLU(inplace=False)
+        # identity shortcut and a non-negative input (the previous ReLU): without its residual
+        # branch the block is relu(x) = x, so it can be removed whole (depth compression)
+        self.skippable = isinstance(self.shortcut, nn.Identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
@@ -159,6 +162,7 @@ class InvertedResidual(nn.Module):
         layers.append(ConvBNReLU(hidden, out_channels, 1, relu=False))
         self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
+        self.skippable = self.use_residual  # x + branch(x) without the branch is x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv(x)

@@ -22,7 +22,9 @@ SHAPE = (3, 32, 32)
 @pytest.fixture(scope="module", params=ZOO_NAMES)
 def zoo_model(request):
     torch.manual_seed(0)
-    return request.param, build_model(request.param, in_channels=3, input_size=32, num_classes=10).eval()
+    return request.param, build_model(
+        request.param, in_channels=3, input_size=32, num_classes=10
+    ).eval()
 
 
 def _half(model):
@@ -126,3 +128,50 @@ def test_policy_file_errors(tmp_path):
     (tmp_path / "other.json").write_text('{"layers": []}')
     with pytest.raises(CompressionError, match="no 'units' list"):
         Policy.load(tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_skipping_residual_blocks_removes_depth(name):
+    import onnx
+
+    model = build_model(name, in_channels=3, input_size=32, num_classes=10).eval()
+    analysis = analyze_model(model, torch.zeros(1, *SHAPE))
+    skippable = [u for u in analysis.units if u.block is not None]
+    assert skippable, f"{name} has no skippable block"
+    policy = Policy(tuple(UnitAction(u.name, method="skip", keep=0.0) for u in skippable))
+    before = copy.deepcopy(model.state_dict())
+    smaller = ChannelPruningCompressor().apply(model, policy, torch.zeros(1, *SHAPE))
+    x = torch.randn(3, *SHAPE)
+    assert smaller(x).shape == (3, 10)
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+    nodes = [len(onnx.load_from_string(export_onnx(m, SHAPE)).graph.node) for m in (model, smaller)]
+    assert nodes[1] < nodes[0]
+    keep = {u.name: 0.0 for u in skippable}
+    assert estimate_macs(analysis, keep) == pytest.approx(analyze_model(smaller, x[:1]).total_macs)
+    assert onnx_matches_torch(smaller, export_onnx(smaller, SHAPE, dynamic_batch=True), x) < 1e-4
+
+
+def test_skip_of_a_block_whose_input_is_nonnegative_is_exact():
+    """A ResNet block without its branch is relu(x) = x for the post-ReLU input it receives."""
+    model = build_model("resnet20", in_channels=1, input_size=16, num_classes=10).eval()
+    block = model.features[2]
+    for p in list(block.conv2.parameters()):
+        torch.nn.init.zeros_(p)
+    torch.nn.init.zeros_(block.conv2[1].running_mean)  # branch output is exactly 0
+    analysis = analyze_model(model, torch.zeros(1, 1, 16, 16))
+    unit = next(u for u in analysis.units if u.block == "features.2")
+    skipped = ChannelPruningCompressor().apply(
+        model, Policy((UnitAction(unit.name, "skip", 0.0),)), torch.zeros(1, 1, 16, 16)
+    )
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.allclose(skipped(x), model(x), atol=1e-5)
+
+
+def test_skip_outside_a_residual_block_is_rejected():
+    model = build_model("vgg", in_channels=1, input_size=16, num_classes=3)
+    first = analyze_model(model, torch.zeros(1, 1, 16, 16)).units[0]
+    assert first.block is None
+    with pytest.raises(CompressionError, match="not inside a skippable residual block"):
+        ChannelPruningCompressor().apply(
+            model, Policy((UnitAction(first.name, "skip", 0.0),)), torch.zeros(1, 1, 16, 16)
+        )

@@ -9,22 +9,29 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
 import requests
 import torch
-from fastapi.testclient import TestClient
+import typer
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from typer.testing import CliRunner
 
 from modeltailor.env.memory import onnx_memory
 from modeltailor.env.onnx_export import export_onnx
 from modeltailor.env.registry import get_device
 from modeltailor.env.remote import RemoteDevice
-from modeltailor.errors import DeviceError
+from modeltailor.errors import ConfigError, DeviceError
 from modeltailor.experiments import device_agent
+from modeltailor.experiments.cli_devices import device_agent_command
 from modeltailor.experiments.device_agent import create_app
+
+with warnings.catch_warnings():  # starlette >= 1.x warns that httpx will become httpx2
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 TOKEN = "secret"
 MAX_MB = 1.0
@@ -271,3 +278,12 @@ def test_agent_refuses_to_start_without_a_token(monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "needs a token" in err and "MODELTAILOR_AGENT_TOKEN" in err and "\n" not in err
+
+
+def test_device_agent_command_needs_a_token(monkeypatch):
+    monkeypatch.delenv("MODELTAILOR_AGENT_TOKEN", raising=False)
+    app = typer.Typer()
+    app.command("device-agent")(device_agent_command)
+    app.command("other")(lambda: None)
+    result = CliRunner().invoke(app, ["device-agent", "--port", "0"])
+    assert isinstance(result.exception, ConfigError) and "needs a token" in str(result.exception)

@@ -133,3 +133,18 @@ def test_pareto_front_drops_dominated():
 
     records = [rec(0, 0.9, 1.0, 10), rec(1, 0.8, 2.0, 20), rec(2, 0.95, 1.5, 10), rec(3, 0.7, 0.5, 5)]
     assert [r.episode for r in pareto_front(records)] == [3, 0, 2]
+
+
+def test_skip_region_removes_blocks_only_where_allowed(parts):
+    teacher, evaluator, base = parts
+    env = make_env(parts)
+    env.range = ActionRange(0.25, 1.0, skip_fraction=0.15)
+    env.reset()
+    for _ in env.units:
+        env.step(np.array([-1.0], dtype=np.float32))
+    units = {u["unit"]: u for u in env.history[-1].policy["units"]}
+    for unit in env.units:
+        expected = "skip" if unit.block is not None else "prune"
+        assert units[unit.name]["method"] == expected, unit.name
+    assert any(u.block for u in env.units)
+    assert env.history[-1].macs < base.macs
