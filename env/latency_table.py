@@ -48,6 +48,7 @@ a prediction (every statistic is the predicted latency, std and iqr are 0).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -560,27 +561,37 @@ def estimate_latency(entries: list[TableEntry], cost: float) -> float:
 
 
 def _with_runs(device: Any, runs: int) -> Any:
-    """A copy of a dataclass device timing fewer runs; the device itself otherwise."""
-    if not is_dataclass(device) or isinstance(device, type):
-        return device
-    names = {f.name for f in fields(device)}
+    """A copy of the device timing ``runs`` runs after a short warm-up, if it has such settings.
+
+    Dataclass devices (LocalOrtDevice) are ``replace``d; others with integer ``runs`` and
+    ``warmup`` attributes (RemoteDevice) are shallow-copied and changed; any other is returned
+    as it is.
+    """
     changes = {"runs": runs, "warmup": NODE_WARMUP, "rounds": min(5, runs), "min_time_s": 0.0}
-    try:
-        return replace(device, **{k: v for k, v in changes.items() if k in names})
-    except (TypeError, ValueError, DeviceError):
-        return device
+    if is_dataclass(device) and not isinstance(device, type):
+        names = {f.name for f in fields(device)}
+        try:
+            return replace(device, **{k: v for k, v in changes.items() if k in names})
+        except (TypeError, ValueError, DeviceError):
+            return device
+    if isinstance(getattr(device, "runs", None), int) and isinstance(getattr(device, "warmup", None), int):
+        fast = copy.copy(device)
+        fast.runs, fast.warmup = runs, NODE_WARMUP
+        return fast
+    return device
 
 
 def node_timer(device: Device, runs: int = NODE_RUNS) -> Callable[[bytes], float]:
     """A function timing a (single-node) model on the device: median ms over ``runs`` runs.
 
-    Uses the device's ``session()`` + ``time_runs()`` when it has them (with ``runs`` timed
-    runs if it is a dataclass with a ``runs`` field), else ``device.measure()``.
+    Uses the device's ``session()`` + ``time_runs()`` when it has both, else
+    ``device.measure()``; either way on a copy set to ``runs`` runs where possible
+    (:func:`_with_runs`).
     """
     fast = _with_runs(device, runs)
-    if callable(getattr(fast, "session", None)) and callable(getattr(fast, "time_runs", None)):
+    if callable(getattr(fast, "time_runs", None)) and callable(getattr(fast, "session", None)):
         return lambda onnx_bytes: float(np.median(fast.time_runs(fast.session(onnx_bytes))))
-    return lambda onnx_bytes: float(device.measure(onnx_bytes).latency.median_ms)
+    return lambda onnx_bytes: float(fast.measure(onnx_bytes).latency.median_ms)
 
 
 def trivial_model() -> bytes:

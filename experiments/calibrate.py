@@ -30,7 +30,7 @@ from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import analyze_model
 from modeltailor.env.devices import Device
-from modeltailor.env.latency_table import NODE_RUNS, LatencyTable, measure_nodes
+from modeltailor.env.latency_table import NODE_RUNS, LatencyTable, TableDevice, measure_nodes
 from modeltailor.env.onnx_export import export_onnx
 from modeltailor.errors import ConfigError
 from modeltailor.models.zoo import build_model
@@ -87,7 +87,11 @@ class _Arch:
     measured_ms: float
 
 
-def _check_counts(architectures: int, held_out: int) -> None:
+def _check_counts(device: Device, architectures: int, held_out: int) -> None:
+    if isinstance(device, TableDevice):
+        raise ConfigError(
+            f"device '{device.name}' is itself a latency table: calibrate the device it was measured on"
+        )
     if held_out < 1 or architectures - held_out < 2:
         raise ConfigError(
             f"calibration needs held_out >= 1 and at least 2 training architectures, got "
@@ -170,7 +174,7 @@ def calibrate(
     node_runs: int = NODE_RUNS,
 ) -> CalibrationReport:
     """Build and save a latency table for ``device``; report its held-out MAPE (module doc)."""
-    _check_counts(architectures, held_out)
+    _check_counts(device, architectures, held_out)
     say = progress or (lambda _text: None)
     start = time.perf_counter()
     net = build_model(model, in_channels=in_channels, input_size=input_size,

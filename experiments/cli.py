@@ -20,9 +20,14 @@ from rich.table import Table
 
 from modeltailor.env.history import EpisodeRecord
 from modeltailor.errors import ModelTailorError
+from modeltailor.experiments.calibrate import calibrate_command
+from modeltailor.experiments.cli_devices import device_agent_command, devices_app
 from modeltailor.experiments.config import DeploymentConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL auto-compression of CNNs, per deployment.")
+devices_app.command("calibrate")(calibrate_command)
+app.add_typer(devices_app, name="devices")
+app.command("device-agent")(device_agent_command)
 console = Console()
 err_console = Console(stderr=True)
 

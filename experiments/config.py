@@ -33,7 +33,8 @@ class DataConfig(_Strict):
 
 
 class DeviceConfig(_Strict):
-    name: str = Field("cpu-1t", description="device profile: cpu-1t, cpu-2t")
+    name: str = Field("cpu-1t", description="a device from `modeltailor devices list` (cpu-1t, cpu-2t, a remote agent, a table)")
+    registry: Path | None = Field(None, description="extra device registry YAML (merged over the built-ins)")
     runs: int = Field(200, ge=5, description="timed runs per latency measurement (after warm-up)")
     warmup: int = Field(20, ge=0, description="untimed warm-up runs")
 

@@ -327,6 +327,7 @@ def create_app(
 
     app = FastAPI(title="modeltailor device agent", lifespan=lifespan)
     app.state.worker = worker
+    app.state.measured = 0
     _add_error_handlers(app)
 
     @app.get("/health")
@@ -340,6 +341,7 @@ def create_app(
             "timeout_s": timeout_s,
             "max_runs": max_runs,
             "busy": worker.busy,
+            "measured": app.state.measured,
         }
 
     @app.post("/measure")
@@ -349,6 +351,7 @@ def create_app(
         n_warmup = _int_param(request, "warmup", warmup, 0, max_warmup)
         body = await _read_body(request, max_model_bytes)
         payload = await run_in_threadpool(worker.measure, body, n_runs, n_warmup, timeout_s)
+        app.state.measured += 1
         log.info(
             "measured %d bytes: %.4f ms median over %d runs",
             len(body), payload["latency_ms"], payload["latency"]["runs"],

@@ -28,9 +28,10 @@ from modeltailor.datasets import (
     resolve_classes,
     restrict_splits,
 )
-from modeltailor.env.devices import CachedDevice, Device, get_device
+from modeltailor.env.devices import CachedDevice, Device
 from modeltailor.env.evaluator import EvalData, Outcome, PolicyEvaluator
 from modeltailor.env.onnx_export import export_onnx
+from modeltailor.env.registry import get_device
 from modeltailor.errors import DataError, ModelLoadError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import cache_dir, load_teacher
@@ -89,10 +90,26 @@ def recovery_config(config: DeploymentConfig, final: bool = False) -> DistillCon
 
 
 def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
-    device = get_device(config.device.name, runs=config.device.runs, warmup=config.device.warmup)
+    device = get_device(
+        config.device.name, registry=config.device.registry, runs=config.device.runs, warmup=config.device.warmup
+    )
     if not cached:
         return device
     return CachedDevice(device, path=cache_dir() / "latency-cache.json")
+
+
+def probe_device(device: Device) -> None:
+    """Measure a one-node model: an unreachable agent or a wrong token fails here, before training."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])], "probe",
+        [value("input", TensorProto.FLOAT, [1, 1, 2, 2])], [value("logits", TensorProto.FLOAT, [1, 1, 2, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    inner = getattr(device, "device", device)  # bypass a cache: the probe must reach the device
+    inner.measure(model.SerializeToString())
 
 
 def load_deployment_data(config: DeploymentConfig) -> tuple[DataSplits, DataSplits, list[int] | None]:
@@ -110,7 +127,8 @@ def load_deployment_data(config: DeploymentConfig) -> tuple[DataSplits, DataSpli
 
 
 def build_workbench(config: DeploymentConfig, report: Report = log.info) -> Workbench:
-    device = build_device(config)  # fail fast on an unknown device, before any training
+    device = build_device(config)  # fail fast on an unknown or unreachable device, before any training
+    probe_device(device)
     report(f"loading data '{config.data.name}'")
     full, splits, classes = load_deployment_data(config)
     report("loading the teacher (trains and caches a zoo model on first use)")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.units import analyze_model
-from modeltailor.env.devices import Device, LocalOrtDevice
+from modeltailor.env.devices import Device, LocalOrtDevice, Measurement
 from modeltailor.env.latency_table import (
     LatencyTable,
     TableDevice,
@@ -157,9 +157,35 @@ def test_calibrate_tiny(tmp_path: Path) -> None:
     assert table.predict(heavy) < table.predict(full)
 
 
-def test_calibrate_needs_training_architectures(tmp_path: Path) -> None:
+def test_calibrate_needs_training_architectures(tmp_path: Path, table_file: Path) -> None:
     with pytest.raises(ConfigError, match="architectures"):
         calibrate(FAST, architectures=3, held_out=2, table_path=tmp_path / "t.json")
+    with pytest.raises(ConfigError, match="itself a latency table"):
+        calibrate(TableDevice("t", table_file), table_path=tmp_path / "t.json")
+
+
+class MeasureOnly:
+    """A device with only measure(), e.g. a remote one: nodes are timed through measure()."""
+
+    name = "measure-only"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        self.calls += 1
+        return FAST.measure(onnx_bytes)
+
+    def describe(self) -> dict:
+        return {"kind": "fake"}
+
+
+def test_measure_nodes_through_measure(tiny_onnx: bytes) -> None:
+    device, table = MeasureOnly(), LatencyTable()
+    timed = measure_nodes(device, tiny_onnx, table)
+    assert timed == len(set(node_keys(tiny_onnx))) == len(table)
+    assert device.calls == timed + 1 and table.overhead_ms is not None and table.overhead_ms > 0
+    assert measure_nodes(device, tiny_onnx, table) == 0 and device.calls == timed + 1
 
 
 def test_calibrate_command(tmp_path: Path) -> None:

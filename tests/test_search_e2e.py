@@ -122,7 +122,7 @@ def test_bring_your_own_model(tmp_path, monkeypatch):
     cfg = load_config(
         None,
         {**TINY, "model.kwargs": {"width": 8}, "model.factory": "mymodels.nets:small_cnn",
-         "model.weights": str(weights), "tracking.enabled": False},
+         "model.weights": str(weights), "tracking.enabled": False, "objective.kind": "tradeoff"},
     )
     run = run_search(cfg, tmp_path / "out")
     assert run.summary["teacher"] == str(weights)
