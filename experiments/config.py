@@ -62,6 +62,11 @@ class ObjectiveConfig(_Strict):
     min_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy kind: absolute floor (fraction)")
     max_accuracy_drop: float = Field(1.0, ge=0, description="accuracy kind: floor = baseline minus this many points")
     minimize: Literal["latency", "memory"] = Field("latency", description="accuracy kind: what to minimize")
+    search_slack: float = Field(
+        3.0, ge=0, le=100,
+        description="accuracy kind: points the floor is relaxed by during the search (its short recovery "
+        "underestimates final accuracy); finalists are held to the real floor after the long distillation",
+    )
 
 
 class SearchConfig(_Strict):

@@ -31,6 +31,7 @@ class Finalist:
     model: nn.Module
     val_accuracy: float
     score: float
+    feasible: bool
 
 
 @dataclass
@@ -75,9 +76,9 @@ def finalize(
         report(f"finalist {i + 1}: long distillation ({bench.config.recovery.final_steps} steps)")
         model = bench.evaluator.build(Policy.from_dict(record.policy), recovery_config(bench.config, final=True))
         val = accuracy(model, *bench.labels("val"))
-        score = reward(Resources(val, record.latency_ms, record.memory_bytes), base_res)
-        finalists.append(Finalist(record, model, val, score))
-    chosen = max(finalists, key=lambda f: (f.record.feasible, f.score))
+        resources = Resources(val, record.latency_ms, record.memory_bytes)
+        finalists.append(Finalist(record, model, val, reward(resources, base_res), reward.feasible(resources)))
+    chosen = max(finalists, key=lambda f: (f.feasible, f.score))
     report("exporting the chosen model and measuring it against the baseline")
     onnx_bytes = export_onnx(chosen.model, bench.input_shape[1:])
     baseline_onnx = export_onnx(bench.teacher, bench.input_shape[1:])

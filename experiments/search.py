@@ -72,13 +72,16 @@ DEFAULT_LATENCY_RATIO = 0.45
 SKIP_FRACTION = 0.15  # share of a skippable unit's action range that means "remove the block"
 
 
-def make_reward(config: DeploymentConfig, baseline: Resources) -> RewardFunction:
+def make_reward(config: DeploymentConfig, baseline: Resources, final: bool = False) -> RewardFunction:
+    """The objective's reward; `final=False` is the search's (accuracy floor relaxed by search_slack)."""
     o = config.objective
     if o.kind == "tradeoff":
         w = o.weights
         return TradeoffReward(w.accuracy, w.latency, w.memory)
     if o.kind == "accuracy":
         floor = o.min_accuracy if o.min_accuracy is not None else baseline.accuracy - o.max_accuracy_drop / 100
+        if not final:
+            floor -= o.search_slack / 100
         return AccuracyFloorReward(min_accuracy=floor, minimize=o.minimize)
     ratio = o.max_latency_ratio
     if not any((o.max_latency_ms, ratio, o.max_memory_bytes, o.max_memory_ratio)):
@@ -155,7 +158,10 @@ def run_search(
         search_seconds = time.perf_counter() - search_started
         if not result.episodes:
             raise KeyboardInterrupt
-        final = finalize(bench, result.episodes, reward, build_device(config, cached=False), reporter.message)
+        final = finalize(
+            bench, result.episodes, make_reward(config, baseline, final=True),
+            build_device(config, cached=False), reporter.message,
+        )
         info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)
     except BaseException as exc:
