@@ -99,3 +99,25 @@ def test_resume_refuses_another_deployment(tmp_path):
     other = load_config(None, {**TINY, "search.episodes": 1, "classes": [1, 2], "tracking.enabled": False})
     with pytest.raises(ConfigError, match="different deployment"):
         run_search(other, out, resume=True)
+
+
+class DeviceFailsAfter(InterruptAfter):
+    def episode(self, record, best) -> None:
+        self.left -= 1
+        if self.left == 0:
+            from modeltailor.errors import DeviceError
+
+            raise DeviceError("device agent 'lab' at http://127.0.0.1:9 is unreachable (test)")
+
+
+@pytest.mark.slow
+def test_device_failure_mid_search_keeps_episodes_for_resume(tmp_path):
+    from modeltailor.errors import DeviceError
+
+    out = tmp_path / "out"
+    cfg = load_config(None, {**TINY, "search.episodes": 4, "tracking.enabled": False})
+    with pytest.raises(DeviceError, match="after 2 episodes, all kept in .*rerun with --resume"):
+        run_search(cfg, out, DeviceFailsAfter(2))
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+    run = run_search(cfg, out, resume=True)
+    assert run.summary["episodes"] == 4

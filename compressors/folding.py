@@ -1,0 +1,247 @@
+"""Layer folding (DeepRebirth's "streamline slimming"): merge non-tensor layers into convolutions.
+
+``fold_batchnorm`` folds every BatchNorm2d that directly follows a Conv2d in the same
+``nn.Sequential`` (the zoo's ConvBNReLU) into the conv's weight and bias, and puts an
+``nn.Identity`` in the BatchNorm's place, so module names (and policies) stay valid. The result
+equals the original in eval mode.
+
+The TorchScript ONNX exporter already does this fold in eval mode, and ONNX Runtime's graph
+optimizer does the rest of DeepRebirth's merges at load time (Conv+BatchNorm at "basic",
+Conv+Relu / Conv+Add+Relu into ``FusedConv`` and the NCHWc layout at "all"). ``fold_report``
+measures what each of these steps changes: node counts, latency on a device, memory.
+
+``merge_parallel_branches`` (DeepRebirth's branch merging) merges 1x1 convs that read the same
+tensor (the ShuffleNet heads) into one wider conv, with torch.fx.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import operator
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from modeltailor.compressors.quantization import op_counts
+from modeltailor.env.devices import GRAPH_OPT_LEVELS, LatencyStats, LocalOrtDevice
+from modeltailor.env.memory import onnx_memory
+from modeltailor.env.onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    undo_initializer_dedup,
+)
+
+REPORT_LEVELS: tuple[str, ...] = ("disable", "basic", "all")
+K = TypeVar("K")
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_features == conv.out_channels
+    )
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every Conv2d -> BatchNorm2d pair of a Sequential folded."""
+    folded = copy.deepcopy(model).eval()
+    for sequential in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequential._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, bn = sequential._modules[first], sequential._modules[second]
+            if _foldable(conv, bn):
+                sequential._modules[first] = fuse_conv_bn_eval(conv, bn)
+                sequential._modules[second] = nn.Identity()
+    return folded
+
+
+def count_batchnorm(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def export_unfolded(model: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
+    """ONNX export that keeps every BatchNormalization node (no eval-mode fold, no constant folding)."""
+    clone = copy.deepcopy(model).cpu().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            clone,
+            (torch.zeros((1, *input_shape)),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,
+        )
+    return undo_initializer_dedup(buffer.getvalue())
+
+
+def optimized_graph(onnx_bytes: bytes, level: str, threads: int = 1) -> onnx.ModelProto:
+    """The graph ONNX Runtime actually runs after its optimizations at ``level``."""
+    with tempfile.TemporaryDirectory(prefix="modeltailor-opt-") as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = GRAPH_OPT_LEVELS[level]
+        options.intra_op_num_threads = threads
+        options.optimized_model_filepath = str(path)
+        options.log_severity_level = 3
+        ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        return onnx.load(str(path))
+
+
+def time_alternately(runs: Mapping[K, tuple[LocalOrtDevice, bytes]]) -> dict[K, LatencyStats]:
+    """Latency of several (device, model) pairs, timed in alternating rounds.
+
+    Each pair gets ``device.runs`` timed runs split over ``device.rounds`` rounds (the first
+    pair's round count); every round times each pair once, so drift hits them all alike.
+    """
+    if not runs:
+        return {}
+    rounds = next(iter(runs.values()))[0].rounds
+    sessions = {key: (device, device.session(data)) for key, (device, data) in runs.items()}
+    samples: dict[K, list[np.ndarray]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, (device, session) in sessions.items():
+            one = replace(device, runs=max(1, -(-device.runs // rounds)), rounds=1)
+            samples[key].append(one.time_runs(session))
+    return {key: LatencyStats.from_samples(np.concatenate(v)) for key, v in samples.items()}
+
+
+def _torch_summary(model: nn.Module, folded: nn.Module, example: torch.Tensor) -> dict[str, Any]:
+    with torch.no_grad():
+        diff = (model.eval()(example) - folded(example)).abs().max().item()
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "buffers": sum(b.numel() for b in model.buffers()),
+        "batchnorm": count_batchnorm(model),
+        "folded_params": sum(p.numel() for p in folded.parameters()),
+        "folded_buffers": sum(b.numel() for b in folded.buffers()),
+        "folded_batchnorm": count_batchnorm(folded),
+        "folded_max_abs_diff": diff,
+    }
+
+
+def _graph_entry(data: bytes, levels: Sequence[str], threads: int) -> dict[str, Any]:
+    ops = op_counts(data)
+    entry: dict[str, Any] = {"nodes": sum(ops.values()), "ops": ops, "memory": onnx_memory(data).to_dict()}
+    entry["ort"] = {}
+    for level in levels:
+        ort_ops = op_counts(optimized_graph(data, level, threads))
+        entry["ort"][level] = {"nodes": sum(ort_ops.values()), "ops": ort_ops}
+    return entry
+
+
+def fold_report(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: LocalOrtDevice,
+    levels: Sequence[str] = REPORT_LEVELS,
+) -> dict[str, Any]:
+    """What folding changes, measured: torch parameters, ONNX nodes, ORT nodes, latency, memory.
+
+    Graphs: ``unfolded`` (BatchNormalization nodes kept), ``exported`` (``export_onnx``: BN
+    folded by the exporter) and ``folded_export`` (``fold_batchnorm`` then ``export_onnx``).
+    For the first two, ``ort[level]`` has the node counts ONNX Runtime runs after its graph
+    optimizations at each level and their latency on ``device`` (its threads, runs, rounds),
+    all timed in alternating rounds; ``memory`` is ``onnx_memory`` of the stored graph.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    folded = fold_batchnorm(model)
+    graphs = {"unfolded": export_unfolded(model, shape), "exported": export_onnx(model, shape)}
+    report: dict[str, Any] = {
+        "device": device.name,
+        "threads": device.intra_op_threads,
+        "torch": _torch_summary(copy.deepcopy(model), folded, torch.randn(2, *shape)),
+    }
+    for name, data in graphs.items():
+        report[name] = _graph_entry(data, levels, device.intra_op_threads)
+    plan = {
+        (name, level): (replace(device, graph_optimization_level=level), data)
+        for name, data in graphs.items()
+        for level in levels
+    }
+    for (name, level), stats in time_alternately(plan).items():
+        report[name]["ort"][level].update(latency_ms=stats.median_ms, p90_ms=stats.p90_ms)
+    folded_ops = op_counts(export_onnx(folded, shape))
+    report["folded_export"] = {"nodes": sum(folded_ops.values()), "ops": folded_ops}
+    return report
+
+
+# ------------------------------------------------------------------------ parallel branch merging
+
+
+def _conv_key(conv: nn.Conv2d) -> tuple:
+    return (conv.in_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, conv.padding_mode, conv.bias is not None)
+
+
+def _siblings(graph_module: fx.GraphModule) -> list[list[fx.Node]]:
+    """Groups of >= 2 call_module Conv2d nodes (groups=1) that read the same value."""
+    modules = dict(graph_module.named_modules())
+    groups: dict[tuple, list[fx.Node]] = {}
+    for node in graph_module.graph.nodes:
+        conv = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(conv, nn.Conv2d) and conv.groups == 1 and len(node.args) == 1 and not node.kwargs:
+            groups.setdefault((node.args[0], _conv_key(conv)), []).append(node)
+    return [nodes for nodes in groups.values() if len(nodes) > 1]
+
+
+def _merged_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    first = convs[0]
+    merged = nn.Conv2d(
+        first.in_channels, sum(c.out_channels for c in convs), first.kernel_size,
+        stride=first.stride, padding=first.padding, dilation=first.dilation,
+        bias=first.bias is not None, padding_mode=first.padding_mode,
+    )
+    with torch.no_grad():
+        merged.weight.copy_(torch.cat([c.weight for c in convs]))
+        if merged.bias is not None:
+            merged.bias.copy_(torch.cat([c.bias for c in convs]))
+    return merged
+
+
+def merge_parallel_branches(model: nn.Module) -> fx.GraphModule:
+    """Merge convs with the same input and the same kernel/stride/padding into one wider conv.
+
+    Each original output becomes a channel slice of the merged conv's output. Fold BatchNorm
+    first (``fold_batchnorm``) so that the convs are followed only by element-wise ops. Returns a
+    ``torch.fx.GraphModule`` (deployment form: it is exported, not pruned further).
+    """
+    graph_module = fx.symbolic_trace(fold_batchnorm(model))
+    modules = dict(graph_module.named_modules())
+    for index, nodes in enumerate(_siblings(graph_module)):
+        convs = [modules[n.target] for n in nodes]
+        name = f"merged_conv_{index}"
+        graph_module.add_submodule(name, _merged_conv(convs))
+        with graph_module.graph.inserting_after(nodes[0].args[0]):
+            merged = graph_module.graph.call_module(name, (nodes[0].args[0],))
+        start = 0
+        for node, conv in zip(nodes, convs, strict=True):
+            window = (slice(None), slice(start, start + conv.out_channels))
+            with graph_module.graph.inserting_after(merged):
+                part = graph_module.graph.call_function(operator.getitem, (merged, window))
+            node.replace_all_uses_with(part)
+            graph_module.graph.erase_node(node)
+            start += conv.out_channels
+    graph_module.graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    return graph_module.eval()

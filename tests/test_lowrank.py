@@ -1,0 +1,169 @@
+"""Low-rank factorization: exact at full rank, smaller and monotone below it, zoo models export."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from modeltailor.compressors import policy as policy_module
+from modeltailor.compressors.lowrank import (
+    LowRankCompressor,
+    lowrank_candidates,
+    rank_for,
+    spatial_svd,
+    svd_conv1x1,
+    svd_linear,
+    tucker2,
+    tucker_full_ranks,
+    worth_factorizing,
+)
+from modeltailor.compressors.policy import Policy, UnitAction
+from modeltailor.compressors.pruning import count_params
+from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
+from modeltailor.errors import CompressionError
+from modeltailor.models import build_model
+
+SHAPE = (3, 32, 32)
+
+
+def _seeded(layer: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for p in layer.parameters():
+        nn.init.normal_(p)
+    return layer.eval()
+
+
+def _rel_error(original: nn.Module, factors: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        expected, actual = original(x), factors(x)
+    assert actual.shape == expected.shape
+    return float((actual - expected).norm() / expected.norm())
+
+
+FULL_RANK = [
+    ("linear", lambda: nn.Linear(20, 12), lambda m: svd_linear(m, 12), (5, 20)),
+    ("1x1", lambda: nn.Conv2d(8, 12, 1, stride=2), lambda m: svd_conv1x1(m, 8), (2, 8, 9, 9)),
+    (
+        "spatial",
+        lambda: nn.Conv2d(6, 10, 3, stride=2, padding=1),
+        lambda m: spatial_svd(m, 18),
+        (2, 6, 11, 11),
+    ),
+    ("spatial5", lambda: nn.Conv2d(4, 6, 5, padding=2), lambda m: spatial_svd(m, 20), (2, 4, 9, 9)),
+    (
+        "tucker2",
+        lambda: nn.Conv2d(6, 10, 3, stride=2, padding=1),
+        lambda m: tucker2(m, *tucker_full_ranks(m)),
+        (2, 6, 11, 11),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FULL_RANK, ids=[c[0] for c in FULL_RANK])
+def test_full_rank_reproduces_layer(case):
+    _, make, factorize, shape = case
+    layer = _seeded(make())
+    factors = factorize(layer)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(factors(x), layer(x), rtol=1e-4, atol=1e-4)
+
+
+REDUCED = [
+    ("linear", lambda: nn.Linear(64, 48), svd_linear, [4, 8, 16, 24], (16, 64)),
+    ("1x1", lambda: nn.Conv2d(32, 24, 1), svd_conv1x1, [4, 8, 12], (2, 32, 6, 6)),
+    ("spatial", lambda: nn.Conv2d(16, 16, 3, padding=1), spatial_svd, [4, 8, 12, 20], (2, 16, 8, 8)),
+    (
+        "tucker2",
+        lambda: nn.Conv2d(16, 16, 3, padding=1),
+        lambda m, r: tucker2(m, r, r),
+        [4, 8, 12],
+        (2, 16, 8, 8),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REDUCED, ids=[c[0] for c in REDUCED])
+def test_reduced_rank_smaller_and_monotone(case):
+    _, make, factorize, ranks, shape = case
+    layer = _seeded(make())
+    x = torch.randn(*shape)
+    errors = []
+    for rank in ranks:
+        factors = factorize(layer, rank)
+        assert count_params(factors) < count_params(layer)
+        errors.append(_rel_error(layer, factors, x))
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[0] > 0.05
+
+
+def test_rank_for_rounds_and_caps():
+    assert rank_for(48, 0.5, 4) == 24
+    assert rank_for(48, 0.5, 4, cap=23) == 20
+    assert rank_for(48, 0.01, 4) == 4
+    assert rank_for(3, 0.5, 4) == 3
+    assert rank_for(48, 0.5, 4, cap=3) == 0
+    with pytest.raises(CompressionError):
+        rank_for(48, 0.0, 4)
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    assert not worth_factorizing(conv, 24)  # 24 * (48 + 48) == 16 * 16 * 9
+    assert worth_factorizing(conv, 20)
+    assert worth_factorizing(conv, (8, 8))
+    assert not worth_factorizing(nn.Conv2d(16, 16, 3, groups=16), 1)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg"])
+def test_zoo_half_rank(name):
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, input_size=32, num_classes=10).eval()
+    candidates = lowrank_candidates(model)
+    assert candidates and "classifier" not in candidates
+    assert {"spatial", "tucker2"} & set(candidates.values())
+    before = copy.deepcopy(model.state_dict())
+    small = LowRankCompressor().apply_ranks(model, dict.fromkeys(candidates, 0.5), torch.zeros(1, *SHAPE))
+    assert all(isinstance(small.get_submodule(n), nn.Sequential) for n in candidates)
+    x = torch.randn(4, *SHAPE)
+    assert small(x).shape == model(x).shape == (4, 10)
+    assert count_params(small) < count_params(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "input model was mutated"
+    onnx_bytes = export_onnx(small, SHAPE, dynamic_batch=True)
+    assert onnx_matches_torch(small, onnx_bytes, torch.randn(8, *SHAPE)) < 1e-4
+
+
+def test_policy_with_lowrank_method(monkeypatch):
+    monkeypatch.setattr(policy_module, "METHODS", (*policy_module.METHODS, "lowrank"))
+    model = build_model("resnet20", in_channels=3, input_size=32).eval()
+    policy = Policy((UnitAction("features.1.conv1.0", "lowrank", 0.5), UnitAction("features.2.conv1.0")))
+    small = LowRankCompressor().apply(model, policy, torch.zeros(1, *SHAPE))
+    assert isinstance(small.get_submodule("features.1.conv1.0"), nn.Sequential)
+    assert isinstance(small.get_submodule("features.2.conv1.0"), nn.Conv2d)
+
+
+def test_depthwise_is_not_a_candidate():
+    model = build_model("mobilenetv2", in_channels=3, input_size=32).eval()
+    candidates = lowrank_candidates(model)
+    depthwise = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+    ]
+    assert depthwise and not set(depthwise) & set(candidates)
+    assert any(v == "svd" for v in candidates.values())  # the 1x1 convs
+    plan = LowRankCompressor().plan(model, {depthwise[0]: 0.5})[depthwise[0]]
+    assert plan.scheme is None and "not decomposable" in plan.reason
+    small = LowRankCompressor().apply_ranks(model, {depthwise[0]: 0.5})
+    assert isinstance(small.get_submodule(depthwise[0]), nn.Conv2d)
+
+
+def test_bad_inputs_raise():
+    model = build_model("resnet20", in_channels=3, input_size=32)
+    compressor = LowRankCompressor()
+    for bad in ({"features.99.conv": 0.5}, {"features.0.1": 0.5}, {"": 0.5}, {"features.0.0": 1.5}):
+        with pytest.raises(CompressionError):
+            compressor.apply_ranks(model, bad)
+    with pytest.raises(CompressionError):
+        LowRankCompressor(scheme="cp")
+    with pytest.raises(CompressionError):
+        spatial_svd(nn.Conv2d(8, 8, 3, groups=8), 2)
