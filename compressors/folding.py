@@ -43,8 +43,9 @@ from modeltailor.env.onnx_export import (
     undo_initializer_dedup,
 )
 
-REPORT_LEVELS: tuple[str, ...] = ("disable", "basic", "all")
+REPORT_LEVELS: tuple[str, ...] = ("disable", "basic", "extended", "all")
 K = TypeVar("K")
+ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Identity, nn.ReLU)
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -218,29 +219,67 @@ def _merged_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
     return merged
 
 
+def _elementwise_chain(modules: Mapping[str, nn.Module], node: fx.Node) -> list[fx.Node]:
+    """The Identity / ReLU modules that ``node``'s output alone flows through, in order."""
+    chain: list[fx.Node] = []
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        module = modules.get(user.target) if user.op == "call_module" else None
+        if not isinstance(module, ELEMENTWISE) or user.args != (node,) or user.kwargs:
+            break
+        chain.append(user)
+        node = user
+    return chain
+
+
+def _shared_depth(modules: Mapping[str, nn.Module], chains: Sequence[list[fx.Node]]) -> int:
+    """How many leading element-wise modules every chain has in common (by type)."""
+    depth = 0
+    while all(len(c) > depth for c in chains):
+        kinds = {type(modules[c[depth].target]) for c in chains}
+        if len(kinds) > 1:
+            break
+        depth += 1
+    return depth
+
+
+def _merge_siblings(graph_module: fx.GraphModule, nodes: Sequence[fx.Node], name: str) -> None:
+    """Replace sibling convs (and their shared trailing ReLU) by one conv and channel slices."""
+    modules = dict(graph_module.named_modules())
+    graph = graph_module.graph
+    convs = [modules[n.target] for n in nodes]
+    chains = [_elementwise_chain(modules, n) for n in nodes]
+    depth = _shared_depth(modules, chains)
+    graph_module.add_submodule(name, _merged_conv(convs))
+    with graph.inserting_after(nodes[0].args[0]):
+        out = graph.call_module(name, (nodes[0].args[0],))
+    for step in chains[0][:depth]:
+        with graph.inserting_after(out):
+            out = graph.call_module(step.target, (out,))
+    start = 0
+    for node, conv, chain in zip(nodes, convs, chains, strict=True):
+        branch = [node, *chain[:depth]]
+        with graph.inserting_after(out):
+            part = graph.call_function(
+                operator.getitem, (out, (slice(None), slice(start, start + conv.out_channels)))
+            )
+        branch[-1].replace_all_uses_with(part)
+        for old in reversed(branch):
+            graph.erase_node(old)
+        start += conv.out_channels
+
+
 def merge_parallel_branches(model: nn.Module) -> fx.GraphModule:
     """Merge convs with the same input and the same kernel/stride/padding into one wider conv.
 
-    Each original output becomes a channel slice of the merged conv's output. Fold BatchNorm
-    first (``fold_batchnorm``) so that the convs are followed only by element-wise ops. Returns a
-    ``torch.fx.GraphModule`` (deployment form: it is exported, not pruned further).
+    Each original output becomes a channel slice of the merged conv's output; Identity / ReLU
+    modules that every branch applies right after its conv are applied once, before the slices
+    (so ONNX Runtime can still fuse the ReLU into the conv). BatchNorm is folded first
+    (``fold_batchnorm``). Returns a ``torch.fx.GraphModule`` (a deployment form, for export).
     """
     graph_module = fx.symbolic_trace(fold_batchnorm(model))
-    modules = dict(graph_module.named_modules())
     for index, nodes in enumerate(_siblings(graph_module)):
-        convs = [modules[n.target] for n in nodes]
-        name = f"merged_conv_{index}"
-        graph_module.add_submodule(name, _merged_conv(convs))
-        with graph_module.graph.inserting_after(nodes[0].args[0]):
-            merged = graph_module.graph.call_module(name, (nodes[0].args[0],))
-        start = 0
-        for node, conv in zip(nodes, convs, strict=True):
-            window = (slice(None), slice(start, start + conv.out_channels))
-            with graph_module.graph.inserting_after(merged):
-                part = graph_module.graph.call_function(operator.getitem, (merged, window))
-            node.replace_all_uses_with(part)
-            graph_module.graph.erase_node(node)
-            start += conv.out_channels
+        _merge_siblings(graph_module, nodes, f"merged_conv_{index}")
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()

@@ -19,8 +19,8 @@ import weakref
 from collections.abc import Iterator
 
 import torch
-import torch_pruning as tp
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (

@@ -21,7 +21,7 @@ def _data(n: int = 32) -> torch.Tensor:
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "shufflenet", "vgg"])
 def test_pruner_with_activation_importance(name):
     torch.manual_seed(0)
     model = build_model(name, input_size=16).eval()
