@@ -327,6 +327,35 @@ def plan_layer(
     return LayerPlan(name, best, options[best], before, sizes[best])
 
 
+def _macs_per_output_pixel(layer: Layer, scheme: str, rank: tuple[int, ...]) -> float:
+    """MACs of the factor chain per output pixel; an input pixel counts as stride_h * stride_w."""
+    if isinstance(layer, nn.Linear):
+        return float(rank[0] * (layer.in_features + layer.out_features))
+    cout, cin, kh, kw = layer.weight.shape
+    sh, sw = layer.stride
+    if scheme == "svd":
+        return float(rank[0] * (cin + cout))
+    if scheme == "spatial":  # the vertical conv runs at the output height but the input width
+        return float(rank[0] * (cin * kh * sw + cout * kw))
+    r_in, r_out = rank
+    return float(r_in * cin * sh * sw + r_in * r_out * kh * kw + r_out * cout)
+
+
+def factorized_cost(
+    layer: nn.Module, ratio: float, scheme: str = "auto", round_to: int = 4
+) -> tuple[float, float]:
+    """(parameter fraction, MAC fraction) of `layer` once factorized at `ratio`; (1, 1) if unchanged.
+
+    MACs assume the input is stride times the output (exact for 'same'-padded convs), as a cost
+    model needs without running the model.
+    """
+    plan = plan_layer("", layer, ratio, scheme, round_to)
+    if plan.scheme is None:
+        return 1.0, 1.0
+    macs = _macs_per_output_pixel(layer, plan.scheme, plan.rank) / layer.weight.numel()
+    return plan.params_after / plan.params_before, macs
+
+
 # ------------------------------------------------------------------------------------ the model
 
 
@@ -345,6 +374,20 @@ def _layer(model: nn.Module, name: str) -> Layer:
             f"low-rank: layer '{name}' is a {type(module).__name__}, not a Conv2d or Linear layer"
         )
     return module
+
+
+def _skipped_owner(model: nn.Module, name: str) -> str | None:
+    """The block around `name` that block skipping replaced with an Identity, if any."""
+    parts = name.split(".")
+    for end in range(1, len(parts)):
+        prefix = ".".join(parts[:end])
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            return None
+        if getattr(module, "skipped_block", None):
+            return prefix
+    return None
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -395,11 +438,20 @@ class LowRankCompressor:
         return self.apply_ranks(model, ranks, example)
 
     def plan(self, model: nn.Module, ranks: Mapping[str, float]) -> dict[str, LayerPlan]:
-        """What `apply_ranks` would do to each named layer (CompressionError for a bad name/ratio)."""
-        return {
-            name: plan_layer(name, _layer(model, name), ratio, self.scheme, self.round_to)
-            for name, ratio in ranks.items()
-        }
+        """What `apply_ranks` would do to each named layer (CompressionError for a bad name/ratio).
+
+        A layer inside a residual block already removed by skipping is left as it is (gone).
+        """
+        plans: dict[str, LayerPlan] = {}
+        for name, ratio in ranks.items():
+            owner = _skipped_owner(model, name)
+            if owner is not None:
+                _check_ratio(ratio)
+                plans[name] = LayerPlan(name, None, (), 0, 0, f"inside skipped block '{owner}'")
+            else:
+                layer = _layer(model, name)
+                plans[name] = plan_layer(name, layer, ratio, self.scheme, self.round_to)
+        return plans
 
     def apply_ranks(
         self, model: nn.Module, ranks: Mapping[str, float], example: torch.Tensor | None = None

@@ -11,27 +11,33 @@ from typing import Any
 from modeltailor.errors import CompressionError
 
 POLICY_FORMAT = 1
-METHODS: tuple[str, ...] = ("prune", "skip")
-"""prune: keep `keep` of the unit's channels; skip: remove the residual block the unit lives in."""
+METHODS: tuple[str, ...] = ("prune", "skip", "lowrank")
+"""prune: keep `keep` of the unit's channels; skip: remove the residual block the unit lives in;
+lowrank: factorize the unit's root layer at rank ratio `keep`. Independently, `bits` = 8 runs the
+unit's layers in int8 (ONNX Runtime static QDQ quantization), 32 keeps them in float."""
+BITS: tuple[int, ...] = (32, 8)
 
 
 @dataclass(frozen=True)
 class UnitAction:
-    """What to do to one unit: `method` with `keep` = fraction of its channels kept (0, 1]."""
+    """What to do to one unit: `method` at amount `keep` (channel or rank fraction), at `bits`."""
 
     unit: str
     method: str = "prune"
     keep: float = 1.0
+    bits: int = 32
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CompressionError(
                 f"unit '{self.unit}': unknown method '{self.method}': use one of {', '.join(METHODS)}"
             )
-        if self.method == "prune" and not 0.0 < self.keep <= 1.0:
+        if self.method in ("prune", "lowrank") and not 0.0 < self.keep <= 1.0:
             raise CompressionError(
                 f"unit '{self.unit}': keep ratio {self.keep} is outside (0, 1]"
             )
+        if self.bits not in BITS:
+            raise CompressionError(f"unit '{self.unit}': bits {self.bits} is not one of 32, 8")
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,22 @@ class Policy:
         return cls(tuple(UnitAction(unit=u, keep=keep) for u in units))
 
     def keep_ratios(self) -> dict[str, float]:
-        """Fraction of channels kept per unit; 0 for a unit whose block is skipped."""
-        return {a.unit: (a.keep if a.method == "prune" else 0.0) for a in self.actions}
+        """Fraction of channels kept per pruned unit; 0 for a unit whose block is skipped."""
+        return {a.unit: (a.keep if a.method == "prune" else 0.0) for a in self.actions if a.method != "lowrank"}
 
     def skipped(self) -> list[str]:
         return [a.unit for a in self.actions if a.method == "skip"]
+
+    def lowrank_ratios(self) -> dict[str, float]:
+        return {a.unit: a.keep for a in self.actions if a.method == "lowrank"}
+
+    def quantized(self) -> list[str]:
+        return [a.unit for a in self.actions if a.bits == 8 and a.method != "skip"]
+
+    def methods(self) -> set[str]:
+        """Methods in use, with "int8" for quantized units."""
+        used = {a.method for a in self.actions if a.method != "prune" or a.keep < 1.0}
+        return used | ({"int8"} if self.quantized() else set())
 
     def to_dict(self) -> dict[str, Any]:
         return {

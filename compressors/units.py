@@ -131,23 +131,31 @@ def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
     return ModelAnalysis(tuple(units), layers, sum(c.macs for c in layers), total_params)
 
 
-def estimate_macs(analysis: ModelAnalysis, keep: Mapping[str, float]) -> float:
-    """MACs of the model after keeping the fraction `keep[unit]` of each unit's channels."""
-    return _estimate(analysis, keep, "macs")
+def estimate_macs(
+    analysis: ModelAnalysis, keep: Mapping[str, float], lowrank: Mapping[str, float] | None = None
+) -> float:
+    """MACs after keeping `keep[unit]` of each unit's channels and factorizing `lowrank` layers.
+
+    A layer factorized at rank ratio r is counted at r of its cost (SVD/Tucker factors at ratio r
+    of the largest useful rank cost about r of the layer).
+    """
+    return _estimate(analysis, keep, "macs", lowrank or {})
 
 
-def estimate_params(analysis: ModelAnalysis, keep: Mapping[str, float]) -> float:
+def estimate_params(
+    analysis: ModelAnalysis, keep: Mapping[str, float], lowrank: Mapping[str, float] | None = None
+) -> float:
     """Conv/linear parameters after keeping `keep[unit]` of each unit's channels."""
-    return _estimate(analysis, keep, "params")
+    return _estimate(analysis, keep, "params", lowrank or {})
 
 
-def _estimate(analysis: ModelAnalysis, keep: Mapping[str, float], attr: str) -> float:
+def _estimate(analysis: ModelAnalysis, keep: Mapping[str, float], attr: str, lowrank: Mapping[str, float]) -> float:
     total = 0.0
     for layer in analysis.layers:
         out_keep = keep.get(layer.out_unit, 1.0) if layer.out_unit else 1.0
         in_keep = keep.get(layer.in_unit, 1.0) if layer.in_unit else 1.0
         factor = out_keep if layer.depthwise else out_keep * in_keep
-        total += getattr(layer, attr) * factor
+        total += getattr(layer, attr) * factor * lowrank.get(layer.name, 1.0)
     return total
 
 

@@ -79,6 +79,8 @@ class CompressionEnv(gym.Env):
         memory_model: LinearCostModel | None = None,
         class_fraction: float = 1.0,
         budget_safety: float = 0.97,
+        lowrank_units: frozenset[str] = frozenset(),
+        int8: bool = False,
     ) -> None:
         super().__init__()
         self.analysis = analysis
@@ -91,26 +93,36 @@ class CompressionEnv(gym.Env):
         self.class_fraction = class_fraction
         self.budget_safety = budget_safety
         self.units = analysis.units
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.lowrank_units = frozenset(lowrank_units)
+        self.int8 = int8
+        # joint mode: (amount, method selector, int8 flag); otherwise just the amount
+        dims = 3 if (self.lowrank_units or int8) else 1
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(dims,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-1.0, 2.0, shape=(OBS_SIZE,), dtype=np.float32)
         self.history: list[EpisodeRecord] = []
         self.callbacks: list[Callable[[EpisodeRecord], None]] = []
         self._t = 0
         self._keep: dict[str, float] = {}
+        self._method: dict[str, str] = {}
+        self._bits: dict[str, int] = {}
         self._previous = 1.0
 
     # gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._t, self._keep, self._previous = 0, {}, 1.0
+        self._t, self._keep, self._method, self._bits, self._previous = 0, {}, {}, {}, 1.0
         return self._get_obs(), {}
 
     def step(self, action: np.ndarray):
         unit = self.units[self._t]
-        skippable = unit.block is not None
-        wanted = self.range.to_keep(float(np.asarray(action).reshape(-1)[0]), skippable)
-        keep = min(wanted, self._max_keep_within_budget(unit.name, skippable))
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        method = "lowrank" if unit.name in self.lowrank_units and len(a) > 1 and a[1] > 0 else "prune"
+        skippable = unit.block is not None and method == "prune"
+        wanted = self.range.to_keep(float(a[0]), skippable)
+        keep = min(wanted, self._max_keep_within_budget(unit.name, skippable, method))
         self._keep[unit.name] = keep
+        self._method[unit.name] = "skip" if keep == SKIP else method
+        self._bits[unit.name] = 8 if self.int8 and len(a) > 2 and a[2] > 0 else 32
         self._previous = self.range.to_action(keep)
         self._t += 1
         if self._t < len(self.units):
@@ -122,7 +134,8 @@ class CompressionEnv(gym.Env):
     def _get_obs(self) -> np.ndarray:
         unit = self.units[min(self._t, len(self.units) - 1)]
         features = DeploymentFeatures(
-            self.class_fraction, self._budget_fraction(), self.range.skip_fraction > 0
+            self.class_fraction, self._budget_fraction(), self.range.skip_fraction > 0,
+            self.lowrank_units, self.int8,
         )
         obs = observe(self.analysis, unit, self._keep, self._previous, features)
         return np.clip(obs, -1.0, 2.0).astype(np.float32)
@@ -139,10 +152,16 @@ class CompressionEnv(gym.Env):
     def policy(self) -> Policy:
         return Policy(
             tuple(
-                UnitAction(unit=u, method="skip", keep=SKIP) if k == SKIP else UnitAction(unit=u, keep=round(k, 4))
+                UnitAction(unit=u, method=self._method[u], keep=round(k, 4), bits=self._bits[u])
                 for u, k in self._keep.items()
             )
         )
+
+    def _split(self, decided: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """(channel keep per unit, low-rank ratio per layer) for cost estimates."""
+        prune = {u: k for u, k in decided.items() if self._method.get(u, "prune") != "lowrank"}
+        lowrank = {u: k for u, k in decided.items() if self._method.get(u) == "lowrank"}
+        return prune, lowrank
 
     def _finish_episode(self) -> EpisodeRecord:
         policy = self.policy()
@@ -165,6 +184,7 @@ class CompressionEnv(gym.Env):
             cached=outcome.cached,
             seconds=outcome.seconds,
             kept_channels=outcome.kept_channels,
+            architecture=outcome.architecture,
         )
         self.history.append(record)
         for callback in self.callbacks:
@@ -187,17 +207,19 @@ class CompressionEnv(gym.Env):
         macs_cap, _ = self._caps()
         return float(min(1.0, macs_cap / max(self.analysis.total_macs, 1)))
 
-    def _max_keep_within_budget(self, unit: str, skippable: bool) -> float:
+    def _max_keep_within_budget(self, unit: str, skippable: bool, method: str = "prune") -> float:
         macs_cap, params_cap = self._caps()
         if macs_cap == float("inf") and params_cap == float("inf"):
             return self.range.max_keep
         rest = {u.name: self.range.lowest(u.block is not None) for u in self.units[self._t + 1 :]}
+        prune, lowrank = self._split(self._keep)
 
         def fits(keep: float) -> bool:
-            trial = {**self._keep, unit: keep, **rest}
+            trial = {**prune, **rest} | ({} if method == "lowrank" else {unit: keep})
+            ranks = lowrank | ({unit: keep} if method == "lowrank" else {})
             return (
-                estimate_macs(self.analysis, trial) <= macs_cap
-                and estimate_params(self.analysis, trial) <= params_cap
+                estimate_macs(self.analysis, trial, ranks) <= macs_cap
+                and estimate_params(self.analysis, trial, ranks) <= params_cap
             )
 
         lo, hi = self.range.min_keep, self.range.max_keep

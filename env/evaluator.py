@@ -7,15 +7,16 @@ the same model are evaluated once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from torch import nn
 
-from modeltailor.compressors.base import Compressor
 from modeltailor.compressors.distill import (
     DistillConfig,
     TeacherLogits,
@@ -23,8 +24,10 @@ from modeltailor.compressors.distill import (
     distill,
     recalibrate_batchnorm,
 )
+from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import count_params
+from modeltailor.compressors.quantization import onnx_accuracy
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
 from modeltailor.env.devices import Device, Measurement
 from modeltailor.env.onnx_export import export_onnx
@@ -52,6 +55,7 @@ class Outcome:
     kept_channels: dict[str, int]
     seconds: float
     cached: bool = False
+    architecture: str = ""
 
     @property
     def latency_ms(self) -> float:
@@ -65,17 +69,35 @@ class Outcome:
 @dataclass
 class PolicyEvaluator:
     teacher: nn.Module
-    compressor: Compressor
+    compressor: PolicyApplier
     data: EvalData
     teacher_logits: TeacherLogits
     recovery: DistillConfig
     device: Device
     input_shape: tuple[int, ...]
     cache: dict[tuple, Outcome] = field(default_factory=dict)
+    calibration_samples: int = 64
 
     @property
     def example(self) -> torch.Tensor:
         return torch.zeros(self.input_shape)
+
+    @cached_property
+    def analysis(self) -> ModelAnalysis:
+        return analyze_model(self.teacher, self.example)
+
+    def export(self, model: nn.Module, policy: Policy | None) -> bytes:
+        """The ONNX model to ship for a recovered `model`, int8 units quantized (ORT static QDQ)."""
+        if policy is None or not policy.quantized():
+            return export_onnx(model, self.input_shape[1:])
+        calibration = self.data.train_x[: self.calibration_samples]
+        return self.compressor.to_onnx(model, policy, self.analysis, self.input_shape[1:], calibration)
+
+    def score(self, model: nn.Module, onnx_bytes: bytes, quantized: bool) -> float:
+        """Accuracy on the scoring split: in ONNX Runtime for a quantized model, else in torch."""
+        if quantized:
+            return onnx_accuracy(onnx_bytes, self.data.score_x, self.data.score_y)
+        return accuracy(model, self.data.score_x, self.data.score_y, self.data.classes)
 
     def build(self, policy: Policy, recovery: DistillConfig | None = None) -> nn.Module:
         """The compressed, recovered model for `policy` (the teacher is untouched)."""
@@ -86,34 +108,44 @@ class PolicyEvaluator:
     def __call__(self, policy: Policy) -> Outcome:
         start = time.perf_counter()
         student = self.compressor.apply(self.teacher, policy, self.example)
-        key = architecture_key(student)
+        key = (architecture_key(student), tuple(sorted(policy.quantized())))
         if key in self.cache:
             return replace(self.cache[key], seconds=0.0, cached=True)
         recalibrate_batchnorm(student, self.data.train_x)
         student = distill(student, self.teacher_logits, self.data.train_y, self.recovery)
-        outcome = self.measure(student, start)
+        outcome = self.measure(student, start, policy)
         self.cache[key] = outcome
         return outcome
 
-    def measure(self, model: nn.Module, start: float | None = None) -> Outcome:
+    def measure(self, model: nn.Module, start: float | None = None, policy: Policy | None = None) -> Outcome:
         """Accuracy on the scoring split plus device measurement of the exported model."""
         start = time.perf_counter() if start is None else start
         analysis = analyze_model(model, self.example)
-        acc = accuracy(model, self.data.score_x, self.data.score_y, self.data.classes)
-        measurement = self.device.measure(export_onnx(model, self.input_shape[1:]))
+        onnx_bytes = self.export(model, policy)
+        quantized = sorted(policy.quantized()) if policy is not None else []
+        acc = self.score(model, onnx_bytes, bool(quantized))
+        measurement = self.device.measure(onnx_bytes)
+        channels = kept_channels(model, analysis)
         return Outcome(
             accuracy=acc,
             measurement=measurement,
             params=count_params(model),
             macs=analysis.total_macs,
-            kept_channels=kept_channels(model, analysis),
+            kept_channels=channels,
             seconds=time.perf_counter() - start,
+            architecture=architecture_id(model, quantized),
         )
 
 
 def architecture_key(model: nn.Module) -> tuple:
     """Shapes of every parameter: identifies a pruned architecture of a given model."""
     return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+
+
+def architecture_id(model: nn.Module, quantized: list[str]) -> str:
+    """A short id of the compressed architecture and its int8 units (same id = same model shape)."""
+    text = repr((architecture_key(model), quantized))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def kept_channels(model: nn.Module, analysis: ModelAnalysis) -> dict[str, int]:

@@ -18,6 +18,8 @@ Layout (all roughly in [0, 1]):
 | 15 | previous action, mapped back to [0, 1] |
 | 16 | deployment: classes in the deployment / classes of the model |
 | 17 | 1 if the unit's residual block can be skipped whole |
+| 18 | 1 if the unit's root layer can be factorized (low-rank) |
+| 19 | 1 if int8 is offered on this device |
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from modeltailor.compressors.units import UNIT_KINDS, ModelAnalysis, Unit, estimate_macs
 
-OBS_SIZE = 18
+OBS_SIZE = 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class DeploymentFeatures:
     class_fraction: float = 1.0
     budget_fraction: float = 1.0
     skip_allowed: bool = False
+    lowrank_units: frozenset[str] = frozenset()
+    int8: bool = False
 
 
 def observe(
@@ -63,6 +67,8 @@ def observe(
     obs[15] = (previous_action + 1.0) / 2.0
     obs[16] = deployment.class_fraction
     obs[17] = 1.0 if unit.block is not None and deployment.skip_allowed else 0.0
+    obs[18] = 1.0 if unit.name in deployment.lowrank_units else 0.0
+    obs[19] = 1.0 if deployment.int8 else 0.0
     return obs
 
 

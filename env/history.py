@@ -24,6 +24,12 @@ class EpisodeRecord:
     cached: bool
     seconds: float
     kept_channels: dict[str, int] = field(default_factory=dict)
+    architecture: str = ""
+
+    @property
+    def identity(self) -> tuple:
+        """Same identity = same compressed model shape (and int8 units)."""
+        return (self.architecture,) if self.architecture else tuple(sorted(self.kept_channels.items()))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +47,7 @@ def pareto_front(records: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
     """Non-dominated records, one per architecture (first seen), sorted by latency."""
     unique: dict[tuple, EpisodeRecord] = {}
     for record in records:
-        unique.setdefault(tuple(sorted(record.kept_channels.items())), record)
+        unique.setdefault(record.identity, record)
     candidates = list(unique.values())
     front = [r for r in candidates if not any(dominates(o, r) for o in candidates if o is not r)]
     return sorted(front, key=lambda r: r.latency_ms)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from modeltailor.compressors.distill import accuracy
+from modeltailor.compressors.distill import predict_logits
 from modeltailor.compressors.policy import Policy
+from modeltailor.compressors.quantization import onnx_accuracy, onnx_predictions
 from modeltailor.env.devices import Device, LatencyStats, LocalOrtDevice, Measurement
 from modeltailor.env.history import EpisodeRecord
 from modeltailor.env.memory import onnx_memory
@@ -32,6 +33,8 @@ class Finalist:
     val_accuracy: float
     score: float
     feasible: bool
+    onnx_bytes: bytes
+    policy: Policy
 
 
 @dataclass
@@ -46,6 +49,7 @@ class FinalResult:
     baseline_test_accuracy: float
     baseline_test_accuracy_all_classes: float
     onnx_max_abs_diff: float
+    quantized: bool = False
 
 
 def pick_finalists(records: Sequence[EpisodeRecord], count: int) -> list[EpisodeRecord]:
@@ -54,7 +58,7 @@ def pick_finalists(records: Sequence[EpisodeRecord], count: int) -> list[Episode
     seen: set[tuple] = set()
     picked: list[EpisodeRecord] = []
     for record in ranked:
-        key = tuple(sorted(record.kept_channels.items()))
+        key = record.identity
         if key not in seen:
             seen.add(key)
             picked.append(record)
@@ -74,25 +78,36 @@ def finalize(
     base_res = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
     for i, record in enumerate(pick_finalists(records, bench.config.recovery.finalists)):
         report(f"finalist {i + 1}: long distillation ({bench.config.recovery.final_steps} steps)")
-        model = bench.evaluator.build(Policy.from_dict(record.policy), recovery_config(bench.config, final=True))
-        val = accuracy(model, *bench.labels("val"))
+        policy = Policy.from_dict(record.policy)
+        model = bench.evaluator.build(policy, recovery_config(bench.config, final=True))
+        onnx_bytes = bench.evaluator.export(model, policy)
+        val = bench.evaluator.score(model, onnx_bytes, bool(policy.quantized()))
         resources = Resources(val, record.latency_ms, record.memory_bytes)
-        finalists.append(Finalist(record, model, val, reward(resources, base_res), reward.feasible(resources)))
+        finalists.append(
+            Finalist(record, model, val, reward(resources, base_res), reward.feasible(resources), onnx_bytes, policy)
+        )
     chosen = max(finalists, key=lambda f: (f.feasible, f.score))
     report("exporting the chosen model and measuring it against the baseline")
-    onnx_bytes = export_onnx(chosen.model, bench.input_shape[1:])
     baseline_onnx = export_onnx(bench.teacher, bench.input_shape[1:])
-    test_x = bench.splits.test.tensors[0][:64]
-    diff = onnx_matches_torch(chosen.model, export_onnx(chosen.model, bench.input_shape[1:], dynamic_batch=True), test_x)
-    base_m, best_m = measure_pair(final_device, baseline_onnx, onnx_bytes)
+    test_x, test_y = bench.labels("test")
+    quantized = bool(chosen.policy.quantized())
+    if quantized:  # int8 vs float: agreement of predictions, not equal logits
+        diff = 1.0 - float((onnx_predictions(chosen.onnx_bytes, test_x) == predict_logits(chosen.model, test_x).argmax(1).numpy()).mean())
+        test_accuracy = onnx_accuracy(chosen.onnx_bytes, test_x, test_y)
+    else:
+        dynamic = export_onnx(chosen.model, bench.input_shape[1:], dynamic_batch=True)
+        diff = onnx_matches_torch(chosen.model, dynamic, test_x[:64])
+        test_accuracy = bench.test_accuracy(chosen.model)
+    base_m, best_m = measure_pair(final_device, baseline_onnx, chosen.onnx_bytes)
     return FinalResult(
         chosen=chosen,
         finalists=finalists,
-        onnx_bytes=onnx_bytes,
+        onnx_bytes=chosen.onnx_bytes,
         baseline_onnx=baseline_onnx,
         baseline=base_m,
         best=best_m,
-        test_accuracy=bench.test_accuracy(chosen.model),
+        test_accuracy=test_accuracy,
+        quantized=quantized,
         baseline_test_accuracy=bench.test_accuracy(bench.base),
         baseline_test_accuracy_all_classes=bench.teacher_test_accuracy_all_classes(),
         onnx_max_abs_diff=float(diff),

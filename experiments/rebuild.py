@@ -20,10 +20,12 @@ from modeltailor.compressors.distill import (
     recalibrate_batchnorm,
 )
 from modeltailor.compressors.head import narrow_classifier
+from modeltailor.compressors.lowrank import LowRankCompressor
+from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
+from modeltailor.compressors.units import analyze_model
 from modeltailor.datasets import remap_labels
-from modeltailor.env.onnx_export import export_onnx
 from modeltailor.errors import CompressionError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import load_teacher
@@ -41,8 +43,11 @@ def rebuild(
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
     _check_meta(meta, input_shape, classes, policy_path)
     base = narrow_classifier(teacher, classes) if classes else teacher
-    compressor = ChannelPruningCompressor(meta.get("importance", "l2"), int(meta.get("round_to", 4)))
-    model = compressor.apply(base, policy, torch.zeros(input_shape))
+    round_to = int(meta.get("round_to", 4))
+    applier = PolicyApplier(
+        ChannelPruningCompressor(meta.get("importance", "l2"), round_to), LowRankCompressor(round_to=round_to)
+    )
+    model = applier.apply(base, policy, torch.zeros(input_shape))
     train_x, train_y = splits.train.tensors
     if classes:
         train_y = remap_labels(train_y, classes)
@@ -54,7 +59,9 @@ def rebuild(
         distill(model, TeacherLogits(base, train_x), train_y, DistillConfig(**{**r.__dict__, "steps": distill_steps}))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, input_shape[1:], out / "model.onnx")
+    analysis = analyze_model(base, torch.zeros(input_shape))
+    onnx_bytes = applier.to_onnx(model, policy, analysis, input_shape[1:], train_x[:64])
+    (out / "model.onnx").write_bytes(onnx_bytes)
     torch.save(model.state_dict(), out / "model.pt")
     val_x, val_y = splits.val.tensors
     if classes:

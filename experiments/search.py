@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modeltailor.agent import SearchResult, make_searcher
+from modeltailor.compressors.pipeline import lowrank_units
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import LinearCostModel
@@ -130,6 +131,10 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
         latency_model=latency_model,
         memory_model=memory_model,
         class_fraction=classes / bench.splits.num_classes,
+        lowrank_units=frozenset(
+            lowrank_units(bench.analysis, bench.base, s.round_to) if "lowrank" in s.methods else ()
+        ),
+        int8="int8" in s.methods,
     )
 
 

@@ -19,6 +19,8 @@ from torch import nn
 
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accuracy
 from modeltailor.compressors.head import narrow_classifier
+from modeltailor.compressors.lowrank import LowRankCompressor
+from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
 from modeltailor.datasets import (
@@ -164,7 +166,10 @@ def _evaluator(
     val_x, val_y = _split_labels(splits, "val", classes)
     return PolicyEvaluator(
         teacher=base,
-        compressor=ChannelPruningCompressor(config.search.importance, config.search.round_to),
+        compressor=PolicyApplier(
+            ChannelPruningCompressor(config.search.importance, config.search.round_to),
+            LowRankCompressor(round_to=config.search.round_to),
+        ),
         data=EvalData(train_x, train_y, val_x, val_y),
         teacher_logits=TeacherLogits(base, train_x),
         recovery=recovery_config(config),

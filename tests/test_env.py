@@ -10,6 +10,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from modeltailor.agent import PPOSearcher, RandomSearcher, UniformSearcher
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits
+from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.units import analyze_model
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
@@ -32,7 +33,7 @@ def parts():
     x, y = synthetic_images(96, 1, 16, 4)
     evaluator = PolicyEvaluator(
         teacher=teacher,
-        compressor=ChannelPruningCompressor(round_to=2),
+        compressor=PolicyApplier(ChannelPruningCompressor(round_to=2)),
         data=EvalData(x[:64], y[:64], x[64:], y[64:]),
         teacher_logits=TeacherLogits(teacher, x[:64]),
         recovery=DistillConfig(steps=2, batch_size=16),

@@ -11,6 +11,7 @@ from torch import nn
 from modeltailor.compressors import policy as policy_module
 from modeltailor.compressors.lowrank import (
     LowRankCompressor,
+    factorized_cost,
     lowrank_candidates,
     rank_for,
     spatial_svd,
@@ -21,7 +22,7 @@ from modeltailor.compressors.lowrank import (
     worth_factorizing,
 )
 from modeltailor.compressors.policy import Policy, UnitAction
-from modeltailor.compressors.pruning import count_params
+from modeltailor.compressors.pruning import count_params, skip_blocks
 from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
 from modeltailor.errors import CompressionError
 from modeltailor.models import build_model
@@ -115,6 +116,40 @@ def test_rank_for_rounds_and_caps():
     assert not worth_factorizing(nn.Conv2d(16, 16, 3, groups=16), 1)
 
 
+def _macs(module: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def count(layer, _inputs, out):
+        nonlocal total
+        total += out[0].numel() * layer.weight[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        module(x)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+@pytest.mark.parametrize("scheme", ["spatial", "tucker2"])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.Conv2d(16, 24, 3, padding=1), (1, 16, 8, 8)),
+        (nn.Conv2d(16, 24, 3, stride=2, padding=1), (1, 16, 8, 8)),
+        (nn.Conv2d(16, 32, 1, stride=2), (1, 16, 8, 8)),
+        (nn.Linear(40, 24), (1, 40)),
+    ],
+)
+def test_factorized_cost_matches_built_chain(layer, shape, scheme):
+    x = torch.randn(*shape)
+    params, macs = factorized_cost(layer, 0.5, scheme)
+    small = LowRankCompressor(scheme=scheme).apply_ranks(nn.Sequential(layer), {"0": 0.5})
+    assert isinstance(small[0], nn.Sequential) and params < 1.0
+    assert params == pytest.approx(count_params(small) / count_params(layer))
+    assert macs == pytest.approx(_macs(small, x) / _macs(layer, x))
+
+
 @pytest.mark.parametrize("name", ["resnet20", "vgg"])
 def test_zoo_half_rank(name):
     torch.manual_seed(0)
@@ -135,12 +170,25 @@ def test_zoo_half_rank(name):
 
 
 def test_policy_with_lowrank_method(monkeypatch):
-    monkeypatch.setattr(policy_module, "METHODS", (*policy_module.METHODS, "lowrank"))
+    if "lowrank" not in policy_module.METHODS:
+        monkeypatch.setattr(policy_module, "METHODS", (*policy_module.METHODS, "lowrank"))
     model = build_model("resnet20", in_channels=3, input_size=32).eval()
     policy = Policy((UnitAction("features.1.conv1.0", "lowrank", 0.5), UnitAction("features.2.conv1.0")))
     small = LowRankCompressor().apply(model, policy, torch.zeros(1, *SHAPE))
     assert isinstance(small.get_submodule("features.1.conv1.0"), nn.Sequential)
     assert isinstance(small.get_submodule("features.2.conv1.0"), nn.Conv2d)
+
+
+def test_layer_in_skipped_block_is_left_alone():
+    model = build_model("resnet20", in_channels=3, input_size=32).eval()
+    skip_blocks(model, ["features.2.conv1.0"])
+    ranks = {"features.2.conv2.0": 0.5, "features.3.conv1.0": 0.5}
+    plans = LowRankCompressor().plan(model, ranks)
+    assert plans["features.2.conv2.0"].scheme is None
+    assert "skipped block 'features.2'" in plans["features.2.conv2.0"].reason
+    small = LowRankCompressor().apply_ranks(model, ranks)
+    assert isinstance(small.get_submodule("features.3.conv1.0"), nn.Sequential)
+    assert small(torch.randn(2, *SHAPE)).shape == (2, 10)
 
 
 def test_depthwise_is_not_a_candidate():
