@@ -71,6 +71,7 @@ def search(
     device: Annotated[str | None, typer.Option(help="override device.name")] = None,
     classes: Annotated[str | None, typer.Option(help="override classes: ids or names, e.g. '0,3,7'")] = None,
     seed: Annotated[int | None, typer.Option(help="override search.seed")] = None,
+    methods: Annotated[str | None, typer.Option(help="override search.methods, e.g. 'prune,lowrank,int8'")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="override tracking.uri")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="keep the episodes already in OUT and run the rest")] = False,
@@ -81,6 +82,7 @@ def search(
     overrides = {
         "search.episodes": episodes, "search.agent": agent, "device.name": device,
         "classes": _parse_classes(classes), "search.seed": seed, "tracking.uri": tracking_uri,
+        "search.methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         "tracking.enabled": False if no_tracking else None,
     }
     cfg = load_config(config, overrides)
@@ -147,6 +149,33 @@ def pick(
     if out is not None:
         picked_policy(summary, point).save(out)
         console.print(f"policy written to {out}: rebuild with `modeltailor apply --policy {out} --distill-steps 800`")
+
+
+@app.command("fold-report")
+def fold_report_command(
+    config: ConfigOpt = None,
+    runs: Annotated[int, typer.Option(help="timed runs per graph and optimization level")] = 200,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report here")] = None,
+) -> None:
+    """Measure what layer folding changes on the deployment's teacher (DeepRebirth-style merges)."""
+    from modeltailor.compressors.folding import fold_report
+    from modeltailor.env.devices import LocalOrtDevice
+    from modeltailor.experiments.teacher import load_teacher
+    from modeltailor.experiments.workbench import load_deployment_data
+
+    cfg = load_config(config)
+    full, splits, _ = load_deployment_data(cfg)
+    teacher, _ = load_teacher(cfg, full)
+    report = fold_report(teacher, (splits.in_channels, splits.input_size, splits.input_size), LocalOrtDevice(runs=runs))
+    table = Table(title=f"layer folding on {report['device']} ({report['threads']} thread)")
+    for col in ("graph", "ORT optimization", "nodes run", "latency ms (median)"):
+        table.add_column(col, justify="right")
+    for graph in ("unfolded", "exported"):
+        for level, entry in report[graph]["ort"].items():
+            table.add_row(graph, level, str(entry["nodes"]), f"{entry.get('latency_ms', float('nan')):.3f}")
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 @app.command("show-config")

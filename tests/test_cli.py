@@ -81,3 +81,20 @@ def test_show_config_prints_effective_yaml(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["modeltailor", "show-config"])
     cli.main()
     assert "resnet20" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fold_report_measures_what_folding_changes(tmp_path, monkeypatch, capsys):
+    import json
+
+    path = tmp_path / "d.yaml"
+    path.write_text("model: {kwargs: {width: 0.5}}\ndata: {input_size: 16}\ntrain: {epochs: 1}\n")
+    monkeypatch.setattr(sys, "argv", ["modeltailor", "fold-report", "--config", str(path), "--runs", "5",
+                                      "--json", str(tmp_path / "r.json")])
+    cli.main()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["unfolded"]["ops"].get("BatchNormalization", 0) > 0
+    assert "BatchNormalization" not in report["exported"]["ops"]
+    assert report["unfolded"]["nodes"] > report["exported"]["nodes"]
+    assert report["exported"]["ort"]["all"]["nodes"] < report["exported"]["ort"]["disable"]["nodes"]
+    assert "layer folding" in capsys.readouterr().out

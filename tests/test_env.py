@@ -44,7 +44,7 @@ def parts():
     return teacher, evaluator, baseline
 
 
-def make_env(parts, reward=None) -> CompressionEnv:
+def make_env(parts, reward=None, **options) -> CompressionEnv:
     teacher, evaluator, base = parts
     analysis = analyze_model(teacher, torch.zeros(SHAPE))
     lat, mem = LinearCostModel(), LinearCostModel()
@@ -52,7 +52,7 @@ def make_env(parts, reward=None) -> CompressionEnv:
     mem.add(base.params, base.memory_bytes)
     resources = Resources(base.accuracy, base.latency_ms, base.memory_bytes)
     return CompressionEnv(
-        analysis, evaluator, reward or TradeoffReward(), resources, ActionRange(0.25, 1.0), lat, mem
+        analysis, evaluator, reward or TradeoffReward(), resources, ActionRange(0.25, 1.0), lat, mem, **options
     )
 
 
