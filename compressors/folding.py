@@ -24,9 +24,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -34,7 +33,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from modeltailor.compressors.quantization import op_counts
-from modeltailor.env.devices import GRAPH_OPT_LEVELS, LatencyStats, LocalOrtDevice
+from modeltailor.env.devices import GRAPH_OPT_LEVELS, LocalOrtDevice, time_alternately
 from modeltailor.env.memory import onnx_memory
 from modeltailor.env.onnx_export import (
     INPUT_NAME,
@@ -44,7 +43,6 @@ from modeltailor.env.onnx_export import (
 )
 
 REPORT_LEVELS: tuple[str, ...] = ("disable", "basic", "extended", "all")
-K = TypeVar("K")
 ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Identity, nn.ReLU)
 
 
@@ -106,24 +104,6 @@ def optimized_graph(onnx_bytes: bytes, level: str, threads: int = 1) -> onnx.Mod
         options.log_severity_level = 3
         ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         return onnx.load(str(path))
-
-
-def time_alternately(runs: Mapping[K, tuple[LocalOrtDevice, bytes]]) -> dict[K, LatencyStats]:
-    """Latency of several (device, model) pairs, timed in alternating rounds.
-
-    Each pair gets ``device.runs`` timed runs split over ``device.rounds`` rounds (the first
-    pair's round count); every round times each pair once, so drift hits them all alike.
-    """
-    if not runs:
-        return {}
-    rounds = next(iter(runs.values()))[0].rounds
-    sessions = {key: (device, device.session(data)) for key, (device, data) in runs.items()}
-    samples: dict[K, list[np.ndarray]] = {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, (device, session) in sessions.items():
-            one = replace(device, runs=max(1, -(-device.runs // rounds)), rounds=1)
-            samples[key].append(one.time_runs(session))
-    return {key: LatencyStats.from_samples(np.concatenate(v)) for key, v in samples.items()}
 
 
 def _torch_summary(model: nn.Module, folded: nn.Module, example: torch.Tensor) -> dict[str, Any]:

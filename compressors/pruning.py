@@ -16,16 +16,23 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from modeltailor.compressors.importance import ActivationImportance, GradientTaylorImportance
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.units import classifier_layers, skippable_blocks
 from modeltailor.errors import CompressionError
 
-IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-    "fpgm": lambda: tp.importance.FPGMImportance(),
-    "lamp": lambda: tp.importance.LAMPImportance(),
+Calibration = tuple[torch.Tensor, torch.Tensor]
+"""(inputs, labels) from the deployment's training split, for data-driven criteria."""
+
+IMPORTANCES: dict[str, Callable[[Calibration | None], tp.importance.Importance]] = {
+    "l1": lambda _: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda _: tp.importance.GroupMagnitudeImportance(p=2),
+    "fpgm": lambda _: tp.importance.FPGMImportance(),
+    "lamp": lambda _: tp.importance.LAMPImportance(),
+    "activation": lambda data: ActivationImportance(data[0]),  # DropNet
+    "taylor": lambda data: GradientTaylorImportance(data[0], data[1]),
 }
+DATA_DRIVEN = frozenset({"activation", "taylor"})
 
 
 def kept_channels(channels: int, keep: float, round_to: int) -> int:
@@ -39,16 +46,26 @@ def kept_channels(channels: int, keep: float, round_to: int) -> int:
 
 @dataclass
 class ChannelPruningCompressor:
-    """Prunes each unit to its keep ratio with the chosen importance criterion."""
+    """Prunes each unit to its keep ratio with the chosen importance criterion.
+
+    `activation` (DropNet: lowest mean post-activation first) and `taylor` (|w * dL/dw|) rank
+    channels on `calibration` data, scored on the model being pruned; the magnitude criteria
+    need none.
+    """
 
     importance: str = "l2"
     round_to: int = 4
     name: str = "prune"
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCES:
             raise CompressionError(
                 f"unknown importance '{self.importance}': choose one of {', '.join(IMPORTANCES)}"
+            )
+        if self.importance in DATA_DRIVEN and self.calibration is None:
+            raise CompressionError(
+                f"importance '{self.importance}' ranks channels on data: pass calibration=(inputs, labels)"
             )
 
     def apply(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
@@ -63,7 +80,7 @@ class ChannelPruningCompressor:
         pruner = tp.pruner.BasePruner(
             pruned,
             example,
-            importance=IMPORTANCES[self.importance](),
+            importance=IMPORTANCES[self.importance](self.calibration),
             pruning_ratio=0.0,
             pruning_ratio_dict=ratios,
             ignored_layers=classifier_layers(pruned),

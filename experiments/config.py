@@ -84,7 +84,11 @@ class SearchConfig(_Strict):
     skip_blocks: bool = Field(
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
     )
-    importance: Literal["l1", "l2", "fpgm", "lamp"] = "l2"
+    importance: Literal["l1", "l2", "fpgm", "lamp", "activation", "taylor"] = Field(
+        "l2",
+        description="channel ranking: l1/l2 weight magnitude, fpgm, lamp, activation (DropNet: mean "
+        "post-activation on training data) or taylor (|w * dL/dw| on training data)",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> SearchConfig:

@@ -10,13 +10,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
 from modeltailor.compressors.distill import predict_logits
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.quantization import onnx_accuracy, onnx_predictions
-from modeltailor.env.devices import Device, LatencyStats, LocalOrtDevice, Measurement
+from modeltailor.env.devices import Device, LocalOrtDevice, Measurement, time_alternately
 from modeltailor.env.history import EpisodeRecord
 from modeltailor.env.memory import onnx_memory
 from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
@@ -114,16 +113,12 @@ def finalize(
     )
 
 
-def measure_pair(device: Device, first: bytes, second: bytes, rounds: int = 5) -> tuple[Measurement, Measurement]:
-    """Measure two models alternately in `rounds` rounds (local ORT) or one after the other."""
+def measure_pair(device: Device, first: bytes, second: bytes, repeats: int = 5) -> tuple[Measurement, Measurement]:
+    """Measure two models in alternating rounds (local ORT, `repeats` times the device's runs)
+    or one after the other (other devices)."""
     if not isinstance(device, LocalOrtDevice):
         return device.measure(first), device.measure(second)
-    sessions = [device.session(first), device.session(second)]
-    samples: list[list[np.ndarray]] = [[], []]
-    for _ in range(rounds):
-        for i, session in enumerate(sessions):
-            samples[i].append(device.time_runs(session))
+    stats = time_alternately({0: (device, first), 1: (device, second)}, repeats=repeats)
     return tuple(  # type: ignore[return-value]
-        Measurement(LatencyStats.from_samples(np.concatenate(s)), onnx_memory(b), device.name)
-        for s, b in zip(samples, (first, second), strict=True)
+        Measurement(stats[i], onnx_memory(b), device.name) for i, b in enumerate((first, second))
     )

@@ -20,16 +20,14 @@ from modeltailor.compressors.distill import (
     recalibrate_batchnorm,
 )
 from modeltailor.compressors.head import narrow_classifier
-from modeltailor.compressors.lowrank import LowRankCompressor
-from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.policy import Policy
-from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
+from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.units import analyze_model
 from modeltailor.datasets import remap_labels
 from modeltailor.errors import CompressionError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import load_teacher
-from modeltailor.experiments.workbench import load_deployment_data, recovery_config
+from modeltailor.experiments.workbench import load_deployment_data, make_applier, recovery_config
 from modeltailor.models import load_weights
 
 
@@ -44,13 +42,11 @@ def rebuild(
     _check_meta(meta, input_shape, classes, policy_path)
     base = narrow_classifier(teacher, classes) if classes else teacher
     round_to = int(meta.get("round_to", 4))
-    applier = PolicyApplier(
-        ChannelPruningCompressor(meta.get("importance", "l2"), round_to), LowRankCompressor(round_to=round_to)
-    )
-    model = applier.apply(base, policy, torch.zeros(input_shape))
     train_x, train_y = splits.train.tensors
     if classes:
         train_y = remap_labels(train_y, classes)
+    applier = make_applier(meta.get("importance", "l2"), round_to, train_x, train_y)
+    model = applier.apply(base, policy, torch.zeros(input_shape))
     if weights is not None:
         load_weights(model, weights)
     elif distill_steps > 0:

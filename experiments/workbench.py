@@ -21,7 +21,7 @@ from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accura
 from modeltailor.compressors.head import narrow_classifier
 from modeltailor.compressors.lowrank import LowRankCompressor
 from modeltailor.compressors.pipeline import PolicyApplier
-from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
+from modeltailor.compressors.pruning import DATA_DRIVEN, ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
 from modeltailor.datasets import (
     DataSplits,
@@ -91,13 +91,17 @@ def recovery_config(config: DeploymentConfig, final: bool = False) -> DistillCon
     )
 
 
+LATENCY_CACHE = "latency-cache-v2.json"
+"""v2: latency is the quietest round's median (v1 held pooled medians; never mix the two)."""
+
+
 def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
     device = get_device(
         config.device.name, registry=config.device.registry, runs=config.device.runs, warmup=config.device.warmup
     )
     if not cached:
         return device
-    return CachedDevice(device, path=cache_dir() / "latency-cache.json")
+    return CachedDevice(device, path=cache_dir() / LATENCY_CACHE)
 
 
 def probe_device(device: Device) -> None:
@@ -166,15 +170,24 @@ def _evaluator(
     val_x, val_y = _split_labels(splits, "val", classes)
     return PolicyEvaluator(
         teacher=base,
-        compressor=PolicyApplier(
-            ChannelPruningCompressor(config.search.importance, config.search.round_to),
-            LowRankCompressor(round_to=config.search.round_to),
-        ),
+        compressor=make_applier(config.search.importance, config.search.round_to, train_x, train_y),
         data=EvalData(train_x, train_y, val_x, val_y),
         teacher_logits=TeacherLogits(base, train_x),
         recovery=recovery_config(config),
         device=device,
         input_shape=input_shape,
+    )
+
+
+IMPORTANCE_SAMPLES = 256
+"""Training images a data-driven importance (activation, taylor) ranks channels on."""
+
+
+def make_applier(importance: str, round_to: int, train_x: torch.Tensor, train_y: torch.Tensor) -> PolicyApplier:
+    """The policy applier for a deployment; search and `apply` build it the same way."""
+    data = (train_x[:IMPORTANCE_SAMPLES], train_y[:IMPORTANCE_SAMPLES]) if importance in DATA_DRIVEN else None
+    return PolicyApplier(
+        ChannelPruningCompressor(importance, round_to, calibration=data), LowRankCompressor(round_to=round_to)
     )
 
 

@@ -22,6 +22,7 @@ from modeltailor.env.devices import (
     Measurement,
     architecture_signature,
     get_device,
+    time_alternately,
 )
 from modeltailor.env.memory import MemoryStats, onnx_memory, tensor_bytes
 from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch, run_onnx
@@ -376,3 +377,23 @@ def test_memory_stats_is_frozen() -> None:
     stats = MemoryStats(1, 2, 3, 4)
     with pytest.raises(AttributeError):
         stats.weight_bytes = 5  # type: ignore[misc]
+
+
+def test_latency_is_the_quietest_rounds_median_and_the_noise_stays_visible():
+    quiet = np.full(40, 1.0)
+    burst = np.full(40, 1.6)  # another tenant's load: it only ever adds time
+    stats = LatencyStats.from_rounds([burst, quiet, burst, burst])
+    assert stats.median_ms == 1.0
+    assert stats.pooled_median_ms == 1.6 and stats.p90_ms == 1.6
+    assert stats.min_ms <= stats.median_ms <= stats.p90_ms and stats.spread > 0.5
+    assert LatencyStats.from_dict(stats.to_dict()) == stats
+    old_entry = {k: v for k, v in stats.to_dict().items() if k != "pooled_median_ms"}
+    assert LatencyStats.from_dict(old_entry).pooled_median_ms is None  # caches written before stay readable
+
+
+def test_time_alternately_times_every_model_in_each_round():
+    device = LocalOrtDevice(warmup=1, runs=12, rounds=3)
+    small, big = export_onnx(plain_stack(8), (3, 32, 32)), export_onnx(plain_stack(64), (3, 32, 32))
+    stats = time_alternately({"small": (device, small), "big": (device, big)}, repeats=2)
+    assert {k: s.runs for k, s in stats.items()} == {"small": 24, "big": 24}
+    assert stats["small"].median_ms < stats["big"].median_ms

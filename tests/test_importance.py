@@ -13,7 +13,9 @@ from modeltailor.compressors.importance import (
     activation_sites,
     mean_activations,
 )
-from modeltailor.compressors.pruning import count_params
+from modeltailor.compressors.policy import Policy, UnitAction
+from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
+from modeltailor.errors import CompressionError
 from modeltailor.models import build_model
 
 
@@ -115,3 +117,44 @@ def test_gradient_taylor_importance_prunes():
     pruner.step()
     assert count_params(model) < before
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_compressor_prunes_the_dead_filter_by_activation_and_leaves_input_untouched():
+    k = 5
+    model, conv = _dead_filter_model(k)
+    channels = conv.out_channels
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    x = _data()
+    compressor = ChannelPruningCompressor("activation", round_to=1, calibration=(x, torch.zeros(len(x), dtype=torch.long)))
+    keep = (channels - 1) / channels
+    policy = Policy((UnitAction("features.1.conv1.0", keep=keep),))
+    pruned = compressor.apply(model, policy, torch.zeros(1, 3, 16, 16))
+    kept = pruned.features[1].conv1[0]
+    assert kept.out_channels == channels - 1
+    assert bool((kept.weight.flatten(1).abs().sum(1) > 0).all())  # the dead filter is the one removed
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    # l2 magnitude also sees a zero filter; with the dead filter given large weights only activation finds it
+    with torch.no_grad():
+        conv.weight[k].fill_(1.0)
+        model.features[1].conv1[1].bias[k] = -1e4
+    by_activation = ChannelPruningCompressor("activation", 1, calibration=(x, x.new_zeros(len(x)).long()))
+    by_l2 = ChannelPruningCompressor("l2", 1)
+    dead = model.features[1].conv1[0].weight[k].clone()
+
+    def has_dead(m: nn.Module) -> bool:
+        return any(torch.equal(w, dead) for w in m.features[1].conv1[0].weight)
+
+    assert not has_dead(by_activation.apply(model, policy, torch.zeros(1, 3, 16, 16)))
+    assert has_dead(by_l2.apply(model, policy, torch.zeros(1, 3, 16, 16)))
+
+
+@pytest.mark.parametrize("name", ["activation", "taylor"])
+def test_data_driven_importance_needs_calibration_data(name):
+    with pytest.raises(CompressionError, match=f"importance '{name}' ranks channels on data"):
+        ChannelPruningCompressor(name)
+
+
+def test_config_accepts_data_driven_importance():
+    from modeltailor.experiments.config import load_config
+
+    assert load_config(None, {"search.importance": "activation"}).search.importance == "activation"
