@@ -28,7 +28,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-joint"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    header = f"{'budget':>6} {'variant':<11} {'test acc':>8} {'base acc':>8} {'latency ms':>10} {'speedup':>7} {'memory MB':>9} methods"
+    header = (
+        f"{'budget':>6} {'variant':<11} {'test acc':>8} {'base acc':>8} {'latency ms':>10} {'(p90)':>6} "
+        f"{'budget ms':>9} {'in':>3} {'speedup':>7} {'memory MB':>9} methods"
+    )
     rows = [header]
     for budget in (float(b) for b in args.budgets.split(",")):
         for name, methods in VARIANTS.items():
@@ -38,10 +41,12 @@ def main() -> None:
             }
             cfg = load_config(args.config, overrides)
             s = run_search(cfg, args.out / f"{name}-{budget}").summary
+            budget_ms = budget * s["baseline"]["latency_ms"]
+            within = "yes" if s["best"]["latency_ms"] <= budget_ms else "NO"
             rows.append(
                 f"{budget:>6.2f} {name:<11} {s['best']['accuracy']:>8.4f} {s['baseline']['accuracy']:>8.4f} "
-                f"{s['best']['latency_ms']:>10.3f} {s['speedup']:>6.2f}x {s['best']['memory_bytes'] / 1e6:>9.3f} "
-                f"{','.join(s['methods'])}"
+                f"{s['best']['latency_ms']:>10.3f} {s['best']['latency_p90_ms']:>6.3f} {budget_ms:>9.3f} {within:>3} "
+                f"{s['speedup']:>6.2f}x {s['best']['memory_bytes'] / 1e6:>9.3f} {','.join(s['methods'])}"
             )
             print(rows[-1], flush=True)
     print("\n".join(rows))

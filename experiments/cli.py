@@ -215,6 +215,13 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         f"accuracy drop {summary['accuracy_drop']:.2f} points, {summary['episodes']} episodes in "
         f"{summary['search_seconds']:.0f} s; outputs in {out}"
     )
+    objective = summary.get("objective", {})
+    if objective and not objective.get("met_at_final_measurement", True):
+        limits = ", ".join(f"{k} {v:.4g}" for k, v in objective.items() if isinstance(v, float))
+        console.print(
+            f"[yellow]the final measurement misses the objective ({limits}): the search measured it within; "
+            f"see summary.json's pareto, or `modeltailor pick --run {out}` a tighter point[/yellow]"
+        )
     if summary.get("mlflow_run_id"):
         console.print(f"MLflow run {summary['mlflow_run_id']}")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any
 
 from torch import nn
 
@@ -49,6 +50,7 @@ class FinalResult:
     baseline_test_accuracy_all_classes: float
     onnx_max_abs_diff: float
     quantized: bool = False
+    objective: dict[str, Any] = field(default_factory=dict)
 
 
 def pick_finalists(records: Sequence[EpisodeRecord], count: int) -> list[EpisodeRecord]:
@@ -98,6 +100,7 @@ def finalize(
         diff = onnx_matches_torch(chosen.model, dynamic, test_x[:64])
         test_accuracy = bench.test_accuracy(chosen.model)
     base_m, best_m = measure_pair(final_device, baseline_onnx, chosen.onnx_bytes)
+    final_resources = Resources(test_accuracy, best_m.latency.median_ms, best_m.memory.total_bytes)
     return FinalResult(
         chosen=chosen,
         finalists=finalists,
@@ -110,7 +113,14 @@ def finalize(
         baseline_test_accuracy=bench.test_accuracy(bench.base),
         baseline_test_accuracy_all_classes=bench.teacher_test_accuracy_all_classes(),
         onnx_max_abs_diff=float(diff),
+        objective=describe_objective(reward, reward.feasible(final_resources)),
     )
+
+
+def describe_objective(reward: RewardFunction, met: bool) -> dict[str, Any]:
+    """The reward's limits in absolute units and whether the final measurement meets them."""
+    limits = {k: v for k, v in asdict(reward).items() if v is not None} if is_dataclass(reward) else {}
+    return {"reward": type(reward).__name__, **limits, "met_at_final_measurement": met}
 
 
 def measure_pair(device: Device, first: bytes, second: bytes, repeats: int = 5) -> tuple[Measurement, Measurement]:

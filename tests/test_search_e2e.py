@@ -58,6 +58,9 @@ def test_search_writes_the_contract_and_tracks_it(tmp_path, tiny_config):
     assert summary["best"]["params"] < summary["baseline"]["params"]
     assert summary["onnx_max_abs_diff"] < 1e-4
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 3
+    objective = summary["objective"]  # the default: 45% of the baseline's latency
+    assert objective["reward"] == "BudgetReward" and objective["max_latency_ms"] > 0
+    assert objective["met_at_final_measurement"] == (summary["best"]["latency_ms"] <= objective["max_latency_ms"])
     tracked = get_run_summary(tiny_config.tracking.uri, summary["mlflow_run_id"])
     assert {"summary.json", "policy.json", "model.onnx", "pareto.png"} <= set(tracked["artifacts"])
     assert tracked["tags"]["model"] == "resnet20" and tracked["status"] == "FINISHED"
