@@ -80,7 +80,7 @@ class LatencyStats:
     def from_rounds(cls, rounds: Sequence[np.ndarray]) -> LatencyStats:
         """Pooled statistics, with ``median_ms`` the lowest per-round median (see the module doc)."""
         pooled = cls.from_samples(np.concatenate(rounds))
-        quietest = min(float(np.median(r)) for r in rounds if len(r))
+        quietest = min(float(np.median(r)) for r in rounds)
         return replace(pooled, median_ms=quietest, pooled_median_ms=pooled.median_ms)
 
     @classmethod
@@ -258,12 +258,14 @@ def time_alternately(runs: Mapping[K, tuple[LocalOrtDevice, bytes]], repeats: in
     Each pair gets ``repeats * device.runs`` timed runs in ``repeats * device.rounds`` rounds; every
     round times each pair once, so load that comes and goes hits them alike and their ratio holds.
     """
-    sessions = {key: (device, device.session(data)) for key, (device, data) in runs.items()}
+    one_round = {
+        key: (replace(device, runs=-(-device.runs // device.rounds), rounds=1), device.session(data))
+        for key, (device, data) in runs.items()
+    }
     rounds: dict[K, list[np.ndarray]] = {key: [] for key in runs}
     for _ in range(max((d.rounds for d, _ in runs.values()), default=0) * repeats):
-        for key, (device, session) in sessions.items():
-            one = replace(device, runs=max(1, -(-device.runs // device.rounds)), rounds=1)
-            rounds[key] += one.time_rounds(session)
+        for key, (device, session) in one_round.items():
+            rounds[key] += device.time_rounds(session)
     return {key: LatencyStats.from_rounds(v) for key, v in rounds.items()}
 
 

@@ -584,13 +584,14 @@ def _with_runs(device: Any, runs: int) -> Any:
 def node_timer(device: Device, runs: int = NODE_RUNS) -> Callable[[bytes], float]:
     """A function timing a (single-node) model on the device: median ms over ``runs`` runs.
 
-    Uses the device's ``session()`` + ``time_runs()`` when it has both, else
+    Uses the device's ``session()`` + ``time_rounds()`` when it has both (the same statistic
+    as ``measure()``, without computing memory), else
     ``device.measure()``; either way on a copy set to ``runs`` runs where possible
     (:func:`_with_runs`).
     """
     fast = _with_runs(device, runs)
-    if callable(getattr(fast, "time_runs", None)) and callable(getattr(fast, "session", None)):
-        return lambda onnx_bytes: float(np.median(fast.time_runs(fast.session(onnx_bytes))))
+    if callable(getattr(fast, "time_rounds", None)) and callable(getattr(fast, "session", None)):
+        return lambda onnx_bytes: LatencyStats.from_rounds(fast.time_rounds(fast.session(onnx_bytes))).median_ms
     return lambda onnx_bytes: float(fast.measure(onnx_bytes).latency.median_ms)
 
 

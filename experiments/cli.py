@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modeltailor.env.history import EpisodeRecord
-from modeltailor.errors import ModelTailorError
+from modeltailor.errors import ConfigError, ModelTailorError
 from modeltailor.experiments.calibrate import calibrate_command
 from modeltailor.experiments.cli_devices import device_agent_command, devices_app
 from modeltailor.experiments.config import DeploymentConfig, load_config
@@ -158,15 +158,23 @@ def fold_report_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report here")] = None,
 ) -> None:
     """Measure what layer folding changes on the deployment's teacher (DeepRebirth-style merges)."""
+    from dataclasses import replace
+
     from modeltailor.compressors.folding import fold_report
     from modeltailor.env.devices import LocalOrtDevice
     from modeltailor.experiments.teacher import load_teacher
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.workbench import build_device, load_deployment_data
 
     cfg = load_config(config)
+    device = build_device(cfg, cached=False)
+    if not isinstance(device, LocalOrtDevice):
+        raise ConfigError(
+            f"device '{cfg.device.name}': fold-report times graphs on this machine: choose a local-ort device"
+        )
     full, splits, _ = load_deployment_data(cfg)
     teacher, _ = load_teacher(cfg, full)
-    report = fold_report(teacher, (splits.in_channels, splits.input_size, splits.input_size), LocalOrtDevice(runs=runs))
+    shape = (splits.in_channels, splits.input_size, splits.input_size)
+    report = fold_report(teacher, shape, replace(device, runs=runs))
     table = Table(title=f"layer folding on {report['device']} ({report['threads']} thread)")
     for col in ("graph", "ORT optimization", "nodes run", "latency ms (median)"):
         table.add_column(col, justify="right")
@@ -217,7 +225,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     )
     objective = summary.get("objective", {})
     if objective and not objective.get("met_at_final_measurement", True):
-        limits = ", ".join(f"{k} {v:.4g}" for k, v in objective.items() if isinstance(v, float))
+        limits = ", ".join(f"{k} {v:.4g}" for k, v in objective.items() if k.startswith(("max_", "min_")))
         console.print(
             f"[yellow]the final measurement misses the objective ({limits}): the search measured it within; "
             f"see summary.json's pareto, or `modeltailor pick --run {out}` a tighter point[/yellow]"
