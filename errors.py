@@ -23,3 +23,14 @@ class DeviceError(ModelTailorError):
 
 class CompressionError(ModelTailorError):
     """A policy cannot be applied to a model (unknown unit, bad amount)."""
+
+
+class SearchInterrupted(ModelTailorError):
+    """A search or campaign was interrupted (Ctrl-C, SIGTERM); finished work is kept for --resume."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name if empty), at most ``limit`` chars."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]

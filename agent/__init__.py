@@ -1,8 +1,9 @@
 """Searchers: PPO (stable-baselines3) and baselines, all behind the `Searcher` protocol."""
 
-from modeltailor.agent.base import Searcher, SearchResult
+from modeltailor.agent.base import Searcher
 from modeltailor.agent.baselines import RandomSearcher, UniformSearcher
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings
+from modeltailor.results import SearchResult
 
 SEARCHERS: tuple[str, ...] = ("ppo", "random", "uniform")
 

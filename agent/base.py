@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from modeltailor.env.compression_env import CompressionEnv
-from modeltailor.env.history import EpisodeRecord, best_record, pareto_front
-
-
-@dataclass
-class SearchResult:
-    """Every episode of a search, its Pareto set and the best record under the objective."""
-
-    searcher: str
-    episodes: list[EpisodeRecord]
-    pareto: list[EpisodeRecord] = field(default_factory=list)
-    best: EpisodeRecord | None = None
-    interrupted: bool = False
-
-    @classmethod
-    def from_records(
-        cls, searcher: str, records: list[EpisodeRecord], interrupted: bool = False
-    ) -> SearchResult:
-        return cls(searcher, list(records), pareto_front(records), best_record(records), interrupted)
+from modeltailor.env.history import search_result
+from modeltailor.results import EpisodeRecord, SearchResult
 
 
 class Searcher(Protocol):
@@ -57,5 +40,5 @@ def search_loop(
         for i in range(episodes):
             play(i)
     except KeyboardInterrupt:
-        return SearchResult.from_records(name, env.history[start:], interrupted=True)
-    return SearchResult.from_records(name, env.history[start:])
+        return search_result(name, env.history[start:], interrupted=True)
+    return search_result(name, env.history[start:])

@@ -15,8 +15,9 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from modeltailor.agent.base import SearchResult
 from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.history import search_result
+from modeltailor.results import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -85,5 +86,5 @@ class PPOSearcher:
             # the callback stops learning at the episode budget; total_timesteps is an upper bound
             model.learn(total_timesteps=(episodes + 1) * len(env.units) * 2, callback=budget)
         except KeyboardInterrupt:
-            return SearchResult.from_records(self.name, env.history[start:], interrupted=True)
-        return SearchResult.from_records(self.name, env.history[start:])
+            return search_result(self.name, env.history[start:], interrupted=True)
+        return search_result(self.name, env.history[start:])

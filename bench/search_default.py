@@ -15,7 +15,7 @@ from pathlib import Path
 from modeltailor.agent import make_searcher
 from modeltailor.env.reward import Resources
 from modeltailor.experiments.config import load_config
-from modeltailor.experiments.search import build_env, make_reward
+from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.workbench import build_workbench
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,9 @@ equals the original in eval mode.
 
 The TorchScript ONNX exporter already does this fold in eval mode, and ONNX Runtime's graph
 optimizer does the rest of DeepRebirth's merges at load time (Conv+BatchNorm at "basic",
-Conv+Relu / Conv+Add+Relu into ``FusedConv`` and the NCHWc layout at "all"). ``fold_report``
-measures what each of these steps changes: node counts, latency on a device, memory.
+Conv+Relu / Conv+Add+Relu into ``FusedConv`` and the NCHWc layout at "all").
+``modeltailor.experiments.fold_report`` measures what each of these steps changes: node counts,
+latency on a device, memory.
 
 ``merge_parallel_branches`` (DeepRebirth's branch merging) merges 1x1 convs that read the same
 tensor (the ShuffleNet heads) into one wider conv, with torch.fx.
@@ -17,32 +18,15 @@ tensor (the ShuffleNet heads) into one wider conv, with torch.fx.
 from __future__ import annotations
 
 import copy
-import io
 import operator
-import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
-import onnx
-import onnxruntime as ort
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from modeltailor.compressors.quantization import op_counts
-from modeltailor.env.devices import GRAPH_OPT_LEVELS, LocalOrtDevice, time_alternately
-from modeltailor.env.memory import onnx_memory
-from modeltailor.env.onnx_export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    export_onnx,
-    undo_initializer_dedup,
-)
+from modeltailor.compressors.export import export_onnx
 
-REPORT_LEVELS: tuple[str, ...] = ("disable", "basic", "extended", "all")
 ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Identity, nn.ReLU)
 
 
@@ -75,95 +59,7 @@ def count_batchnorm(model: nn.Module) -> int:
 
 def export_unfolded(model: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
     """ONNX export that keeps every BatchNormalization node (no eval-mode fold, no constant folding)."""
-    clone = copy.deepcopy(model).cpu().eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            clone,
-            (torch.zeros((1, *input_shape)),),
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            training=torch.onnx.TrainingMode.PRESERVE,
-            do_constant_folding=False,
-        )
-    return undo_initializer_dedup(buffer.getvalue())
-
-
-def optimized_graph(onnx_bytes: bytes, level: str, threads: int = 1) -> onnx.ModelProto:
-    """The graph ONNX Runtime actually runs after its optimizations at ``level``."""
-    with tempfile.TemporaryDirectory(prefix="modeltailor-opt-") as tmp:
-        path = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = GRAPH_OPT_LEVELS[level]
-        options.intra_op_num_threads = threads
-        options.optimized_model_filepath = str(path)
-        options.log_severity_level = 3
-        ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        return onnx.load(str(path))
-
-
-def _torch_summary(model: nn.Module, folded: nn.Module, example: torch.Tensor) -> dict[str, Any]:
-    with torch.no_grad():
-        diff = (model.eval()(example) - folded(example)).abs().max().item()
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "buffers": sum(b.numel() for b in model.buffers()),
-        "batchnorm": count_batchnorm(model),
-        "folded_params": sum(p.numel() for p in folded.parameters()),
-        "folded_buffers": sum(b.numel() for b in folded.buffers()),
-        "folded_batchnorm": count_batchnorm(folded),
-        "folded_max_abs_diff": diff,
-    }
-
-
-def _graph_entry(data: bytes, levels: Sequence[str], threads: int) -> dict[str, Any]:
-    ops = op_counts(data)
-    entry: dict[str, Any] = {"nodes": sum(ops.values()), "ops": ops, "memory": onnx_memory(data).to_dict()}
-    entry["ort"] = {}
-    for level in levels:
-        ort_ops = op_counts(optimized_graph(data, level, threads))
-        entry["ort"][level] = {"nodes": sum(ort_ops.values()), "ops": ort_ops}
-    return entry
-
-
-def fold_report(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    device: LocalOrtDevice,
-    levels: Sequence[str] = REPORT_LEVELS,
-) -> dict[str, Any]:
-    """What folding changes, measured: torch parameters, ONNX nodes, ORT nodes, latency, memory.
-
-    Graphs: ``unfolded`` (BatchNormalization nodes kept), ``exported`` (``export_onnx``: BN
-    folded by the exporter) and ``folded_export`` (``fold_batchnorm`` then ``export_onnx``).
-    For the first two, ``ort[level]`` has the node counts ONNX Runtime runs after its graph
-    optimizations at each level and their latency on ``device`` (its threads, runs, rounds),
-    all timed in alternating rounds; ``memory`` is ``onnx_memory`` of the stored graph.
-    """
-    shape = tuple(int(d) for d in input_shape)
-    folded = fold_batchnorm(model)
-    graphs = {"unfolded": export_unfolded(model, shape), "exported": export_onnx(model, shape)}
-    report: dict[str, Any] = {
-        "device": device.name,
-        "threads": device.intra_op_threads,
-        "torch": _torch_summary(copy.deepcopy(model), folded, torch.randn(2, *shape)),
-    }
-    for name, data in graphs.items():
-        report[name] = _graph_entry(data, levels, device.intra_op_threads)
-    plan = {
-        (name, level): (replace(device, graph_optimization_level=level), data)
-        for name, data in graphs.items()
-        for level in levels
-    }
-    for (name, level), stats in time_alternately(plan).items():
-        report[name]["ort"][level].update(latency_ms=stats.median_ms, p90_ms=stats.p90_ms)
-    folded_ops = op_counts(export_onnx(folded, shape))
-    report["folded_export"] = {"nodes": sum(folded_ops.values()), "ops": folded_ops}
-    return report
+    return export_onnx(model, input_shape, opset=opset, keep_batchnorm=True)
 
 
 # ------------------------------------------------------------------------ parallel branch merging

@@ -35,7 +35,7 @@ IMPORTANCES: dict[str, Callable[[Calibration | None], tp.importance.Importance]]
 DATA_DRIVEN = frozenset({"activation", "taylor"})
 
 
-def kept_channels(channels: int, keep: float, round_to: int) -> int:
+def channels_to_keep(channels: int, keep: float, round_to: int) -> int:
     """Channels a unit keeps: `keep` of them rounded to a multiple of `round_to`, at least one multiple."""
     step = max(1, round_to)
     if channels <= step:
@@ -99,7 +99,7 @@ class ChannelPruningCompressor:
                     "apply the policy to the model it was searched on"
                 )
             channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-            kept = kept_channels(channels, ratio, self.round_to)
+            kept = channels_to_keep(channels, ratio, self.round_to)
             if kept < channels:
                 # +0.5 keeps Torch-Pruning's int() truncation from dropping one channel too many
                 ratios[module] = max(0.0, 1.0 - (kept + 0.5) / channels)

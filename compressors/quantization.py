@@ -49,8 +49,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from modeltailor.env.memory import load_model
-from modeltailor.env.onnx_export import run_onnx
+from modeltailor.devices.memory import load_model
+from modeltailor.devices.session import run_onnx
 from modeltailor.errors import CompressionError
 
 MODES: tuple[str, ...] = ("static-qdq", "dynamic", "fp16")

@@ -261,3 +261,13 @@ def _kernel(module: nn.Module) -> int:
 
 def _stride(module: nn.Module) -> int:
     return 1 if isinstance(module, nn.Linear) else int(module.stride[0])
+
+
+def unit_widths(model: nn.Module, analysis: ModelAnalysis) -> dict[str, int]:
+    """Output channels (or features) of every unit's root layer in ``model``, by unit name."""
+    modules = dict(model.named_modules())
+    out: dict[str, int] = {}
+    for unit in analysis.units:
+        module = modules[unit.name]
+        out[unit.name] = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    return out

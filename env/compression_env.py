@@ -26,10 +26,9 @@ import numpy as np
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
 from modeltailor.env.cost_model import LinearCostModel
-from modeltailor.env.evaluator import Outcome
 from modeltailor.env.features import OBS_SIZE, DeploymentFeatures, observe
-from modeltailor.env.history import EpisodeRecord
 from modeltailor.env.reward import BudgetReward, Resources, RewardFunction
+from modeltailor.results import EpisodeRecord, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class CompressionEnv(gym.Env):
         resources = Resources(outcome.accuracy, outcome.latency_ms, outcome.memory_bytes)
         record = EpisodeRecord(
             episode=len(self.history),
-            policy=policy.to_dict(),
+            policy=policy,
             accuracy=outcome.accuracy,
             latency_ms=outcome.latency_ms,
             latency_p90_ms=outcome.measurement.latency.p90_ms,

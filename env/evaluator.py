@@ -24,13 +24,14 @@ from modeltailor.compressors.distill import (
     distill,
     recalibrate_batchnorm,
 )
+from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.quantization import onnx_accuracy
-from modeltailor.compressors.units import ModelAnalysis, analyze_model
-from modeltailor.env.devices import Device, Measurement
-from modeltailor.env.onnx_export import export_onnx
+from modeltailor.compressors.units import ModelAnalysis, analyze_model, unit_widths
+from modeltailor.devices.base import Device
+from modeltailor.results import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +45,6 @@ class EvalData:
     score_x: torch.Tensor
     score_y: torch.Tensor
     classes: Sequence[int] | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    accuracy: float
-    measurement: Measurement
-    params: int
-    macs: int
-    kept_channels: dict[str, int]
-    seconds: float
-    cached: bool = False
-    architecture: str = ""
-
-    @property
-    def latency_ms(self) -> float:
-        return self.measurement.latency.median_ms
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.measurement.memory.total_bytes
 
 
 @dataclass
@@ -125,7 +106,7 @@ class PolicyEvaluator:
         quantized = sorted(policy.quantized()) if policy is not None else []
         acc = self.score(model, onnx_bytes, bool(quantized))
         measurement = self.device.measure(onnx_bytes)
-        channels = kept_channels(model, analysis)
+        channels = unit_widths(model, analysis)
         return Outcome(
             accuracy=acc,
             measurement=measurement,
@@ -146,12 +127,3 @@ def architecture_id(model: nn.Module, quantized: list[str]) -> str:
     """A short id of the compressed architecture and its int8 units (same id = same model shape)."""
     text = repr((architecture_key(model), quantized))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def kept_channels(model: nn.Module, analysis: ModelAnalysis) -> dict[str, int]:
-    modules = dict(model.named_modules())
-    out: dict[str, int] = {}
-    for unit in analysis.units:
-        module = modules[unit.name]
-        out[unit.name] = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-    return out

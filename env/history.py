@@ -3,36 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
-
-@dataclass(frozen=True)
-class EpisodeRecord:
-    """One evaluated policy: its actions and what was measured for it."""
-
-    episode: int
-    policy: dict[str, Any]
-    accuracy: float
-    latency_ms: float
-    latency_p90_ms: float
-    memory_bytes: int
-    params: int
-    macs: int
-    reward: float
-    feasible: bool
-    cached: bool
-    seconds: float
-    kept_channels: dict[str, int] = field(default_factory=dict)
-    architecture: str = ""
-
-    @property
-    def identity(self) -> tuple:
-        """Same identity = same compressed model shape (and int8 units)."""
-        return (self.architecture,) if self.architecture else tuple(sorted(self.kept_channels.items()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from modeltailor.results import EpisodeRecord, SearchResult
 
 
 def dominates(a: EpisodeRecord, b: EpisodeRecord) -> bool:
@@ -57,3 +29,10 @@ def best_record(records: Sequence[EpisodeRecord]) -> EpisodeRecord | None:
     """Highest reward among feasible records (all records if none is feasible)."""
     feasible = [r for r in records if r.feasible] or list(records)
     return max(feasible, key=lambda r: (r.reward, r.accuracy, -r.latency_ms), default=None)
+
+
+def search_result(
+    searcher: str, records: Sequence[EpisodeRecord], interrupted: bool = False
+) -> SearchResult:
+    """The result of a search over ``records``: its Pareto set and best record filled in."""
+    return SearchResult(searcher, list(records), pareto_front(records), best_record(records), interrupted)

@@ -2,42 +2,42 @@
 
 ``calibrate`` builds a zoo model and random channel-pruned variants of it (the unpruned model
 first), measures every variant whole on the device, times the nodes of the *training* variants
-into a :class:`~modeltailor.env.latency_table.LatencyTable`, fits the table's intercept and
+into a :class:`~modeltailor.devices.latency_table.LatencyTable`, fits the table's intercept and
 scale on them, then predicts the *held-out* variants from that table alone (their missing keys
 estimated, never measured: no leak) and reports the mean absolute percentage error
 ``MAPE = mean(|predicted - measured| / measured) * 100``. The table is saved with its MAPE.
 
-``calibrate_command`` is the typer command (``devices calibrate``) around it.
+The command around it (``modeltailor devices calibrate``) is in ``service/devices_cli.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-import typer
-from rich.console import Console
-from rich.table import Table
 from torch import nn
 
+from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import analyze_model
-from modeltailor.env.devices import Device
-from modeltailor.env.latency_table import NODE_RUNS, LatencyTable, TableDevice, measure_nodes
-from modeltailor.env.onnx_export import export_onnx
+from modeltailor.devices.base import Device
+from modeltailor.devices.latency_table import NODE_RUNS, LatencyTable, measure_nodes
 from modeltailor.errors import ConfigError
 from modeltailor.models.zoo import build_model
 
 MIN_KEEP, MAX_KEEP = 0.2, 1.0
 ROUND_TO = 4
 TABLES_DIR = Path("~/.cache/modeltailor/tables")
+
+
+def default_table_path(device: str) -> Path:
+    return (TABLES_DIR / f"{device}.json").expanduser()
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class _Arch:
 
 
 def _check_counts(device: Device, architectures: int, held_out: int) -> None:
-    if isinstance(device, TableDevice):
+    if device.kind == "table":
         raise ConfigError(
             f"device '{device.name}' is itself a latency table: calibrate the device it was measured on"
         )
@@ -199,66 +199,4 @@ def calibrate(
         seconds=time.perf_counter() - start, train_mape=_mape(train_rows), train_rows=train_rows,
         estimated_keys=len(estimated), intercept=table.intercept, scale=table.scale,
         device=table.device,
-    )
-
-
-# ------------------------------------------------------------------------------ command
-
-
-def resolve_device(name: str) -> Device:
-    """The named device from ``modeltailor.env.registry`` if it exists, else the built-ins."""
-    if importlib.util.find_spec("modeltailor.env.registry") is not None:
-        from modeltailor.env.registry import get_device
-    else:
-        from modeltailor.env.devices import get_device
-    return get_device(name)
-
-
-def default_table_path(device: str) -> Path:
-    return (TABLES_DIR / f"{device}.json").expanduser()
-
-
-def rows_table(report: CalibrationReport) -> Table:
-    """A rich table of the held-out rows."""
-    table = Table(title="held-out architectures")
-    for column in ("arch", "params", "measured ms", "predicted ms", "error %", "estimated nodes"):
-        table.add_column(column, justify="right")
-    for row in report.rows:
-        table.add_row(
-            str(row.index), f"{row.params:,}", f"{row.measured_ms:.4f}",
-            f"{row.predicted_ms:.4f}", f"{row.error_pct:.1f}", str(row.estimated_nodes),
-        )
-    return table
-
-
-def calibrate_command(
-    device: Annotated[str, typer.Argument(help="device to calibrate, e.g. cpu-1t")],
-    model: Annotated[str, typer.Option(help="zoo model whose pruned variants calibrate")] = "resnet20",
-    in_channels: Annotated[int, typer.Option(help="input channels")] = 1,
-    input_size: Annotated[int, typer.Option(help="input height and width")] = 32,
-    num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
-    architectures: Annotated[int, typer.Option(help="architectures in all (unpruned included)")] = 16,
-    held_out: Annotated[int, typer.Option(help="architectures only predicted, for the MAPE")] = 4,
-    seed: Annotated[int, typer.Option(help="seed of the random keep ratios")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", help="table JSON [default: ~/.cache/modeltailor/tables/<device>.json]")] = None,
-) -> None:
-    """Time a device's per-node latencies into a table and report its held-out MAPE."""
-    console = Console()
-    path = out.expanduser() if out is not None else default_table_path(device)
-    resolved = resolve_device(device)
-    with console.status(f"calibrating {device}") as status:
-        report = calibrate(
-            resolved, model=model, in_channels=in_channels, input_size=input_size,
-            num_classes=num_classes, architectures=architectures, held_out=held_out,
-            seed=seed, table_path=path, progress=lambda text: status.update(text),
-        )
-    console.print(rows_table(report))
-    console.print(
-        f"fit: latency = {report.intercept:.4f} ms + {report.scale:.3f} x node sum; "
-        f"{report.nodes_measured} nodes timed, {report.estimated_keys} held-out keys estimated, "
-        f"training MAPE {report.train_mape:.1f}%, {report.seconds:.1f} s"
-    )
-    console.print(
-        f"held-out MAPE: {report.mape:.1f}% over {len(report.rows)} architectures "
-        f"(table: {report.table_path})", highlight=False, soft_wrap=True,
     )

@@ -5,6 +5,7 @@ Field descriptions double as documentation; `modeltailor config-schema` prints t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,9 +14,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modeltailor.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+RENAMED_KEYS: dict[str, str] = {"agent": "searcher", "registry": "profiles"}
+"""Keys that were renamed (old -> new); old YAML files keep working, with a warning."""
+
+
+def _renamed(section: str, data: Any) -> Any:
+    """``data`` with renamed keys moved to their new names (the new name wins if both are set)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old in data and section in _RENAMED_IN.get(old, ()):
+            value = data.pop(old)
+            log.warning("config key '%s.%s' is now '%s.%s'", section, old, section, new)
+            data.setdefault(new, value)
+    return data
+
+
+_RENAMED_IN = {"agent": ("search",), "registry": ("device",)}
 
 
 class ModelConfig(_Strict):
@@ -33,10 +56,15 @@ class DataConfig(_Strict):
 
 
 class DeviceConfig(_Strict):
-    name: str = Field("cpu-1t", description="a device from `modeltailor devices list` (cpu-1t, cpu-2t, a remote agent, a table)")
-    registry: Path | None = Field(None, description="extra device registry YAML (merged over the built-ins)")
+    name: str = Field("cpu-1t", description="a device profile from `modeltailor devices list` (cpu-1t, cpu-2t, a device server, a latency table)")
+    profiles: Path | None = Field(None, description="extra device profiles YAML (merged over the built-in and user ones)")
     runs: int = Field(200, ge=5, description="timed runs per latency measurement (after warm-up)")
     warmup: int = Field(20, ge=0, description="untimed warm-up runs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return _renamed("device", data)
 
 
 class TradeoffWeights(_Strict):
@@ -70,7 +98,9 @@ class ObjectiveConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    agent: Literal["ppo", "random", "uniform"] = "ppo"
+    searcher: Literal["ppo", "random", "uniform"] = Field(
+        "ppo", description="ppo (stable-baselines3), or a baseline: random, uniform"
+    )
     episodes: int = Field(48, ge=1, description="episodes (policies evaluated) in the search")
     seed: int = 0
     min_keep: float = Field(0.2, gt=0, le=1, description="smallest fraction of a unit's channels kept")
@@ -89,6 +119,11 @@ class SearchConfig(_Strict):
         description="channel ranking: l1/l2 weight magnitude, fpgm, lamp, activation (DropNet: mean "
         "post-activation on training data) or taylor (|w * dL/dw| on training data)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return _renamed("search", data)
 
     @model_validator(mode="after")
     def _range(self) -> SearchConfig:

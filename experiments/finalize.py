@@ -14,14 +14,14 @@ from typing import Any
 from torch import nn
 
 from modeltailor.compressors.distill import predict_logits
+from modeltailor.compressors.export import export_onnx, onnx_matches_torch
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.quantization import onnx_accuracy, onnx_predictions
-from modeltailor.env.devices import Device, LocalOrtDevice, Measurement, time_alternately
-from modeltailor.env.history import EpisodeRecord
-from modeltailor.env.memory import onnx_memory
-from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
+from modeltailor.devices.base import Device
+from modeltailor.devices.measurement import Measurement
 from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.experiments.workbench import Workbench, recovery_config
+from modeltailor.results import EpisodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def finalize(
     base_res = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
     for i, record in enumerate(pick_finalists(records, bench.config.recovery.finalists)):
         report(f"finalist {i + 1}: long distillation ({bench.config.recovery.final_steps} steps)")
-        policy = Policy.from_dict(record.policy)
+        policy = record.policy
         model = bench.evaluator.build(policy, recovery_config(bench.config, final=True))
         onnx_bytes = bench.evaluator.export(model, policy)
         val = bench.evaluator.score(model, onnx_bytes, bool(policy.quantized()))
@@ -124,11 +124,7 @@ def describe_objective(reward: RewardFunction, met: bool) -> dict[str, Any]:
 
 
 def measure_pair(device: Device, first: bytes, second: bytes, repeats: int = 5) -> tuple[Measurement, Measurement]:
-    """Measure two models in alternating rounds (local ORT, `repeats` times the device's runs)
-    or one after the other (other devices)."""
-    if not isinstance(device, LocalOrtDevice):
-        return device.measure(first), device.measure(second)
-    stats = time_alternately({0: (device, first), 1: (device, second)}, repeats=repeats)
-    return tuple(  # type: ignore[return-value]
-        Measurement(stats[i], onnx_memory(b), device.name) for i, b in enumerate((first, second))
-    )
+    """Measure two models in alternating rounds, ``repeats`` times the device's runs each (a
+    device that cannot alternate measures them one after the other)."""
+    both = device.measure_alternately({0: first, 1: second}, repeats=repeats)
+    return both[0], both[1]

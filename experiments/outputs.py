@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from modeltailor.agent import SearchResult
 from modeltailor.compressors.policy import Policy
-from modeltailor.env.devices import Measurement
-from modeltailor.env.history import EpisodeRecord
+from modeltailor.devices.measurement import Measurement
 from modeltailor.experiments.finalize import FinalResult
-from modeltailor.experiments.report import plot_pareto
+from modeltailor.experiments.plots import plot_pareto
 from modeltailor.experiments.tracking import Tracker
 from modeltailor.experiments.workbench import Workbench
+from modeltailor.results import EpisodeRecord, SearchResult
 
 ARTIFACTS = ("summary.json", "policy.json", "model.onnx", "model.pt", "pareto.png", "episodes.jsonl")
 
@@ -54,7 +53,7 @@ def pareto_entry(record: EpisodeRecord) -> dict[str, Any]:
         "memory_bytes": record.memory_bytes,
         "params": record.params,
         "feasible": record.feasible,
-        "policy": record.policy,
+        "policy": record.policy.to_dict(),
     }
 
 
@@ -71,7 +70,7 @@ def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
         "round_to": config.search.round_to,
         "kept_channels": record.kept_channels,
     }
-    base = Policy.from_dict(record.policy)
+    base = record.policy
     return Policy(base.actions, tuple(sorted(meta.items())))
 
 

@@ -15,26 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modeltailor.agent import SearchResult, make_searcher
-from modeltailor.compressors.pipeline import lowrank_units
-from modeltailor.compressors.policy import Policy, UnitAction
-from modeltailor.env.compression_env import ActionRange, CompressionEnv
-from modeltailor.env.cost_model import LinearCostModel
-from modeltailor.env.evaluator import Outcome
-from modeltailor.env.history import EpisodeRecord, best_record
+from modeltailor.agent import make_searcher
+from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.history import best_record, search_result
 from modeltailor.env.reward import (
-    AccuracyFloorReward,
-    BudgetReward,
     Resources,
-    RewardFunction,
-    TradeoffReward,
 )
-from modeltailor.errors import ConfigError, DeviceError
+from modeltailor.errors import ConfigError, DeviceError, ModelTailorError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.finalize import FinalResult, finalize
+from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.outputs import RunInfo, write_outputs
 from modeltailor.experiments.tracking import Tracker
 from modeltailor.experiments.workbench import Workbench, build_device, build_workbench
+from modeltailor.results import EpisodeRecord, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -67,75 +61,6 @@ class SearchRun:
     final: FinalResult | None
     out_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-DEFAULT_LATENCY_RATIO = 0.45
-SKIP_FRACTION = 0.15  # share of a skippable unit's action range that means "remove the block"
-
-
-def make_reward(config: DeploymentConfig, baseline: Resources, final: bool = False) -> RewardFunction:
-    """The objective's reward; `final=False` is the search's (accuracy floor relaxed by search_slack)."""
-    o = config.objective
-    if o.kind == "tradeoff":
-        w = o.weights
-        return TradeoffReward(w.accuracy, w.latency, w.memory)
-    if o.kind == "accuracy":
-        floor = o.min_accuracy if o.min_accuracy is not None else baseline.accuracy - o.max_accuracy_drop / 100
-        if not final:
-            floor -= o.search_slack / 100
-        return AccuracyFloorReward(min_accuracy=floor, minimize=o.minimize)
-    ratio = o.max_latency_ratio
-    if not any((o.max_latency_ms, ratio, o.max_memory_bytes, o.max_memory_ratio)):
-        ratio = DEFAULT_LATENCY_RATIO
-    latency = o.max_latency_ms or (ratio * baseline.latency_ms if ratio else None)
-    memory = o.max_memory_bytes or (o.max_memory_ratio * baseline.memory_bytes if o.max_memory_ratio else None)
-    return BudgetReward(max_latency_ms=latency, max_memory_bytes=memory)
-
-
-def check_budget_reachable(reward: RewardFunction, fastest: Outcome, min_keep: float, slack: float = 0.9) -> None:
-    """ConfigError when a budget is below what the most compressed model of this search measures."""
-    if not isinstance(reward, BudgetReward):
-        return
-    what = f"measured with every unit at search.min_keep={min_keep}"
-    if reward.max_latency_ms is not None and reward.max_latency_ms < slack * fastest.latency_ms:
-        raise ConfigError(
-            f"objective: latency budget {reward.max_latency_ms:.3f} ms is below the fastest model this search "
-            f"can build ({fastest.latency_ms:.3f} ms {what}): raise the budget or lower search.min_keep"
-        )
-    if reward.max_memory_bytes is not None and reward.max_memory_bytes < slack * fastest.memory_bytes:
-        raise ConfigError(
-            f"objective: memory budget {reward.max_memory_bytes:,.0f} bytes is below the smallest model this "
-            f"search can build ({fastest.memory_bytes:,} bytes {what}): raise the budget or lower search.min_keep"
-        )
-
-
-def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> CompressionEnv:
-    """The env, with cost models seeded by the baseline and one uniform-pruning calibration point."""
-    s = bench.config.search
-    latency_model, memory_model = LinearCostModel(), LinearCostModel()
-    latency_model.add(bench.baseline.macs, bench.baseline.latency_ms)
-    memory_model.add(bench.baseline.params, bench.baseline.memory_bytes)
-    calib = bench.evaluator.measure(
-        bench.evaluator.compressor.apply(bench.base, _fastest(bench, s.min_keep, s.skip_blocks), bench.example)
-    )
-    check_budget_reachable(reward, calib, s.min_keep)
-    latency_model.add(calib.macs, calib.latency_ms)
-    memory_model.add(calib.params, calib.memory_bytes)
-    classes = len(bench.classes) if bench.classes else bench.splits.num_classes
-    return CompressionEnv(
-        analysis=bench.analysis,
-        evaluator=bench.evaluator,
-        reward=reward,
-        baseline=baseline,
-        action_range=ActionRange(s.min_keep, s.max_keep, SKIP_FRACTION if s.skip_blocks else 0.0),
-        latency_model=latency_model,
-        memory_model=memory_model,
-        class_fraction=classes / bench.splits.num_classes,
-        lowrank_units=frozenset(
-            lowrank_units(bench.analysis, bench.base, s.round_to) if "lowrank" in s.methods else ()
-        ),
-        int8="int8" in s.methods,
-    )
 
 
 EPISODES_FILE = "episodes.jsonl"
@@ -180,7 +105,7 @@ def run_search(
 
 def _search(env: CompressionEnv, config: DeploymentConfig, done: int, episodes_file: Path) -> SearchResult:
     """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
-    searcher = make_searcher(config.search.agent, config.search.seed)
+    searcher = make_searcher(config.search.searcher, config.search.seed)
     try:
         result = searcher.search(env, max(0, config.search.episodes - done))
     except DeviceError as exc:
@@ -188,7 +113,7 @@ def _search(env: CompressionEnv, config: DeploymentConfig, done: int, episodes_f
             f"{exc} (after {len(env.history)} episodes, all kept in {episodes_file}: "
             "fix the device and rerun with --resume)"
         ) from None
-    return SearchResult.from_records(searcher.name, env.history, interrupted=result.interrupted)
+    return search_result(searcher.name, env.history, interrupted=result.interrupted)
 
 
 def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> list[EpisodeRecord]:
@@ -216,20 +141,10 @@ def load_episodes(path: Path) -> list[EpisodeRecord]:
     records = []
     for line in path.read_text().splitlines():
         try:
-            records.append(EpisodeRecord(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
+            records.append(EpisodeRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, ModelTailorError):
             log.warning("skipping an unreadable line of %s", path)
     return records
-
-
-def _fastest(bench: Workbench, keep: float, skip: bool) -> Policy:
-    """Every unit at `keep`, every skippable block removed: the most compressed model reachable."""
-    return Policy(
-        tuple(
-            UnitAction(unit=u.name, method="skip", keep=0.0) if skip and u.block else UnitAction(unit=u.name, keep=keep)
-            for u in bench.analysis.units
-        )
-    )
 
 
 def _start_tracking(tracker: Tracker | None, config: DeploymentConfig, bench: Workbench) -> str | None:
@@ -240,7 +155,7 @@ def _start_tracking(tracker: Tracker | None, config: DeploymentConfig, bench: Wo
         "dataset": config.data.name,
         "device": config.device.name,
         "classes": ",".join(map(str, bench.classes)) if bench.classes else "all",
-        "searcher": config.search.agent,
+        "searcher": config.search.searcher,
         "objective": config.objective.kind,
     }
     return tracker.start_run(config.name, params=config.model_dump(mode="json"), tags=tags)

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from modeltailor.errors import ModelTailorError
+from modeltailor.errors import ModelTailorError, first_line
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -70,9 +70,6 @@ def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def quiet_mlflow_logging() -> None:
@@ -106,7 +103,7 @@ def _mlflow_errors(uri: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        raise ModelTailorError(f"tracking at '{uri}' failed: {_first_line(exc)}") from exc
+        raise ModelTailorError(f"tracking at '{uri}' failed: {first_line(exc)}") from exc
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

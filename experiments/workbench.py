@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accuracy
+from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.head import narrow_classifier
 from modeltailor.compressors.lowrank import LowRankCompressor
 from modeltailor.compressors.pipeline import PolicyApplier
@@ -30,13 +31,14 @@ from modeltailor.datasets import (
     resolve_classes,
     restrict_splits,
 )
-from modeltailor.env.devices import CachedDevice, Device
-from modeltailor.env.evaluator import EvalData, Outcome, PolicyEvaluator
-from modeltailor.env.onnx_export import export_onnx
-from modeltailor.env.registry import get_device
+from modeltailor.devices.base import Device
+from modeltailor.devices.cache import CachedDevice
+from modeltailor.devices.profiles import get_device
+from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.errors import DataError, ModelLoadError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import cache_dir, load_teacher
+from modeltailor.results import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ LATENCY_CACHE = "latency-cache-v2.json"
 
 def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
     device = get_device(
-        config.device.name, registry=config.device.registry, runs=config.device.runs, warmup=config.device.warmup
+        config.device.name, profiles=config.device.profiles, runs=config.device.runs, warmup=config.device.warmup
     )
     if not cached:
         return device
@@ -114,8 +116,7 @@ def probe_device(device: Device) -> None:
         [value("input", TensorProto.FLOAT, [1, 1, 2, 2])], [value("logits", TensorProto.FLOAT, [1, 1, 2, 2])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    inner = getattr(device, "device", device)  # bypass a cache: the probe must reach the device
-    inner.measure(model.SerializeToString())
+    device.uncached().measure(model.SerializeToString())  # past any cache: it must reach the device
 
 
 def load_deployment_data(config: DeploymentConfig) -> tuple[DataSplits, DataSplits, list[int] | None]:

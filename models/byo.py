@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeltailor.errors import ModelLoadError
+from modeltailor.errors import ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,7 @@ _NAMES_SHOWN = 3
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
     """`Type: message` of an exception, first line only, shortened."""
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {first_line(exc, limit)}"
 
 
 def load_factory(ref: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from modeltailor.experiments import cli
 from modeltailor.models import build_model
+from modeltailor.service import cli
 
 BAD_FACTORY_MODULE = "definitely_not_a_module_xyz"
 
@@ -69,7 +69,7 @@ def test_unknown_class_name_flag(tmp_path, monkeypatch, capsys):
 def test_real_process_prints_no_traceback(tmp_path):
     env = {**os.environ, "MODELTAILOR_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "modeltailor.experiments.cli", "search", "--config",
+        [sys.executable, "-m", "modeltailor.service.cli", "search", "--config",
          config(tmp_path, "data: {name: imagenet}\n")],
         capture_output=True, text=True, env=env, timeout=120,
     )

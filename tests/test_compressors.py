@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
+from modeltailor.compressors.export import export_onnx, onnx_matches_torch
 from modeltailor.compressors.policy import Policy, UnitAction
-from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params, kept_channels
+from modeltailor.compressors.pruning import ChannelPruningCompressor, channels_to_keep, count_params
 from modeltailor.compressors.units import analyze_model, estimate_macs, estimate_params
-from modeltailor.env.devices import LocalOrtDevice
-from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
+from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.errors import CompressionError
 from modeltailor.models import build_model
 
@@ -87,7 +87,7 @@ def test_unit_channels_follow_keep_and_round_to():
     pruned = ChannelPruningCompressor(round_to=8).apply(model, policy, torch.zeros(1, 1, 16, 16))
     modules = dict(pruned.named_modules())
     for unit in analysis.units:
-        expected = kept_channels(unit.channels, keeps[unit.name], 8)
+        expected = channels_to_keep(unit.channels, keeps[unit.name], 8)
         assert modules[unit.name].out_channels == expected, unit.name
         assert expected % 8 == 0 or expected == unit.channels
 
@@ -97,7 +97,7 @@ def test_unit_channels_follow_keep_and_round_to():
     [(64, 0.5, 8, 32), (64, 0.01, 8, 8), (16, 0.5, 16, 16), (30, 1.0, 4, 30), (64, 0.55, 8, 32)],
 )
 def test_kept_channels_rounding(channels, keep, round_to, expected):
-    assert kept_channels(channels, keep, round_to) == expected
+    assert channels_to_keep(channels, keep, round_to) == expected
 
 
 def test_unknown_unit_is_a_clear_error():

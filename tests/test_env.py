@@ -13,9 +13,10 @@ from modeltailor.compressors.distill import DistillConfig, TeacherLogits
 from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.units import analyze_model
+from modeltailor.devices.cache import CachedDevice
+from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import LinearCostModel
-from modeltailor.env.devices import CachedDevice, LocalOrtDevice
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.env.features import OBS_SIZE
 from modeltailor.env.history import pareto_front
@@ -85,7 +86,7 @@ def test_budget_limits_actions(parts):
     env.reset()
     for _ in env.units:  # always ask to keep everything
         env.step(np.array([1.0], dtype=np.float32))
-    keeps = env.history[-1].policy["units"]
+    keeps = env.history[-1].policy.to_dict()["units"]
     assert any(u["keep"] < 1.0 for u in keeps), "budget did not limit any action"
     assert env.history[-1].macs < 0.6 * base.macs
 
@@ -95,7 +96,7 @@ def test_unlimited_tradeoff_keeps_what_is_asked(parts):
     env.reset()
     for _ in env.units:
         env.step(np.array([1.0], dtype=np.float32))
-    assert all(u["keep"] == 1.0 for u in env.history[-1].policy["units"])
+    assert all(u["keep"] == 1.0 for u in env.history[-1].policy.to_dict()["units"])
 
 
 def test_same_architecture_is_evaluated_once(parts):
@@ -143,7 +144,7 @@ def test_skip_region_removes_blocks_only_where_allowed(parts):
     env.reset()
     for _ in env.units:
         env.step(np.array([-1.0], dtype=np.float32))
-    units = {u["unit"]: u for u in env.history[-1].policy["units"]}
+    units = {u["unit"]: u for u in env.history[-1].policy.to_dict()["units"]}
     for unit in env.units:
         expected = "skip" if unit.block is not None else "prune"
         assert units[unit.name]["method"] == expected, unit.name

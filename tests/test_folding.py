@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from modeltailor.compressors.export import export_onnx, onnx_matches_torch
 from modeltailor.compressors.folding import (
     count_batchnorm,
     export_unfolded,
     fold_batchnorm,
-    fold_report,
     merge_parallel_branches,
 )
+from modeltailor.experiments.fold_report import fold_report
 from modeltailor.compressors.quantization import op_counts
-from modeltailor.env.devices import LocalOrtDevice
-from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
+from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.models import ZOO, build_model
 
 

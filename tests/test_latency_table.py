@@ -13,11 +13,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.units import analyze_model
-from modeltailor.env.devices import Device, LocalOrtDevice, Measurement
-from modeltailor.env.latency_table import (
+from modeltailor.devices.latency_table import (
     LatencyTable,
     TableDevice,
     graph_nodes,
@@ -25,10 +25,13 @@ from modeltailor.env.latency_table import (
     node_keys,
     single_node_model,
 )
-from modeltailor.env.memory import onnx_memory
-from modeltailor.env.onnx_export import export_onnx
+from modeltailor.devices.base import Device, DeviceDefaults
+from modeltailor.devices.local import LocalOrtDevice
+from modeltailor.devices.measurement import Measurement
+from modeltailor.devices.memory import onnx_memory
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError
-from modeltailor.experiments.calibrate import calibrate, calibrate_command
+from modeltailor.experiments.calibrate import calibrate
+from modeltailor.service.devices_cli import calibrate_command
 from modeltailor.models.zoo import build_model
 
 SIZE = 16
@@ -164,8 +167,8 @@ def test_calibrate_needs_training_architectures(tmp_path: Path, table_file: Path
         calibrate(TableDevice("t", table_file), table_path=tmp_path / "t.json")
 
 
-class MeasureOnly:
-    """A device with only measure(), e.g. a remote one: nodes are timed through measure()."""
+class MeasureOnly(DeviceDefaults):
+    """A device that only measures whole models, e.g. a remote one: nodes are timed through measure()."""
 
     name = "measure-only"
 

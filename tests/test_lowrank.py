@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from modeltailor.compressors import policy as policy_module
+from modeltailor.compressors.export import export_onnx, onnx_matches_torch
 from modeltailor.compressors.lowrank import (
     LowRankCompressor,
     factorized_cost,
@@ -23,7 +24,6 @@ from modeltailor.compressors.lowrank import (
 )
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.pruning import count_params, skip_blocks
-from modeltailor.env.onnx_export import export_onnx, onnx_matches_torch
 from modeltailor.errors import CompressionError
 from modeltailor.models import build_model
 

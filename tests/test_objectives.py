@@ -11,7 +11,8 @@ from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources,
 from modeltailor.errors import ConfigError, ModelTailorError
 from modeltailor.experiments.config import load_config
 from modeltailor.experiments.pick import pick, picked_policy
-from modeltailor.experiments.search import make_reward, run_search
+from modeltailor.experiments.objective import make_reward
+from modeltailor.experiments.search import run_search
 from tests.test_search_e2e import TINY, InterruptAfter
 
 BASE = Resources(accuracy=0.95, latency_ms=1.0, memory_bytes=1000)
@@ -80,7 +81,7 @@ def test_unreachable_budget_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_resume_keeps_finished_episodes_and_runs_the_rest(tmp_path):
     out = tmp_path / "out"
-    cfg = load_config(None, {**TINY, "search.episodes": 4, "search.agent": "random", "tracking.enabled": False})
+    cfg = load_config(None, {**TINY, "search.episodes": 4, "search.searcher": "random", "tracking.enabled": False})
     run_search(cfg, out, InterruptAfter(2))
     first = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert len(first) == 2

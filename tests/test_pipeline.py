@@ -10,15 +10,15 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.lowrank import LowRankCompressor, plan_layer
 from modeltailor.compressors.pipeline import PolicyApplier, lowrank_units
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.compressors.quantization import count_qdq, onnx_predictions
 from modeltailor.compressors.units import analyze_model
-from modeltailor.env.onnx_export import export_onnx
+from modeltailor.experiments.apply import rebuild
 from modeltailor.experiments.config import load_config
-from modeltailor.experiments.rebuild import rebuild
 from modeltailor.experiments.search import run_search
 from modeltailor.models import build_model
 from tests.test_env import make_env
@@ -110,7 +110,7 @@ def test_joint_actions_choose_lowrank_where_allowed(parts):  # noqa: F811
     env.reset()
     for _ in env.units:
         env.step(np.array([0.0, 1.0, -1.0], dtype=np.float32))
-    units = {u["unit"]: u for u in env.history[-1].policy["units"]}
+    units = {u["unit"]: u for u in env.history[-1].policy.to_dict()["units"]}
     for unit in env.units:
         assert units[unit.name]["method"] == ("lowrank" if unit.name in allowed else "prune")
         assert units[unit.name]["bits"] == 32

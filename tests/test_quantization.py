@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.quantization import (
     conv_node_names,
     count_qdq,
@@ -20,8 +21,7 @@ from modeltailor.compressors.quantization import (
     quantize_layers,
     quantize_onnx,
 )
-from modeltailor.env.memory import onnx_memory
-from modeltailor.env.onnx_export import export_onnx
+from modeltailor.devices.memory import onnx_memory
 from modeltailor.errors import CompressionError
 from modeltailor.models import ZOO, build_model
 from tests.conftest import synthetic_images

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from modeltailor.compressors.distill import predict_logits
-from modeltailor.env.onnx_export import run_onnx
+from modeltailor.devices.session import run_onnx
+from modeltailor.experiments.apply import rebuild
 from modeltailor.experiments.config import load_config
-from modeltailor.experiments.rebuild import rebuild
 from modeltailor.experiments.search import LogReporter, run_search
 from modeltailor.experiments.tracking import get_run_summary
 
@@ -92,7 +92,7 @@ class InterruptAfter(LogReporter):
 
 @pytest.mark.parametrize("agent", ["ppo", "random"])
 def test_interrupted_search_keeps_finished_episodes(tmp_path, agent):
-    cfg = load_config(None, {**TINY, "search.episodes": 6, "search.agent": agent, "tracking.enabled": False})
+    cfg = load_config(None, {**TINY, "search.episodes": 6, "search.searcher": agent, "tracking.enabled": False})
     out = tmp_path / "out"
     run = run_search(cfg, out, InterruptAfter(2))
     summary = json.loads((out / "summary.json").read_text())

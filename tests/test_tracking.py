@@ -20,7 +20,7 @@ import mlflow
 import pytest
 
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.report import format_bytes, plot_pareto
+from modeltailor.experiments.plots import format_bytes, plot_pareto
 from modeltailor.experiments.tracking import (
     Tracker,
     default_tracking_uri,

@@ -1,12 +1,12 @@
-"""The device agent: an HTTP service on the target device that measures ONNX models.
+"""The device server: an HTTP service on the target device that measures ONNX models.
 
-``GET /health`` (no auth) describes the agent; ``POST /measure`` (``Authorization: Bearer``,
+``GET /health`` (no auth) describes the server; ``POST /measure`` (``Authorization: Bearer``,
 raw ONNX bytes, query ``runs`` and ``warmup``) times the model with :class:`LocalOrtDevice` and
 answers ``Measurement.to_dict()`` plus ``latency`` and ``memory`` dicts. Measurements run one at a
 time in a worker process that is killed and replaced when it exceeds ``timeout_s``. Every error
 is a JSON ``{"error": "..."}`` with a 4xx status, never a 500.
 
-Run it with ``modeltailor device-agent`` or ``python -m modeltailor.experiments.device_agent``.
+Run it with ``modeltailor device-server`` or ``python -m modeltailor.devices.server``.
 """
 
 from __future__ import annotations
@@ -33,18 +33,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modeltailor.env.devices import LocalOrtDevice
-from modeltailor.errors import ConfigError, ModelTailorError
+from modeltailor.devices.base import TOKEN_ENV, token_from_environment
+from modeltailor.devices.local import LocalOrtDevice
+from modeltailor.errors import ConfigError, ModelTailorError, first_line
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-TOKEN_ENV = "MODELTAILOR_AGENT_TOKEN"
 WORKER_START_TIMEOUT_S = 120.0
-WORKER_MODULE = "modeltailor.experiments.device_agent"
+WORKER_MODULE = "modeltailor.devices.server"
 
 
-class AgentError(Exception):
+class ServerError(Exception):
     """An error answered as JSON ``{"error": message}`` with ``status``."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -53,13 +53,10 @@ class AgentError(Exception):
         self.message = message
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) -> dict[str, Any]:
-    device = LocalOrtDevice(name="agent", intra_op_threads=threads, runs=runs, warmup=warmup)
+    device = LocalOrtDevice(name="server", intra_op_threads=threads, runs=runs, warmup=warmup)
     start = time.perf_counter()
     measurement = device.measure(onnx_bytes)
     return {
@@ -107,9 +104,9 @@ def _worker_answer(threads: int, header: dict[str, Any], body: bytes) -> dict[st
     try:
         return {"ok": _measure_payload(threads, body, int(header["runs"]), int(header["warmup"]))}
     except ModelTailorError as exc:
-        return {"error": _first_line(exc)}
+        return {"error": first_line(exc)}
     except Exception as exc:  # anything ORT or numpy throws: still one line
-        return {"error": f"measurement failed: {type(exc).__name__}: {_first_line(exc)}"}
+        return {"error": f"measurement failed: {type(exc).__name__}: {first_line(exc)}"}
 
 
 def worker_main(threads: int) -> None:
@@ -129,7 +126,7 @@ def worker_main(threads: int) -> None:
 class MeasureWorker:
     """One measuring process, used one request at a time; replaced when it overruns or dies.
 
-    The worker is ``python -m modeltailor.experiments.device_agent --worker``, talking framed
+    The worker is ``python -m modeltailor.devices.server --worker``, talking framed
     JSON + bytes over its stdin/stdout, so its start never depends on the parent's ``__main__``.
     """
 
@@ -169,8 +166,8 @@ class MeasureWorker:
                 _read_frame(self._process.stdout, time.monotonic() + WORKER_START_TIMEOUT_S)
             except (EOFError, TimeoutError, OSError, ValueError):
                 self._kill()
-                raise AgentError(
-                    422, "the measuring process did not start: check the agent's log"
+                raise ServerError(
+                    422, "the measuring process did not start: check the server's log"
                 ) from None
             self._ready = True
         return self._process
@@ -184,7 +181,7 @@ class MeasureWorker:
             self._kill()
 
     def measure(self, onnx_bytes: bytes, runs: int, warmup: int, timeout_s: float) -> dict[str, Any]:
-        """The measurement payload; AgentError 504 on timeout, 422 on a model ORT rejects."""
+        """The measurement payload; ServerError 504 on timeout, 422 on a model ORT rejects."""
         with self._lock:
             process = self._ensure_ready()
             try:
@@ -193,19 +190,19 @@ class MeasureWorker:
             except TimeoutError:
                 self._kill()
                 self._spawn()  # the replacement starts while the answer goes out
-                raise AgentError(
+                raise ServerError(
                     504,
-                    f"the measurement took longer than the agent's timeout of {timeout_s:g} s: "
-                    "lower runs or start the agent with a larger --timeout-s",
+                    f"the measurement took longer than the server's timeout of {timeout_s:g} s: "
+                    "lower runs or start the server with a larger --timeout-s",
                 ) from None
             except (EOFError, OSError, ValueError):
                 code = process.poll()
                 self._kill()
-                raise AgentError(
+                raise ServerError(
                     422, f"the measuring process died (exit code {code}) on this model"
                 ) from None
             if "error" in answer:
-                raise AgentError(422, str(answer["error"]))
+                raise ServerError(422, str(answer["error"]))
             return answer["ok"]
 
 
@@ -229,9 +226,9 @@ def _bearer(request: Request) -> str | None:
 def _check_token(request: Request, token: str) -> None:
     given = _bearer(request)
     if given is None:
-        raise AgentError(401, "missing token: send the header 'Authorization: Bearer <token>'")
+        raise ServerError(401, "missing token: send the header 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(given.encode(), token.encode()):
-        raise AgentError(401, "wrong token: use the token the agent was started with")
+        raise ServerError(401, "wrong token: use the token the server was started with")
 
 
 def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
@@ -241,9 +238,9 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
     try:
         value = int(raw)
     except ValueError:
-        raise AgentError(422, f"query parameter {key}={raw!r} is not an integer") from None
+        raise ServerError(422, f"query parameter {key}={raw!r} is not an integer") from None
     if not low <= value <= high:
-        raise AgentError(422, f"query parameter {key}={value} is out of range [{low}, {high}]")
+        raise ServerError(422, f"query parameter {key}={value} is out of range [{low}, {high}]")
     return value
 
 
@@ -251,27 +248,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise AgentError(400, f"Content-Length {declared!r} is not a byte count")
+            raise ServerError(400, f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
-            raise AgentError(413, _too_big(int(declared), limit))
+            raise ServerError(413, _too_big(int(declared), limit))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise AgentError(413, _too_big(size, limit, at_least=True))
+            raise ServerError(413, _too_big(size, limit, at_least=True))
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise AgentError(422, "empty body: send the ONNX model's bytes (application/octet-stream)")
+        raise ServerError(422, "empty body: send the ONNX model's bytes (application/octet-stream)")
     return body
 
 
 def _too_big(size: int, limit: int, at_least: bool = False) -> str:
     more = "at least " if at_least else ""
     return (
-        f"the model is {more}{size:,} bytes, over the agent's limit of {limit:,} bytes: "
-        "start the agent with a larger --max-model-mb"
+        f"the model is {more}{size:,} bytes, over the server's limit of {limit:,} bytes: "
+        "start the server with a larger --max-model-mb"
     )
 
 
@@ -281,8 +278,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(AgentError)
-    async def _agent_error(request: Request, exc: AgentError) -> JSONResponse:
+    @app.exception_handler(ServerError)
+    async def _server_error(request: Request, exc: ServerError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
@@ -299,7 +296,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
-        return _error(422, f"the agent failed: {type(exc).__name__}: {_first_line(exc)}")
+        return _error(422, f"the server failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def create_app(
@@ -312,11 +309,11 @@ def create_app(
     max_runs: int = 10_000,
     max_warmup: int = 1_000,
 ) -> FastAPI:
-    """The agent's FastAPI app; the worker process starts with the app (or on first use)."""
+    """The server's FastAPI app; the worker process starts with the app (or on first use)."""
     if not token:
-        raise ConfigError(f"the device agent needs a token: pass --token or set {TOKEN_ENV}")
+        raise ConfigError(f"the device server needs a token: pass --token or set {TOKEN_ENV}")
     if threads < 1 or max_model_bytes < 1 or timeout_s <= 0:
-        raise ConfigError("the device agent needs threads >= 1, max model size > 0, timeout > 0")
+        raise ConfigError("the device server needs threads >= 1, max model size > 0, timeout > 0")
     worker = MeasureWorker(threads)
 
     @asynccontextmanager
@@ -325,7 +322,7 @@ def create_app(
         yield
         await run_in_threadpool(worker.close)
 
-    app = FastAPI(title="modeltailor device agent", lifespan=lifespan)
+    app = FastAPI(title="modeltailor device server", lifespan=lifespan)
     app.state.worker = worker
     app.state.measured = 0
     _add_error_handlers(app)
@@ -362,7 +359,7 @@ def create_app(
 
 
 def _ready_line(host: str, port: int, threads: int) -> str:
-    return f"device agent on http://{host}:{port}, {threads} thread{'' if threads == 1 else 's'}"
+    return f"device server on http://{host}:{port}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def serve(
@@ -373,12 +370,12 @@ def serve(
     max_model_mb: float = 64,
     timeout_s: float = 60.0,
 ) -> None:
-    """Run the agent with uvicorn until interrupted; prints one line when it is ready."""
+    """Run the server with uvicorn until interrupted; prints one line when it is ready."""
     import uvicorn
 
-    token = token or os.environ.get(TOKEN_ENV)
+    token = token or token_from_environment()
     if not token:
-        raise ConfigError(f"the device agent needs a token: pass --token or set {TOKEN_ENV}")
+        raise ConfigError(f"the device server needs a token: pass --token or set {TOKEN_ENV}")
     app = create_app(
         token, threads=threads, max_model_bytes=int(max_model_mb * MIB), timeout_s=timeout_s
     )
@@ -395,7 +392,7 @@ def serve(
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="modeltailor device agent")
+    parser = argparse.ArgumentParser(description="modeltailor device server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")

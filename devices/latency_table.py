@@ -41,20 +41,17 @@ Limitations: values computed at run time from constants (e.g. ``Shape -> Gather 
 chains that the exporter did not fold) become graph inputs of the single-node model, fed
 zeros; nodes with subgraphs (If/Loop/Scan) are timed without their outer scope.
 
-:class:`TableDevice` is a :class:`~modeltailor.env.devices.Device` that predicts instead of
-measuring; its :class:`~modeltailor.env.devices.LatencyStats` have ``runs == 0``, which marks
+:class:`TableDevice` is a :class:`~modeltailor.devices.base.Device` that predicts instead of
+measuring; its :class:`~modeltailor.devices.measurement.LatencyStats` have ``runs == 0``, which marks
 a prediction (every statistic is the predicted latency, std and iqr are 0).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -63,9 +60,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modeltailor.env.devices import Device, LatencyStats, Measurement
-from modeltailor.env.memory import constant_names, load_model, onnx_memory
+from modeltailor.devices.base import Device, DeviceDefaults
+from modeltailor.devices.measurement import LatencyStats, Measurement
+from modeltailor.devices.memory import constant_names, load_model, onnx_memory
 from modeltailor.errors import DeviceError
+from modeltailor.storage import atomic_write
 
 TABLE_FORMAT = 1
 NODE_RUNS = 50
@@ -508,18 +507,7 @@ class LatencyTable:
 
     def save(self, path: Path | str) -> Path:
         """Write the table as JSON (atomically: temp file + rename)."""
-        path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=1)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(Path(path).expanduser(), json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path | str) -> LatencyTable:
@@ -560,39 +548,15 @@ def estimate_latency(entries: list[TableEntry], cost: float) -> float:
 # ------------------------------------------------------------------------- measuring
 
 
-def _with_runs(device: Any, runs: int) -> Any:
-    """A copy of the device timing ``runs`` runs after a short warm-up, if it has such settings.
-
-    Dataclass devices (LocalOrtDevice) are ``replace``d; others with integer ``runs`` and
-    ``warmup`` attributes (RemoteDevice) are shallow-copied and changed; any other is returned
-    as it is.
-    """
-    changes = {"runs": runs, "warmup": NODE_WARMUP, "rounds": min(5, runs), "min_time_s": 0.0}
-    if is_dataclass(device) and not isinstance(device, type):
-        names = {f.name for f in fields(device)}
-        try:
-            return replace(device, **{k: v for k, v in changes.items() if k in names})
-        except (TypeError, ValueError, DeviceError):
-            return device
-    if isinstance(getattr(device, "runs", None), int) and isinstance(getattr(device, "warmup", None), int):
-        fast = copy.copy(device)
-        fast.runs, fast.warmup = runs, NODE_WARMUP
-        return fast
-    return device
-
-
 def node_timer(device: Device, runs: int = NODE_RUNS) -> Callable[[bytes], float]:
     """A function timing a (single-node) model on the device: median ms over ``runs`` runs.
 
-    Uses the device's ``session()`` + ``time_rounds()`` when it has both (the same statistic
-    as ``measure()``, without computing memory), else
-    ``device.measure()``; either way on a copy set to ``runs`` runs where possible
-    (:func:`_with_runs`).
+    The device is set to ``runs`` runs after a short warm-up (``Device.with_timing``) and asked
+    for its latency alone (``Device.measure_latency``: the same statistic as ``measure()``,
+    without the memory analysis).
     """
-    fast = _with_runs(device, runs)
-    if callable(getattr(fast, "time_rounds", None)) and callable(getattr(fast, "session", None)):
-        return lambda onnx_bytes: LatencyStats.from_rounds(fast.time_rounds(fast.session(onnx_bytes))).median_ms
-    return lambda onnx_bytes: float(fast.measure(onnx_bytes).latency.median_ms)
+    fast = device.uncached().with_timing(runs=runs, warmup=NODE_WARMUP, rounds=min(5, runs))
+    return lambda onnx_bytes: fast.measure_latency(onnx_bytes).median_ms
 
 
 def trivial_model() -> bytes:
@@ -633,7 +597,7 @@ def measure_nodes(
 # ------------------------------------------------------------------------ TableDevice
 
 
-class TableDevice:
+class TableDevice(DeviceDefaults):
     """A device that predicts latency from a :class:`LatencyTable` instead of measuring.
 
     ``measure`` returns LatencyStats whose median/p90/mean/min are the prediction, std and
@@ -644,6 +608,10 @@ class TableDevice:
         self.name = name
         self.table_path = Path(table_path).expanduser()
         self.table = LatencyTable.load(self.table_path)
+
+    @property
+    def kind(self) -> str:
+        return "table"
 
     @property
     def last_estimated(self) -> int:
@@ -658,9 +626,9 @@ class TableDevice:
         )
         return Measurement(latency=latency, memory=memory, device=self.name)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
-            "kind": "table",
+            "kind": self.kind,
             "name": self.name,
             "path": str(self.table_path),
             "measured_on": self.table.device,

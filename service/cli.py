@@ -18,16 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modeltailor.env.history import EpisodeRecord
-from modeltailor.errors import ConfigError, ModelTailorError
-from modeltailor.experiments.calibrate import calibrate_command
-from modeltailor.experiments.cli_devices import device_agent_command, devices_app
+from modeltailor.errors import ModelTailorError
 from modeltailor.experiments.config import DeploymentConfig, load_config
+from modeltailor.results import EpisodeRecord
+from modeltailor.service.devices_cli import device_server_command, devices_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL auto-compression of CNNs, per deployment.")
-devices_app.command("calibrate")(calibrate_command)
 app.add_typer(devices_app, name="devices")
-app.command("device-agent")(device_agent_command)
+app.command("device-server")(device_server_command)
+app.command("device-agent", hidden=True, help="alias of device-server")(device_server_command)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -67,7 +66,9 @@ def search(
     config: ConfigOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/search"),
     episodes: Annotated[int | None, typer.Option(help="override search.episodes")] = None,
-    agent: Annotated[str | None, typer.Option(help="override search.agent: ppo, random, uniform")] = None,
+    searcher: Annotated[
+        str | None, typer.Option("--searcher", "--agent", help="override search.searcher: ppo, random, uniform")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="override device.name")] = None,
     classes: Annotated[str | None, typer.Option(help="override classes: ids or names, e.g. '0,3,7'")] = None,
     seed: Annotated[int | None, typer.Option(help="override search.seed")] = None,
@@ -80,7 +81,7 @@ def search(
     from modeltailor.experiments.search import run_search
 
     overrides = {
-        "search.episodes": episodes, "search.agent": agent, "device.name": device,
+        "search.episodes": episodes, "search.searcher": searcher, "device.name": device,
         "classes": _parse_classes(classes), "search.seed": seed, "tracking.uri": tracking_uri,
         "search.methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         "tracking.enabled": False if no_tracking else None,
@@ -117,7 +118,7 @@ def apply(
     distill_steps: Annotated[int, typer.Option(help="distillation steps when no --weights")] = 0,
 ) -> None:
     """Rebuild the compressed model from the original model and a policy; write OUT/model.onnx."""
-    from modeltailor.experiments.rebuild import rebuild
+    from modeltailor.experiments.apply import rebuild
 
     cfg = load_config(config)
     result = rebuild(cfg, policy, out, weights, distill_steps)
@@ -158,23 +159,16 @@ def fold_report_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report here")] = None,
 ) -> None:
     """Measure what layer folding changes on the deployment's teacher (DeepRebirth-style merges)."""
-    from dataclasses import replace
-
-    from modeltailor.compressors.folding import fold_report
-    from modeltailor.env.devices import LocalOrtDevice
+    from modeltailor.experiments.fold_report import fold_report, local_device
     from modeltailor.experiments.teacher import load_teacher
-    from modeltailor.experiments.workbench import build_device, load_deployment_data
+    from modeltailor.experiments.workbench import load_deployment_data
 
     cfg = load_config(config)
-    device = build_device(cfg, cached=False)
-    if not isinstance(device, LocalOrtDevice):
-        raise ConfigError(
-            f"device '{cfg.device.name}': fold-report times graphs on this machine: choose a local-ort device"
-        )
+    device = local_device(cfg.device.name, cfg.device.profiles, runs=runs)
     full, splits, _ = load_deployment_data(cfg)
     teacher, _ = load_teacher(cfg, full)
     shape = (splits.in_channels, splits.input_size, splits.input_size)
-    report = fold_report(teacher, shape, replace(device, runs=runs))
+    report = fold_report(teacher, shape, device)
     table = Table(title=f"layer folding on {report['device']} ({report['threads']} thread)")
     for col in ("graph", "ORT optimization", "nodes run", "latency ms (median)"):
         table.add_column(col, justify="right")

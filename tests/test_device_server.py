@@ -1,4 +1,4 @@
-"""The device agent (a real process on loopback) and RemoteDevice, plus TestClient unit checks."""
+"""The device server (a real process on loopback) and RemoteDevice, plus TestClient unit checks."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from typer.testing import CliRunner
 
-from modeltailor.env.memory import onnx_memory
-from modeltailor.env.onnx_export import export_onnx
-from modeltailor.env.registry import get_device
-from modeltailor.env.remote import RemoteDevice
+from modeltailor.compressors.export import export_onnx
+from modeltailor.devices import server as device_agent
+from modeltailor.devices.memory import onnx_memory
+from modeltailor.devices.profiles import get_device
+from modeltailor.devices.remote import RemoteDevice
+from modeltailor.devices.server import create_app
 from modeltailor.errors import ConfigError, DeviceError
-from modeltailor.experiments import device_agent
-from modeltailor.experiments.cli_devices import device_agent_command
-from modeltailor.experiments.device_agent import create_app
+from modeltailor.service.devices_cli import device_server_command
 
 with warnings.catch_warnings():  # starlette >= 1.x warns that httpx will become httpx2
     warnings.simplefilter("ignore")
@@ -74,10 +74,10 @@ def agent_url(tmp_path_factory):
     port = free_port()
     log_file = tmp_path_factory.mktemp("agent") / "agent.log"
     command = [
-        sys.executable, "-m", "modeltailor.experiments.device_agent", "--port", str(port),
+        sys.executable, "-m", "modeltailor.devices.server", "--port", str(port),
         "--token", TOKEN, "--timeout-s", str(TIMEOUT_S), "--max-model-mb", str(MAX_MB),
     ]
-    with log_file.open("w") as log:  # the agent's log goes to a file: a full pipe would block it
+    with log_file.open("w") as log:  # the server's log goes to a file: a full pipe would block it
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
         )
@@ -87,7 +87,7 @@ def agent_url(tmp_path_factory):
             _wait_healthy(url, process)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}; its log: {log_file.read_text()[-2000:]}") from None
-        assert process.stdout.readline().strip() == f"device agent on {url}, 1 thread"
+        assert process.stdout.readline().strip() == f"device server on {url}, 1 thread"
         yield url
     finally:
         _stop(process)
@@ -141,7 +141,7 @@ def test_remote_measurement_is_sane(agent_url, small_onnx):
 def test_describe_has_the_agents_health(agent_url):
     info = board(agent_url).describe()
     assert info["kind"] == "remote" and info["url"] == agent_url
-    agent = info["agent"]
+    agent = info["server"]
     assert agent["status"] == "ok" and agent["threads"] == 1
     assert agent["max_model_bytes"] == int(MAX_MB * 1024 * 1024)
     assert agent["onnxruntime"] and agent["machine"]["machine"]
@@ -193,7 +193,7 @@ def test_concurrent_requests_queue(agent_url, small_onnx):
 def test_unreachable_agent_fails_fast(small_onnx):
     url = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    with pytest.raises(DeviceError, match="is unreachable .*start `modeltailor device-agent`"):
+    with pytest.raises(DeviceError, match="is unreachable .*start `modeltailor device-server`"):
         board(url).measure(small_onnx)
     assert time.monotonic() - start < 5
 
@@ -271,7 +271,7 @@ def test_401_without_the_right_token(client, headers):
 def test_413_when_the_body_is_too_big(client):
     response = client.post("/measure", content=b"x" * 1001, headers=AUTH)
     assert response.status_code == 413
-    assert "over the agent's limit of 1,000 bytes" in response.json()["error"]
+    assert "over the server's limit of 1,000 bytes" in response.json()["error"]
 
 
 def test_413_when_a_chunked_body_grows_too_big(client):
@@ -302,22 +302,22 @@ def test_unexpected_errors_are_422(client, monkeypatch):
     monkeypatch.setattr(client.app.state.worker, "measure", boom)
     response = client.post("/measure", content=b"x", headers=AUTH)
     assert response.status_code == 422
-    assert response.json() == {"error": "the agent failed: RuntimeError: kaboom"}
+    assert response.json() == {"error": "the server failed: RuntimeError: kaboom"}
 
 
 def test_agent_refuses_to_start_without_a_token(monkeypatch, capsys):
-    monkeypatch.delenv("MODELTAILOR_AGENT_TOKEN", raising=False)
+    monkeypatch.delenv("MODELTAILOR_DEVICE_TOKEN", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         device_agent.main(["--port", "0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "needs a token" in err and "MODELTAILOR_AGENT_TOKEN" in err and "\n" not in err
+    assert "needs a token" in err and "MODELTAILOR_DEVICE_TOKEN" in err and "\n" not in err
 
 
-def test_device_agent_command_needs_a_token(monkeypatch):
-    monkeypatch.delenv("MODELTAILOR_AGENT_TOKEN", raising=False)
+def test_device_server_command_needs_a_token(monkeypatch):
+    monkeypatch.delenv("MODELTAILOR_DEVICE_TOKEN", raising=False)
     app = typer.Typer()
-    app.command("device-agent")(device_agent_command)
+    app.command("device-agent")(device_server_command)
     app.command("other")(lambda: None)
     result = CliRunner().invoke(app, ["device-agent", "--port", "0"])
     assert isinstance(result.exception, ConfigError) and "needs a token" in str(result.exception)

@@ -1,4 +1,4 @@
-"""The device registry (modeltailor.env.registry) and `modeltailor devices list`."""
+"""The device registry (modeltailor.devices.profiles) and `modeltailor devices list`."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from modeltailor.env.devices import LocalOrtDevice
-from modeltailor.env.registry import (
+from modeltailor.devices.local import LocalOrtDevice
+from modeltailor.devices.profiles import (
     LocalOrtSpec,
     RemoteSpec,
     TableSpec,
     get_device,
     list_devices,
-    load_registry,
+    load_profiles,
 )
-from modeltailor.env.remote import RemoteDevice
+from modeltailor.devices.remote import RemoteDevice
 from modeltailor.errors import ConfigError, DeviceError
-from modeltailor.experiments.cli_devices import devices_app
+from modeltailor.service.devices_cli import devices_app
 
 BUILTINS = ["cpu-1t", "cpu-2t", "cpu-1t-basic", "board"]
 
@@ -28,7 +28,7 @@ def _no_user_registry(tmp_path, monkeypatch):
     """No ~/.config registry and no $MODELTAILOR_DEVICES unless a test sets one."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MODELTAILOR_DEVICES", raising=False)
-    monkeypatch.delenv("MODELTAILOR_AGENT_TOKEN", raising=False)
+    monkeypatch.delenv("MODELTAILOR_DEVICE_TOKEN", raising=False)
 
 
 def write(path: Path, text: str) -> Path:
@@ -38,7 +38,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_builtins_load():
-    specs = load_registry()
+    specs = load_profiles()
     assert list(specs)[: len(BUILTINS)] == BUILTINS
     assert specs["cpu-2t"] == LocalOrtSpec(
         intra_op_threads=2, description=specs["cpu-2t"].description
@@ -46,7 +46,7 @@ def test_builtins_load():
     assert specs["cpu-1t-basic"].graph_optimization_level == "basic"
     assert isinstance(specs["board"], RemoteSpec)
     assert specs["board"].url == "http://127.0.0.1:8765"
-    assert specs["board"].token_env == "MODELTAILOR_AGENT_TOKEN"
+    assert specs["board"].token_env == "MODELTAILOR_DEVICE_TOKEN"
     assert all(spec.description for spec in specs.values())
 
 
@@ -68,7 +68,7 @@ def test_user_file_merges_and_overrides(tmp_path, monkeypatch):
         "  cpu-4t: {kind: local-ort, intra_op_threads: 4}\n",
     )
     monkeypatch.setenv("MODELTAILOR_DEVICES", str(user))
-    specs = load_registry()
+    specs = load_profiles()
     assert specs["cpu-1t"].int8 is True and specs["cpu-1t"].description == "mine"
     assert specs["cpu-4t"].intra_op_threads == 4
     assert "cpu-2t" in specs  # built-ins stay
@@ -83,8 +83,8 @@ def test_default_user_file_and_explicit_path(tmp_path, monkeypatch):
         "devices:\n  mine: {kind: local-ort, description: from home}\n",
     )
     extra = write(tmp_path / "extra.yaml", "devices:\n  mine: {kind: local-ort, description: explicit}\n")
-    assert load_registry()["mine"].description == "from home"
-    assert load_registry(extra)["mine"].description == "explicit"
+    assert load_profiles()["mine"].description == "from home"
+    assert load_profiles(extra)["mine"].description == "explicit"
 
 
 def test_unknown_device_lists_the_choices():
@@ -123,7 +123,7 @@ def test_invalid_registry_names_file_and_key(tmp_path, monkeypatch, text, expect
 def test_missing_registry_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MODELTAILOR_DEVICES", str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="missing.yaml does not exist"):
-        load_registry()
+        load_profiles()
 
 
 def test_remote_spec_needs_its_token_env(tmp_path, monkeypatch):
@@ -132,9 +132,9 @@ def test_remote_spec_needs_its_token_env(tmp_path, monkeypatch):
         "devices:\n  pi: {kind: remote, url: 'http://10.0.0.7:9000/', token_env: PI_TOKEN, timeout_s: 9}\n",
     )
     with pytest.raises(DeviceError, match="set the environment variable PI_TOKEN"):
-        get_device("pi", registry=reg)
+        get_device("pi", profiles=reg)
     monkeypatch.setenv("PI_TOKEN", "s3cret")
-    device = get_device("pi", registry=reg, runs=7, warmup=2)
+    device = get_device("pi", profiles=reg, runs=7, warmup=2)
     assert isinstance(device, RemoteDevice)
     assert (device.name, device.url, device.token, device.timeout_s) == (
         "pi", "http://10.0.0.7:9000", "s3cret", 9.0,
@@ -144,11 +144,11 @@ def test_remote_spec_needs_its_token_env(tmp_path, monkeypatch):
 
 def test_table_spec_path_is_relative_to_the_registry(tmp_path):
     reg = write(tmp_path / "sub" / "r.yaml", "devices:\n  t: {kind: table, table: tables/t.json}\n")
-    spec = load_registry(reg)["t"]
+    spec = load_profiles(reg)["t"]
     assert isinstance(spec, TableSpec)
     assert spec.table == (tmp_path / "sub" / "tables" / "t.json").resolve()
     with pytest.raises(DeviceError, match="t.json of device 't' does not exist"):
-        get_device("t", registry=reg)
+        get_device("t", profiles=reg)
 
 
 def test_devices_list_command(tmp_path):

@@ -1,9 +1,9 @@
-"""Device registry: named device profiles in YAML, validated with pydantic.
+"""Device profiles: named ways to measure, in YAML, validated with pydantic.
 
-The built-in ``experiments/devices.yaml`` is merged with the user file (``$MODELTAILOR_DEVICES``,
+The built-in ``devices/profiles.yaml`` is merged with the user file (``$MODELTAILOR_DEVICES``,
 else ``~/.config/modeltailor/devices.yaml``) and then with an explicit ``path``; later files
 override earlier ones entry by entry. Kinds: ``local-ort`` (ONNX Runtime on this machine),
-``remote`` (a ``modeltailor device-agent`` over HTTP) and ``table`` (a per-layer latency table).
+``remote`` (a ``modeltailor device-server`` over HTTP) and ``table`` (a per-layer latency table).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-import modeltailor.experiments
-from modeltailor.env.devices import Device, LocalOrtDevice
+from modeltailor.devices.base import TOKEN_ENV, Device
+from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.errors import ConfigError, DeviceError
 
 REGISTRY_ENV = "MODELTAILOR_DEVICES"
-DEFAULT_TOKEN_ENV = "MODELTAILOR_AGENT_TOKEN"
+DEFAULT_TOKEN_ENV = TOKEN_ENV
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -54,7 +54,7 @@ class LocalOrtSpec(_Spec):
 
 
 class RemoteSpec(_Spec):
-    """A ``modeltailor device-agent`` reached over HTTP."""
+    """A ``modeltailor device-server`` reached over HTTP."""
 
     kind: Literal["remote"] = "remote"
     url: str
@@ -73,7 +73,7 @@ class RemoteSpec(_Spec):
         return self.url
 
     def build(self, name: str, runs: int | None, warmup: int | None) -> Device:
-        from modeltailor.env.remote import RemoteDevice, token_from_env
+        from modeltailor.devices.remote import RemoteDevice, token_from_env
 
         timing = {k: v for k, v in (("runs", runs), ("warmup", warmup)) if v is not None}
         token = token_from_env(name, self.token_env)
@@ -94,14 +94,14 @@ class TableSpec(_Spec):
         if not self.table.is_file():
             raise DeviceError(
                 f"latency table {self.table} of device '{name}' does not exist: "
-                "build it with `modeltailor devices calibrate` or fix `table` in the registry"
+                "build it with `modeltailor devices calibrate` or fix `table` in the device profiles"
             )
         try:
-            from modeltailor.env.latency_table import TableDevice
+            from modeltailor.devices.latency_table import TableDevice
         except ImportError as exc:
             raise DeviceError(
                 f"device '{name}' is a latency table, but this install has no "
-                f"modeltailor.env.latency_table ({exc})"
+                f"modeltailor.devices.latency_table ({exc})"
             ) from exc
         return TableDevice(name=name, table_path=self.table)
 
@@ -111,11 +111,11 @@ _KINDS: dict[str, type[_Spec]] = {"local-ort": LocalOrtSpec, "remote": RemoteSpe
 
 
 def builtin_path() -> Path:
-    return Path(modeltailor.experiments.__file__).parent / "devices.yaml"
+    return Path(__file__).parent / "profiles.yaml"
 
 
 def user_path() -> Path | None:
-    """The user registry: ``$MODELTAILOR_DEVICES`` (must exist) or the default, if it exists."""
+    """The user profiles file: ``$MODELTAILOR_DEVICES`` (must exist) or the default, if it exists."""
     if os.environ.get(REGISTRY_ENV):
         return Path(os.environ[REGISTRY_ENV]).expanduser()
     default = Path.home() / ".config" / "modeltailor" / "devices.yaml"
@@ -124,35 +124,35 @@ def user_path() -> Path | None:
 
 def _read_yaml(path: Path) -> Any:
     if not path.exists():
-        raise ConfigError(f"device registry {path} does not exist: fix the path or ${REGISTRY_ENV}")
+        raise ConfigError(f"device profiles file {path} does not exist: fix the path or ${REGISTRY_ENV}")
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"device registry {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"device profiles file {path} is not valid YAML{where}: {problem}") from None
     except OSError as exc:
-        raise ConfigError(f"device registry {path} cannot be read: {exc.strerror or exc}") from None
+        raise ConfigError(f"device profiles file {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def _validation_message(path: Path, name: str, exc: ValidationError) -> str:
     err = exc.errors()[0]
     key = ".".join(str(part) for part in ("devices", name, *err["loc"]))
     if err["type"] == "extra_forbidden":
-        return f"device registry {path}: unknown key '{key}'"
-    return f"device registry {path}: '{key}': {err['msg']}"
+        return f"device profiles file {path}: unknown key '{key}'"
+    return f"device profiles file {path}: '{key}': {err['msg']}"
 
 
 def _parse_entry(path: Path, name: str, raw: Any) -> DeviceSpec:
     if not _NAME.match(name):
-        raise ConfigError(f"device registry {path}: bad device name 'devices.{name}': use letters, digits, '-', '_', '.'")
+        raise ConfigError(f"device profiles file {path}: bad device name 'devices.{name}': use letters, digits, '-', '_', '.'")
     if not isinstance(raw, dict):
-        raise ConfigError(f"device registry {path}: 'devices.{name}' must be a mapping with a 'kind'")
+        raise ConfigError(f"device profiles file {path}: 'devices.{name}' must be a mapping with a 'kind'")
     kind = raw.get("kind")
     if kind not in _KINDS:
         raise ConfigError(
-            f"device registry {path}: 'devices.{name}.kind' is {kind!r}: choose one of {', '.join(_KINDS)}"
+            f"device profiles file {path}: 'devices.{name}.kind' is {kind!r}: choose one of {', '.join(_KINDS)}"
         )
     data = dict(raw)
     if kind == "table" and data.get("table") is not None:
@@ -167,23 +167,23 @@ def _parse_entry(path: Path, name: str, raw: Any) -> DeviceSpec:
         raise ConfigError(message) from None
 
 
-def read_registry_file(path: Path) -> dict[str, DeviceSpec]:
-    """Parse and validate one registry file; ConfigError naming the file and the bad key."""
+def read_profiles_file(path: Path) -> dict[str, DeviceSpec]:
+    """Parse and validate one device profiles file; ConfigError naming the file and the bad key."""
     data = _read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"device registry {path} must be a mapping with a 'devices' key")
+        raise ConfigError(f"device profiles file {path} must be a mapping with a 'devices' key")
     extra = sorted(set(data) - {"devices"})
     if extra:
-        raise ConfigError(f"device registry {path}: unknown key '{extra[0]}' (only 'devices' is allowed)")
+        raise ConfigError(f"device profiles file {path}: unknown key '{extra[0]}' (only 'devices' is allowed)")
     devices = data.get("devices") or {}
     if not isinstance(devices, dict):
-        raise ConfigError(f"device registry {path}: 'devices' must be a mapping of name -> profile")
+        raise ConfigError(f"device profiles file {path}: 'devices' must be a mapping of name -> profile")
     return {str(name): _parse_entry(path, str(name), raw) for name, raw in devices.items()}
 
 
-def registry_files(path: Path | None = None) -> list[Path]:
+def profile_files(path: Path | None = None) -> list[Path]:
     """The files merged, in order: built-in, user (if any), explicit ``path`` (if given)."""
     files = [builtin_path()]
     user = user_path()
@@ -194,21 +194,21 @@ def registry_files(path: Path | None = None) -> list[Path]:
     return files
 
 
-def load_registry(path: Path | None = None) -> dict[str, DeviceSpec]:
+def load_profiles(path: Path | None = None) -> dict[str, DeviceSpec]:
     """Every device profile, later files overriding earlier ones by name."""
     merged: dict[str, DeviceSpec] = {}
-    for file in registry_files(path):
-        merged.update(read_registry_file(file))
+    for file in profile_files(path):
+        merged.update(read_profiles_file(file))
     return merged
 
 
-def list_devices(registry: Path | None = None) -> list[tuple[str, DeviceSpec]]:
-    """(name, spec) pairs in registry order (built-ins first, then new user entries)."""
-    return list(load_registry(registry).items())
+def list_devices(profiles: Path | None = None) -> list[tuple[str, DeviceSpec]]:
+    """(name, spec) pairs in profile order (built-ins first, then new user entries)."""
+    return list(load_profiles(profiles).items())
 
 
-def get_spec(name: str, registry: Path | None = None) -> DeviceSpec:
-    specs = load_registry(registry)
+def get_spec(name: str, profiles: Path | None = None) -> DeviceSpec:
+    specs = load_profiles(profiles)
     if name not in specs:
         raise DeviceError(
             f"unknown device '{name}': choose one of {', '.join(specs)} (modeltailor devices list)"
@@ -219,9 +219,9 @@ def get_spec(name: str, registry: Path | None = None) -> DeviceSpec:
 def get_device(
     name: str,
     *,
-    registry: Path | None = None,
+    profiles: Path | None = None,
     runs: int | None = None,
     warmup: int | None = None,
 ) -> Device:
     """The device profile ``name``, built: LocalOrtDevice, RemoteDevice or TableDevice."""
-    return get_spec(name, registry).build(name, runs, warmup)
+    return get_spec(name, profiles).build(name, runs, warmup)

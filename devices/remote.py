@@ -1,21 +1,21 @@
-"""RemoteDevice: measures ONNX models on a ``modeltailor device-agent`` over HTTP.
+"""RemoteDevice: measures ONNX models on a ``modeltailor device-server`` over HTTP.
 
 ``measure`` POSTs the model bytes to ``<url>/measure?runs=&warmup=`` with the bearer token and
-rebuilds the :class:`Measurement` the agent returns; every failure is a one-line DeviceError
+rebuilds the :class:`Measurement` the server returns; every failure is a one-line DeviceError
 naming the device and saying what to do.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any
 
 import requests
 
-from modeltailor.env.devices import LatencyStats, Measurement
-from modeltailor.env.memory import MemoryStats
+from modeltailor.devices.base import Device, DeviceDefaults, token_from_environment
+from modeltailor.devices.measurement import LatencyStats, Measurement
+from modeltailor.devices.memory import MemoryStats
 from modeltailor.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,12 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def token_from_env(name: str, token_env: str) -> str:
-    """The agent token from environment variable ``token_env``; DeviceError if it is unset."""
-    token = os.environ.get(token_env, "")
+    """The device server token from environment variable ``token_env``; DeviceError if it is unset."""
+    token = token_from_environment(token_env)
     if not token:
         raise DeviceError(
-            f"device '{name}' needs the device agent's token: set the environment variable "
-            f"{token_env} to the token the agent was started with"
+            f"device '{name}' needs the device server's token: set the environment variable "
+            f"{token_env} to the token the server was started with"
         )
     return token
 
@@ -56,7 +56,7 @@ def _connect_failed(exc: requests.exceptions.ConnectionError) -> bool:
 
 
 def _error_text(response: requests.Response) -> str:
-    """The agent's ``{"error": ...}`` message, or the first line of a non-agent answer."""
+    """The server's ``{"error": ...}`` message, or the first line of a non-server answer."""
     try:
         body = response.json()
     except ValueError:
@@ -70,7 +70,7 @@ def _error_text(response: requests.Response) -> str:
 
 
 def measurement_from_payload(payload: dict[str, Any], device: str) -> Measurement:
-    """Rebuild a Measurement from the agent's JSON answer (``latency`` and ``memory`` dicts)."""
+    """Rebuild a Measurement from the server's JSON answer (``latency`` and ``memory`` dicts)."""
     return Measurement(
         latency=LatencyStats.from_dict(payload["latency"]),
         memory=MemoryStats(**{k: int(v) for k, v in payload["memory"].items()}),
@@ -78,8 +78,8 @@ def measurement_from_payload(payload: dict[str, Any], device: str) -> Measuremen
     )
 
 
-class RemoteDevice:
-    """A Device whose measurements run on a device agent; see the module docstring."""
+class RemoteDevice(DeviceDefaults):
+    """A Device whose measurements run on a device server; see the module docstring."""
 
     def __init__(
         self,
@@ -103,6 +103,19 @@ class RemoteDevice:
     def __repr__(self) -> str:
         return f"RemoteDevice(name={self.name!r}, url={self.url!r}, runs={self.runs}, warmup={self.warmup})"
 
+    @property
+    def kind(self) -> str:
+        return "remote"
+
+    def with_timing(
+        self, *, runs: int | None = None, warmup: int | None = None, rounds: int | None = None
+    ) -> Device:
+        """A copy asking the server for other runs / warm-up (the server picks its rounds)."""
+        return RemoteDevice(
+            self.name, self.url, self.token, self.timeout_s,
+            runs if runs is not None else self.runs, warmup if warmup is not None else self.warmup,
+        )
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_session": None}
 
@@ -113,7 +126,7 @@ class RemoteDevice:
         return self._session
 
     def _where(self) -> str:
-        return f"device agent '{self.name}' at {self.url}"
+        return f"device server '{self.name}' at {self.url}"
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         timeout = (min(CONNECT_TIMEOUT_S, self.timeout_s), self.timeout_s)
@@ -122,27 +135,27 @@ class RemoteDevice:
         except requests.exceptions.ReadTimeout:
             raise DeviceError(
                 f"{self._where()} did not answer within {self.timeout_s:g} s: raise timeout_s in "
-                "the registry, lower runs, or check the agent"
+                "the device profile, lower runs, or check the server"
             ) from None
         except requests.exceptions.ConnectionError as exc:
             if _connect_failed(exc):
                 raise DeviceError(
                     f"{self._where()} is unreachable ({_reason(exc)}): start `modeltailor "
-                    "device-agent` on the device or fix its url in the registry"
+                    "device-server` on the device or fix its url in the device profiles"
                 ) from None
             raise DeviceError(
-                f"{self._where()} dropped the connection ({_reason(exc)}): check the agent's log"
+                f"{self._where()} dropped the connection ({_reason(exc)}): check the server's log"
             ) from None
         except requests.exceptions.RequestException as exc:
             raise DeviceError(
-                f"{self._where()}: request failed ({_reason(exc)}): fix its url in the registry"
+                f"{self._where()}: request failed ({_reason(exc)}): fix its url in the device profiles"
             ) from None
 
     def _check(self, response: requests.Response) -> dict[str, Any]:
         if response.status_code == 401:
             raise DeviceError(
-                f"{self._where()} rejected the token: set the token the agent was started with "
-                "(token_env, by default MODELTAILOR_AGENT_TOKEN)"
+                f"{self._where()} rejected the token: set the token the server was started with "
+                "(token_env, by default MODELTAILOR_DEVICE_TOKEN)"
             )
         if response.status_code != 200:
             raise DeviceError(
@@ -154,12 +167,12 @@ class RemoteDevice:
             body = None
         if not isinstance(body, dict):
             raise DeviceError(
-                f"{self._where()} did not answer JSON: is the url that of a modeltailor device agent?"
+                f"{self._where()} did not answer JSON: is the url that of a modeltailor device server?"
             )
         return body
 
     def health(self) -> dict[str, Any]:
-        """The agent's ``GET /health`` answer."""
+        """The server's ``GET /health`` answer."""
         return self._check(self._request("GET", "/health"))
 
     def describe(self) -> dict:
@@ -169,7 +182,7 @@ class RemoteDevice:
             "url": self.url,
             "runs": self.runs,
             "warmup": self.warmup,
-            "agent": self.health(),
+            "server": self.health(),
         }
 
     def measure(self, onnx_bytes: bytes) -> Measurement:

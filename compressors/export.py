@@ -1,4 +1,4 @@
-"""Export PyTorch models to ONNX and run the result with ONNX Runtime.
+"""Export PyTorch models to ONNX, and check the export against torch (parity).
 
 ``export_onnx`` uses the TorchScript exporter (``dynamo=False``) on a deep copy of the
 model in eval mode, so the caller's model is never touched. In eval mode that exporter
@@ -9,7 +9,9 @@ them again so the graph does not depend on weight values.
 
 Tensor names: the graph input is ``input`` and the (first) output is ``logits``.
 ``input_shape`` is the shape of ONE sample, without the batch axis, e.g. ``(3, 32, 32)``;
-the exported graph has batch 1 (static) unless ``dynamic_batch=True``.
+the exported graph has batch 1 (static) unless ``dynamic_batch=True``. ``keep_batchnorm=True``
+keeps every BatchNormalization node (no eval-mode fold, no constant folding): what
+``fold-report`` compares against.
 """
 
 from __future__ import annotations
@@ -21,20 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from modeltailor.errors import DeviceError
+from modeltailor.devices.session import run_onnx
+from modeltailor.errors import DeviceError, first_line
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-RUN_CHUNK = 256
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -58,12 +56,14 @@ def export_onnx(
     path: Path | None = None,
     opset: int = 17,
     dynamic_batch: bool = False,
+    keep_batchnorm: bool = False,
 ) -> bytes:
     """Export ``model`` (one sample of ``input_shape``, batch 1) to ONNX bytes; write ``path``."""
     shape = _check_shape(input_shape)
     clone = _eval_copy(model)
     dummy = torch.zeros((1, *shape), dtype=torch.float32)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    training = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -77,11 +77,12 @@ def export_onnx(
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=axes,
-                do_constant_folding=True,
+                training=training,
+                do_constant_folding=not keep_batchnorm,
             )
     except Exception as exc:
         raise DeviceError(
-            f"could not export the model to ONNX with input shape {(1, *shape)}: {_first_line(exc)}"
+            f"could not export the model to ONNX with input shape {(1, *shape)}: {first_line(exc)}"
         ) from exc
     data = undo_initializer_dedup(buffer.getvalue())
     if path is not None:
@@ -119,44 +120,6 @@ def undo_initializer_dedup(onnx_bytes: bytes) -> bytes:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return model.SerializeToString()
-
-
-def make_session(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
-    """A CPU InferenceSession with pinned threads and no spinning (DeviceError if unloadable)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise DeviceError(f"onnxruntime could not load the model: {_first_line(exc)}") from exc
-
-
-def _static_batch(session: ort.InferenceSession) -> int | None:
-    """The declared batch size of the first input, or None when the axis is dynamic."""
-    dim = session.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) else None
-
-
-def run_onnx(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """First output of the model for the batch ``x`` (N, ...): chunked, or per sample if static."""
-    session = make_session(onnx_bytes, threads)
-    name = session.get_inputs()[0].name
-    data = np.ascontiguousarray(x, dtype=np.float32)
-    if len(data) == 0:
-        raise DeviceError("run_onnx got an empty batch: pass at least one sample")
-    static = _static_batch(session)
-    step = static or RUN_CHUNK
-    if static and len(data) % static:
-        raise DeviceError(
-            f"batch of {len(data)} samples does not split into the model's static batch "
-            f"{static}: export with dynamic_batch=True"
-        )
-    outputs = [session.run(None, {name: data[i : i + step]})[0] for i in range(0, len(data), step)]
-    return np.concatenate(outputs, axis=0)
 
 
 def torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:

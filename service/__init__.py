@@ -1,0 +1,1 @@
+"""Thin shells over the library: the command line (and the HTTP API)."""
