@@ -18,9 +18,9 @@ from modeltailor.devices.base import Device
 from modeltailor.devices.cache import CachedDevice, architecture_signature
 from modeltailor.devices.local import LocalOrtDevice, time_alternately
 from modeltailor.devices.measurement import LatencyStats, Measurement
+from modeltailor.devices.memory import MemoryStats, onnx_memory, tensor_bytes
 from modeltailor.devices.profiles import get_device
 from modeltailor.devices.session import run_onnx
-from modeltailor.devices.memory import MemoryStats, onnx_memory, tensor_bytes
 from modeltailor.errors import DeviceError
 
 SHAPE = (3, 16, 16)

@@ -13,9 +13,9 @@ from modeltailor.compressors.folding import (
     fold_batchnorm,
     merge_parallel_branches,
 )
-from modeltailor.experiments.fold_report import fold_report
 from modeltailor.compressors.quantization import op_counts
 from modeltailor.devices.local import LocalOrtDevice
+from modeltailor.experiments.fold_report import fold_report
 from modeltailor.models import ZOO, build_model
 
 

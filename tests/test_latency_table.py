@@ -17,6 +17,7 @@ from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.units import analyze_model
+from modeltailor.devices.base import Device, DeviceDefaults
 from modeltailor.devices.latency_table import (
     LatencyTable,
     TableDevice,
@@ -25,14 +26,13 @@ from modeltailor.devices.latency_table import (
     node_keys,
     single_node_model,
 )
-from modeltailor.devices.base import Device, DeviceDefaults
 from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.devices.measurement import Measurement
 from modeltailor.devices.memory import onnx_memory
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError
 from modeltailor.experiments.calibrate import calibrate
-from modeltailor.service.devices_cli import calibrate_command
 from modeltailor.models.zoo import build_model
+from modeltailor.service.devices_cli import calibrate_command
 
 SIZE = 16
 SHAPE = (1, SIZE, SIZE)

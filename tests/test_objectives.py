@@ -10,8 +10,8 @@ import pytest
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, TradeoffReward
 from modeltailor.errors import ConfigError, ModelTailorError
 from modeltailor.experiments.config import load_config
-from modeltailor.experiments.pick import pick, picked_policy
 from modeltailor.experiments.objective import make_reward
+from modeltailor.experiments.pick import pick, picked_policy
 from modeltailor.experiments.search import run_search
 from tests.test_search_e2e import TINY, InterruptAfter
 
