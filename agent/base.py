@@ -13,11 +13,16 @@ from modeltailor.results import EpisodeRecord, SearchResult
 
 
 class Searcher(Protocol):
-    """Searches policies on a CompressionEnv for a fixed number of episodes."""
+    """Searches policies on a CompressionEnv for a fixed number of episodes.
+
+    ``done`` is how many episodes an earlier, interrupted run of the same search finished (their
+    records are already in ``env.history``): a resumed searcher continues from there instead of
+    replaying the policies it already tried.
+    """
 
     name: str
 
-    def search(self, env: CompressionEnv, episodes: int) -> SearchResult: ...
+    def search(self, env: CompressionEnv, episodes: int, *, done: int = 0) -> SearchResult: ...
 
 
 def run_episode(env: CompressionEnv, choose: Callable[[np.ndarray, int], float]) -> EpisodeRecord:
