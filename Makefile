@@ -26,8 +26,10 @@ test: install  ## the full test suite (CI runs this)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: install
+lint: install  ## ruff, then mypy on the package (through a link so module names are modeltailor.*)
 	$(BIN)/ruff check .
+	mkdir -p $(VENV)/typecheck && ln -sfn $(CURDIR) $(VENV)/typecheck/modeltailor
+	$(BIN)/mypy -p modeltailor
 
 bench: install
 	$(BIN)/python bench/search_default.py
