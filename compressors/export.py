@@ -71,7 +71,7 @@ def export_onnx(
             torch.onnx.export(
                 clone,
                 (dummy,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # torch types `f` as a path, though the exporter writes to file objects too
                 dynamo=False,
                 opset_version=opset,
                 input_names=[INPUT_NAME],

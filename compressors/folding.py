@@ -26,15 +26,14 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from modeltailor.compressors.export import export_onnx
+from modeltailor.compressors.units import conv_pair
 
 ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Identity, nn.ReLU)
 
 
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+def _foldable(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
     return (
-        isinstance(conv, nn.Conv2d)
-        and isinstance(bn, nn.BatchNorm2d)
-        and bn.running_mean is not None
+        bn.running_mean is not None
         and bn.running_var is not None
         and bn.num_features == conv.out_channels
     )
@@ -47,7 +46,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         names = list(sequential._modules)
         for first, second in zip(names, names[1:], strict=False):
             conv, bn = sequential._modules[first], sequential._modules[second]
-            if _foldable(conv, bn):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and _foldable(conv, bn):
                 sequential._modules[first] = fuse_conv_bn_eval(conv, bn)
                 sequential._modules[second] = nn.Identity()
     return folded
@@ -70,12 +69,18 @@ def _conv_key(conv: nn.Conv2d) -> tuple:
             conv.groups, conv.padding_mode, conv.bias is not None)
 
 
+def _target(node: fx.Node) -> str:
+    """The qualified name of the module a call_module node calls (fx gives those a string target)."""
+    assert isinstance(node.target, str), f"{node.op} node '{node.name}' names no module"
+    return node.target
+
+
 def _siblings(graph_module: fx.GraphModule) -> list[list[fx.Node]]:
     """Groups of >= 2 call_module Conv2d nodes (groups=1) that read the same value."""
     modules = dict(graph_module.named_modules())
     groups: dict[tuple, list[fx.Node]] = {}
     for node in graph_module.graph.nodes:
-        conv = modules.get(node.target) if node.op == "call_module" else None
+        conv = modules.get(_target(node)) if node.op == "call_module" else None
         if isinstance(conv, nn.Conv2d) and conv.groups == 1 and len(node.args) == 1 and not node.kwargs:
             groups.setdefault((node.args[0], _conv_key(conv)), []).append(node)
     return [nodes for nodes in groups.values() if len(nodes) > 1]
@@ -83,15 +88,16 @@ def _siblings(graph_module: fx.GraphModule) -> list[list[fx.Node]]:
 
 def _merged_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
     first = convs[0]
+    padding = first.padding if isinstance(first.padding, str) else conv_pair(first.padding)
     merged = nn.Conv2d(
-        first.in_channels, sum(c.out_channels for c in convs), first.kernel_size,
-        stride=first.stride, padding=first.padding, dilation=first.dilation,
+        first.in_channels, sum(c.out_channels for c in convs), conv_pair(first.kernel_size),
+        stride=conv_pair(first.stride), padding=padding, dilation=conv_pair(first.dilation),
         bias=first.bias is not None, padding_mode=first.padding_mode,
     )
     with torch.no_grad():
         merged.weight.copy_(torch.cat([c.weight for c in convs]))
-        if merged.bias is not None:
-            merged.bias.copy_(torch.cat([c.bias for c in convs]))
+        if merged.bias is not None:  # siblings share _conv_key, so every one has a bias
+            merged.bias.copy_(torch.cat([c.bias for c in convs if c.bias is not None]))
     return merged
 
 
@@ -100,7 +106,7 @@ def _elementwise_chain(modules: Mapping[str, nn.Module], node: fx.Node) -> list[
     chain: list[fx.Node] = []
     while len(node.users) == 1:
         user = next(iter(node.users))
-        module = modules.get(user.target) if user.op == "call_module" else None
+        module = modules.get(_target(user)) if user.op == "call_module" else None
         if not isinstance(module, ELEMENTWISE) or user.args != (node,) or user.kwargs:
             break
         chain.append(user)
@@ -112,7 +118,7 @@ def _shared_depth(modules: Mapping[str, nn.Module], chains: Sequence[list[fx.Nod
     """How many leading element-wise modules every chain has in common (by type)."""
     depth = 0
     while all(len(c) > depth for c in chains):
-        kinds = {type(modules[c[depth].target]) for c in chains}
+        kinds = {type(modules[_target(c[depth])]) for c in chains}
         if len(kinds) > 1:
             break
         depth += 1
@@ -123,15 +129,17 @@ def _merge_siblings(graph_module: fx.GraphModule, nodes: Sequence[fx.Node], name
     """Replace sibling convs (and their shared trailing ReLU) by one conv and channel slices."""
     modules = dict(graph_module.named_modules())
     graph = graph_module.graph
-    convs = [modules[n.target] for n in nodes]
+    convs = [modules[_target(n)] for n in nodes]
     chains = [_elementwise_chain(modules, n) for n in nodes]
     depth = _shared_depth(modules, chains)
     graph_module.add_submodule(name, _merged_conv(convs))
-    with graph.inserting_after(nodes[0].args[0]):
-        out = graph.call_module(name, (nodes[0].args[0],))
+    source = nodes[0].args[0]
+    assert isinstance(source, fx.Node), "sibling convs read a value of the graph"
+    with graph.inserting_after(source):
+        out = graph.call_module(name, (source,))
     for step in chains[0][:depth]:
         with graph.inserting_after(out):
-            out = graph.call_module(step.target, (out,))
+            out = graph.call_module(_target(step), (out,))
     start = 0
     for node, conv, chain in zip(nodes, convs, chains, strict=True):
         branch = [node, *chain[:depth]]

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from modeltailor.compressors.units import Layer
+
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.ELU, nn.Mish,
 )
@@ -144,7 +146,7 @@ class ActivationImportance(tp.importance.GroupMagnitudeImportance):
         return self._normalize(self._reduce(scores, idxs_list), self.normalizer)
 
 
-def _width(layer: nn.Module) -> int:
+def _width(layer: Layer) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
 
 

@@ -20,12 +20,13 @@ import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 import torch
 from torch import nn
 
 from modeltailor.compressors.policy import Policy
-from modeltailor.compressors.units import classifier_layers
+from modeltailor.compressors.units import Layer, classifier_layers, conv_pair
 from modeltailor.errors import CompressionError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ SCHEMES: tuple[str, ...] = ("auto", "spatial", "tucker2")
 """Compressor schemes for k x k convs; Linear and 1x1 conv layers always use `svd`."""
 
 Rank = int | tuple[int, int]
-Layer = nn.Conv2d | nn.Linear
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,17 @@ def _set(module: nn.Module, weight: torch.Tensor, like: torch.Tensor) -> None:
 
 def _copy_bias(target: Layer, source: Layer) -> None:
     if source.bias is not None:
+        assert target.bias is not None, "a factor taking over a bias is built with one"
         target.bias.data = source.bias.detach().clone()
+
+
+def _int_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """The padding of a conv that `_require_conv` accepted (zero padding given as integers)."""
+    if isinstance(conv.padding, str):
+        raise CompressionError(
+            f"cannot factorize {_describe(conv)}: only zero padding given as integers is supported"
+        )
+    return conv_pair(conv.padding)
 
 
 def svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
@@ -94,7 +104,7 @@ def svd_conv1x1(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     _check_rank(rank, min(cin, cout), "svd")
     left, right = _svd_factors(conv.weight.reshape(cout, cin), rank)
     dev = conv.weight.device
-    first = nn.Conv2d(cin, rank, 1, conv.stride, conv.padding, bias=False, device=dev)
+    first = nn.Conv2d(cin, rank, 1, conv_pair(conv.stride), _int_padding(conv), bias=False, device=dev)
     second = nn.Conv2d(rank, cout, 1, bias=conv.bias is not None, device=dev)
     _set(first, right.reshape(rank, cin, 1, 1), conv.weight)
     _set(second, left.reshape(cout, rank, 1, 1), conv.weight)
@@ -106,7 +116,7 @@ def spatial_svd(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     """(kh, 1) conv cin -> r then (1, kw) conv r -> cout (Jaderberg scheme 2); same output shape."""
     _require_conv(conv)
     cout, cin, kh, kw = conv.weight.shape
-    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    (sh, sw), (ph, pw) = conv_pair(conv.stride), _int_padding(conv)
     _check_rank(rank, min(cin * kh, cout * kw), "spatial")
     # M[(c, i), (o, j)] = W[o, c, i, j]  ~  A[(c, i), r] B[r, (o, j)]
     matrix = conv.weight.permute(1, 2, 0, 3).reshape(cin * kh, cout * kw)
@@ -141,7 +151,9 @@ def tucker2(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential:
     core = torch.einsum("ocij,oa,cb->abij", weight, u_out, u_in)
     dev = conv.weight.device
     first = nn.Conv2d(cin, rank_in, 1, bias=False, device=dev)
-    middle = nn.Conv2d(rank_in, rank_out, (kh, kw), conv.stride, conv.padding, bias=False, device=dev)
+    middle = nn.Conv2d(
+        rank_in, rank_out, (kh, kw), conv_pair(conv.stride), _int_padding(conv), bias=False, device=dev
+    )
     last = nn.Conv2d(rank_out, cout, 1, bias=conv.bias is not None, device=dev)
     _set(first, u_in.T.reshape(rank_in, cin, 1, 1), conv.weight)
     _set(middle, core, conv.weight)
@@ -150,7 +162,7 @@ def tucker2(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential:
     return nn.Sequential(first, middle, last).train(conv.training)
 
 
-def factorize(layer: Layer, scheme: str, rank: Rank) -> nn.Sequential:
+def factorize(layer: Layer, scheme: str, rank: int | tuple[int, ...]) -> nn.Sequential:
     """The factor chain of `layer` for a concrete `scheme` (svd / spatial / tucker2) and rank."""
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
     if scheme == "svd" and isinstance(layer, nn.Linear):
@@ -194,7 +206,7 @@ def _require_conv(layer: nn.Module, pointwise: bool = False) -> None:
         raise CompressionError(f"cannot factorize {_describe(layer)}: {reason}")
 
 
-def _is_pointwise(layer: nn.Module) -> bool:
+def _is_pointwise(layer: nn.Module) -> TypeGuard[nn.Conv2d]:
     return isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
 
 
@@ -233,6 +245,8 @@ def factorized_params(layer: Layer, scheme: str, rank: Rank) -> int:
         r_in, r_out = rank if isinstance(rank, tuple) else (rank, rank)
         cout, cin, kh, kw = layer.weight.shape
         return cin * r_in + r_in * r_out * kh * kw + r_out * cout + bias
+    if isinstance(rank, tuple):
+        raise TypeError(f"scheme '{scheme}' takes one rank, got {rank}")
     return int(rank) * _per_rank(layer, scheme) + bias
 
 
@@ -251,11 +265,12 @@ def worth_factorizing(layer: nn.Module, rank: Rank, scheme: str | None = None) -
     """True if `layer` can be factorized at `rank` into FEWER parameters than it has."""
     if not_decomposable_reason(layer) is not None:
         return False
+    decomposable = cast(Layer, layer)  # no reason not to: a plain Conv2d or Linear
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
     if min(ranks) < 1:
         return False
-    scheme = scheme or default_scheme(layer, rank)
-    return factorized_params(layer, scheme, rank) < layer_params(layer)
+    scheme = scheme or default_scheme(decomposable, rank)
+    return factorized_params(decomposable, scheme, rank) < layer_params(layer)
 
 
 def _check_ratio(ratio: float) -> None:
@@ -308,23 +323,27 @@ def plan_layer(
     reason = not_decomposable_reason(layer)
     if reason:
         return LayerPlan(name, None, (), before, before, reason)
+    decomposable = cast(Layer, layer)  # no reason not to: a plain Conv2d or Linear
     step = max(1, round_to)
-    if isinstance(layer, nn.Linear) or _is_pointwise(layer):
-        options = {"svd": _svd_plan(layer, "svd", ratio, step)}
+    options: dict[str, tuple[int, ...] | None]
+    if isinstance(decomposable, nn.Linear) or _is_pointwise(decomposable):
+        options = {"svd": _svd_plan(decomposable, "svd", ratio, step)}
     else:
         options = {}
         if scheme in ("auto", "spatial"):
-            options["spatial"] = _svd_plan(layer, "spatial", ratio, step)
+            options["spatial"] = _svd_plan(decomposable, "spatial", ratio, step)
         if scheme in ("auto", "tucker2"):
-            options["tucker2"] = _tucker_plan(layer, ratio, step)
+            options["tucker2"] = _tucker_plan(decomposable, ratio, step)
+    allowed = {s: r for s, r in options.items() if r}
     sizes = {
-        s: factorized_params(layer, s, r if len(r) == 2 else r[0]) for s, r in options.items() if r
+        s: factorized_params(decomposable, s, (r[0], r[1]) if len(r) == 2 else r[0])
+        for s, r in allowed.items()
     }
     if not sizes:
         why = f"no rank allowed at ratio {ratio} (round_to={step}) has fewer parameters"
         return LayerPlan(name, None, (), before, before, why)
     best = min(sizes, key=sizes.__getitem__)
-    return LayerPlan(name, best, options[best], before, sizes[best])
+    return LayerPlan(name, best, allowed[best], before, sizes[best])
 
 
 def _macs_per_output_pixel(layer: Layer, scheme: str, rank: tuple[int, ...]) -> float:
@@ -352,7 +371,8 @@ def factorized_cost(
     plan = plan_layer("", layer, ratio, scheme, round_to)
     if plan.scheme is None:
         return 1.0, 1.0
-    macs = _macs_per_output_pixel(layer, plan.scheme, plan.rank) / layer.weight.numel()
+    decomposable = cast(Layer, layer)  # planned, so a plain Conv2d or Linear
+    macs = _macs_per_output_pixel(decomposable, plan.scheme, plan.rank) / decomposable.weight.numel()
     return plan.params_after / plan.params_before, macs
 
 

@@ -24,13 +24,21 @@ from modeltailor.errors import CompressionError
 Calibration = tuple[torch.Tensor, torch.Tensor]
 """(inputs, labels) from the deployment's training split, for data-driven criteria."""
 
+
+def _required(data: Calibration | None) -> Calibration:
+    """The calibration data a data-driven criterion ranks channels on (CompressionError if none)."""
+    if data is None:
+        raise CompressionError("this importance ranks channels on data: pass calibration=(inputs, labels)")
+    return data
+
+
 IMPORTANCES: dict[str, Callable[[Calibration | None], tp.importance.Importance]] = {
     "l1": lambda _: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda _: tp.importance.GroupMagnitudeImportance(p=2),
     "fpgm": lambda _: tp.importance.FPGMImportance(),
     "lamp": lambda _: tp.importance.LAMPImportance(),
-    "activation": lambda data: ActivationImportance(data[0]),  # DropNet
-    "taylor": lambda data: GradientTaylorImportance(data[0], data[1]),
+    "activation": lambda data: ActivationImportance(_required(data)[0]),  # DropNet
+    "taylor": lambda data: GradientTaylorImportance(*_required(data)),
 }
 DATA_DRIVEN = frozenset({"activation", "taylor"})
 
@@ -120,7 +128,8 @@ def skip_blocks(model: nn.Module, units: list[str]) -> None:
         parent_name, _, child = owner.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         replacement = nn.Identity()
-        replacement.skipped_block = owner  # type: ignore[attr-defined]
+        # torch types Module.__setattr__ as taking only a Tensor or Module, though plain attributes are allowed
+        replacement.skipped_block = owner  # type: ignore[assignment]
         setattr(parent, child, replacement)
         blocks = skippable_blocks(model)
 

@@ -14,12 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 UNIT_KINDS: tuple[str, ...] = ("conv", "pointwise", "depthwise", "grouped", "linear")
+
+Layer = nn.Conv2d | nn.Linear
+"""The layers a unit can be rooted at (Torch-Pruning's root module types here)."""
+
+
+def conv_pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's (height, width) attribute (kernel_size, stride, ...), which torch types as a tuple."""
+    height, width = value
+    return height, width
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def classifier_layers(model: nn.Module) -> list[nn.Module]:
     head = getattr(model, "classifier", None)
     if isinstance(head, nn.Module):
         return [head]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1:]
 
 
@@ -167,7 +177,7 @@ def unit_macs(analysis: ModelAnalysis, unit: str) -> int:
 
 
 def _make_unit(
-    name: str, index: int, root: nn.Module, members: Sequence[str], costs: Mapping
+    name: str, index: int, root: Layer, members: Sequence[str], costs: Mapping
 ) -> Unit:
     macs = sum(costs[m][0] for m in members if m in costs)
     params = sum(costs[m][1] for m in members if m in costs)
@@ -196,8 +206,9 @@ def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int,
             if isinstance(module, nn.Conv2d):
                 weight_per_out = module.weight[0].numel()
                 macs = output[0].numel() * weight_per_out
-            else:
-                macs = module.in_features * module.out_features
+            else:  # hooks are registered on Conv2d and Linear layers only
+                linear = cast(nn.Linear, module)
+                macs = linear.in_features * linear.out_features
             costs[name] = (int(macs), int(params))
 
         return record
@@ -237,7 +248,7 @@ def _is_depthwise(module: nn.Module) -> bool:
     )
 
 
-def _kind(module: nn.Module) -> str:
+def _kind(module: Layer) -> str:
     if isinstance(module, nn.Linear):
         return "linear"
     if _is_depthwise(module):
@@ -247,19 +258,19 @@ def _kind(module: nn.Module) -> str:
     return "pointwise" if module.kernel_size == (1, 1) else "conv"
 
 
-def _out_channels(module: nn.Module) -> int:
+def _out_channels(module: Layer) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
-def _in_channels(module: nn.Module) -> int:
+def _in_channels(module: Layer) -> int:
     return module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
-def _kernel(module: nn.Module) -> int:
+def _kernel(module: Layer) -> int:
     return 1 if isinstance(module, nn.Linear) else int(module.kernel_size[0])
 
 
-def _stride(module: nn.Module) -> int:
+def _stride(module: Layer) -> int:
     return 1 if isinstance(module, nn.Linear) else int(module.stride[0])
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from modeltailor.errors import ConfigError, DataError
+from modeltailor.errors import ConfigError, DataError, first_line
 
 _CHUNK = 4096
 
@@ -94,7 +94,7 @@ def stratified_split(
         fewest = int(counts[counts > 0].min()) if counts.any() else 0
         raise DataError(
             f"data set '{name}' is too small to split ({len(labels)} samples, fewest per class "
-            f"{fewest}): add samples or change the split fractions ({str(exc).splitlines()[0]})"
+            f"{fewest}): add samples or change the split fractions ({first_line(exc)})"
         ) from None
     return np.sort(keep), np.sort(held)
 

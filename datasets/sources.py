@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from modeltailor.errors import DataError
+from modeltailor.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _unpickle(file: Path, name: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a format error
         raise DataError(
             f"{name} file '{file}' is not in the CIFAR python pickle format: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{name} file '{file}' holds a {type(obj).__name__}, not a CIFAR dict")

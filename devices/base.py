@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from modeltailor.devices.measurement import LatencyStats, Measurement
 
@@ -44,7 +44,10 @@ def token_from_environment(token_env: str = TOKEN_ENV) -> str:
 class Device(Protocol):
     """Anything that measures serialized ONNX models; see the module docstring."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The device's name (a plain attribute on most devices; read-only is all callers need)."""
+        ...
 
     @property
     def kind(self) -> str: ...
@@ -84,8 +87,8 @@ class DeviceDefaults:
 
     def with_timing(
         self, *, runs: int | None = None, warmup: int | None = None, rounds: int | None = None
-    ) -> Device:
-        return self  # type: ignore[return-value]
+    ) -> Self:
+        return self
 
-    def uncached(self) -> Device:
-        return self  # type: ignore[return-value]
+    def uncached(self) -> Self:
+        return self

@@ -63,7 +63,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modeltailor.devices.base import Device, DeviceDefaults
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import constant_names, load_model, onnx_memory
-from modeltailor.errors import DeviceError
+from modeltailor.errors import DeviceError, first_line
 from modeltailor.storage import atomic_write
 
 TABLE_FORMAT = 1
@@ -72,7 +72,7 @@ NODE_WARMUP = 10
 SMALL_CONSTANT = 64
 SHORT_ATTRS = {"kernel_shape": "k", "strides": "s", "pads": "p", "dilations": "d", "group": "g"}
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-DTYPE_NAMES = {
+DTYPE_NAMES: dict[int, str] = {
     TensorProto.FLOAT: "f32",
     TensorProto.FLOAT16: "f16",
     TensorProto.BFLOAT16: "bf16",
@@ -150,7 +150,7 @@ def _inferred_model(onnx_bytes: bytes) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DeviceError(f"could not infer the shapes of the ONNX model: {first}") from exc
 
 
@@ -519,7 +519,7 @@ class LatencyTable:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise DeviceError(
                 f"latency table '{path}' is unreadable ({text}): calibrate the device again"
             ) from exc

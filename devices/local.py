@@ -82,10 +82,15 @@ class LocalOrtDevice:
         self, *, runs: int | None = None, warmup: int | None = None, rounds: int | None = None
     ) -> LocalOrtDevice:
         """A copy with other timing settings (None keeps the current one); ``min_time_s`` off."""
-        changes = {k: v for k, v in (("runs", runs), ("warmup", warmup), ("rounds", rounds)) if v is not None}
-        if "runs" in changes and "rounds" not in changes:
-            changes["rounds"] = min(self.rounds, int(changes["runs"]))
-        return replace(self, **changes, min_time_s=0.0)
+        if runs is not None and rounds is None:
+            rounds = min(self.rounds, int(runs))
+        return replace(
+            self,
+            runs=self.runs if runs is None else runs,
+            warmup=self.warmup if warmup is None else warmup,
+            rounds=self.rounds if rounds is None else rounds,
+            min_time_s=0.0,
+        )
 
     def session(self, onnx_bytes: bytes) -> ort.InferenceSession:
         """An InferenceSession configured for timing; DeviceError if ORT cannot load the model."""

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from modeltailor.errors import DeviceError
+from modeltailor.errors import DeviceError, first_line
 
 _SUB_BYTE_BITS: dict[int, int] = {
     getattr(TensorProto, name): bits
@@ -104,7 +104,7 @@ def load_model(onnx_bytes: bytes) -> onnx.ModelProto:
     try:
         model = onnx.load_from_string(onnx_bytes)
     except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning subclasses
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise DeviceError(
             f"could not parse the ONNX model ({len(onnx_bytes)} bytes): {first}"
         ) from exc

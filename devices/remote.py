@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from modeltailor.devices.base import Device, DeviceDefaults, token_from_environment
+from modeltailor.devices.base import DeviceDefaults, token_from_environment
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import MemoryStats
 from modeltailor.errors import DeviceError
@@ -109,7 +109,7 @@ class RemoteDevice(DeviceDefaults):
 
     def with_timing(
         self, *, runs: int | None = None, warmup: int | None = None, rounds: int | None = None
-    ) -> Device:
+    ) -> RemoteDevice:
         """A copy asking the server for other runs / warm-up (the server picks its rounds)."""
         return RemoteDevice(
             self.name, self.url, self.token, self.timeout_s,

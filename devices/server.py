@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import onnxruntime as ort
 from fastapi import FastAPI, Request
@@ -68,7 +68,7 @@ def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) ->
     }
 
 
-def _write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes = b"") -> None:
+def _write_frame(stream: IO[bytes], header: dict[str, Any], body: bytes = b"") -> None:
     """One frame: 4-byte header length, JSON header, 8-byte body length, body."""
     head = json.dumps(header).encode()
     for part in (struct.pack(">I", len(head)) + head + struct.pack(">Q", len(body)), body):
@@ -77,7 +77,7 @@ def _write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes = b"") ->
             view = view[stream.write(view) or 0 :]
 
 
-def _read_exact(stream: BinaryIO, size: int, deadline: float | None = None) -> bytes:
+def _read_exact(stream: IO[bytes], size: int, deadline: float | None = None) -> bytes:
     """``size`` bytes; EOFError if the other side closed, TimeoutError past ``deadline``."""
     chunks: list[bytes] = []
     while size > 0:
@@ -93,11 +93,17 @@ def _read_exact(stream: BinaryIO, size: int, deadline: float | None = None) -> b
     return b"".join(chunks)
 
 
-def _read_frame(stream: BinaryIO, deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
+def _read_frame(stream: IO[bytes], deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
     (head_size,) = struct.unpack(">I", _read_exact(stream, 4, deadline))
     header = json.loads(_read_exact(stream, head_size, deadline))
     (body_size,) = struct.unpack(">Q", _read_exact(stream, 8, deadline))
     return header, _read_exact(stream, body_size, deadline)
+
+
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A worker's stdin or stdout: always a pipe, since the worker is started with both piped."""
+    assert stream is not None, "the measuring process was started without pipes"
+    return stream
 
 
 def _worker_answer(threads: int, header: dict[str, Any], body: bytes) -> dict[str, Any]:
@@ -133,7 +139,7 @@ class MeasureWorker:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._lock = threading.Lock()
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._ready = False
 
     @property
@@ -156,14 +162,14 @@ class MeasureWorker:
                     stream.close()
         self._process, self._ready = None, False
 
-    def _ensure_ready(self) -> subprocess.Popen:
+    def _ensure_ready(self) -> subprocess.Popen[bytes]:
         if self._process is None or self._process.poll() is not None:
             self._kill()
             self._spawn()
         assert self._process is not None
         if not self._ready:
             try:
-                _read_frame(self._process.stdout, time.monotonic() + WORKER_START_TIMEOUT_S)
+                _read_frame(_pipe(self._process.stdout), time.monotonic() + WORKER_START_TIMEOUT_S)
             except (EOFError, TimeoutError, OSError, ValueError):
                 self._kill()
                 raise ServerError(
@@ -185,8 +191,8 @@ class MeasureWorker:
         with self._lock:
             process = self._ensure_ready()
             try:
-                _write_frame(process.stdin, {"runs": runs, "warmup": warmup}, onnx_bytes)
-                answer, _ = _read_frame(process.stdout, time.monotonic() + timeout_s)
+                _write_frame(_pipe(process.stdin), {"runs": runs, "warmup": warmup}, onnx_bytes)
+                answer, _ = _read_frame(_pipe(process.stdout), time.monotonic() + timeout_s)
             except TimeoutError:
                 self._kill()
                 self._spawn()  # the replacement starts while the answer goes out

@@ -80,15 +80,19 @@ class PolicyEvaluator:
             return onnx_accuracy(onnx_bytes, self.data.score_x, self.data.score_y)
         return accuracy(model, self.data.score_x, self.data.score_y, self.data.classes)
 
+    def compress(self, policy: Policy) -> nn.Module:
+        """The structurally compressed teacher for `policy`, before any recovery."""
+        return self.compressor.apply(self.teacher, policy, self.example)
+
     def build(self, policy: Policy, recovery: DistillConfig | None = None) -> nn.Module:
         """The compressed, recovered model for `policy` (the teacher is untouched)."""
-        student = self.compressor.apply(self.teacher, policy, self.example)
+        student = self.compress(policy)
         recalibrate_batchnorm(student, self.data.train_x)
         return distill(student, self.teacher_logits, self.data.train_y, recovery or self.recovery)
 
     def __call__(self, policy: Policy) -> Outcome:
         start = time.perf_counter()
-        student = self.compressor.apply(self.teacher, policy, self.example)
+        student = self.compress(policy)
         key = (architecture_key(student), tuple(sorted(policy.quantized())))
         if key in self.cache:
             return replace(self.cache[key], seconds=0.0, cached=True)

@@ -97,6 +97,13 @@ class ObjectiveConfig(_Strict):
     )
 
 
+SearchMethod = Literal["prune", "lowrank", "int8"]
+
+
+def _default_methods() -> list[SearchMethod]:
+    return ["prune"]
+
+
 class SearchConfig(_Strict):
     searcher: Literal["ppo", "random", "uniform"] = Field(
         "ppo", description="ppo (stable-baselines3), or a baseline: random, uniform"
@@ -106,8 +113,8 @@ class SearchConfig(_Strict):
     min_keep: float = Field(0.2, gt=0, le=1, description="smallest fraction of a unit's channels kept")
     max_keep: float = Field(1.0, gt=0, le=1)
     round_to: int = Field(4, ge=1, description="kept channel counts are multiples of this")
-    methods: list[Literal["prune", "lowrank", "int8"]] = Field(
-        default_factory=lambda: ["prune"],
+    methods: list[SearchMethod] = Field(
+        default_factory=_default_methods,
         description="per-unit methods the agent may choose: prune (channels), lowrank (SVD/Tucker-2 "
         "factorization of the unit's root layer), int8 (ONNX Runtime static quantization of its layers)",
     )
