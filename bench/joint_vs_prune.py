@@ -41,12 +41,12 @@ def main() -> None:
             }
             cfg = load_config(args.config, overrides)
             s = run_search(cfg, args.out / f"{name}-{budget}").summary
-            budget_ms = budget * s["baseline"]["latency_ms"]
-            within = "yes" if s["best"]["latency_ms"] <= budget_ms else "NO"
+            budget_ms = budget * s.baseline.latency_ms
+            within = "yes" if s.best.latency_ms <= budget_ms else "NO"
             rows.append(
-                f"{budget:>6.2f} {name:<11} {s['best']['accuracy']:>8.4f} {s['baseline']['accuracy']:>8.4f} "
-                f"{s['best']['latency_ms']:>10.3f} {s['best']['latency_p90_ms']:>6.3f} {budget_ms:>9.3f} {within:>3} "
-                f"{s['speedup']:>6.2f}x {s['best']['memory_bytes'] / 1e6:>9.3f} {','.join(s['methods'])}"
+                f"{budget:>6.2f} {name:<11} {s.best.accuracy:>8.4f} {s.baseline.accuracy:>8.4f} "
+                f"{s.best.latency_ms:>10.3f} {s.best.latency_p90_ms:>6.3f} {budget_ms:>9.3f} {within:>3} "
+                f"{s.speedup:>6.2f}x {s.best.memory_bytes / 1e6:>9.3f} {','.join(s.methods)}"
             )
             print(rows[-1], flush=True)
     print("\n".join(rows))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 from torch import nn
@@ -21,7 +21,7 @@ from modeltailor.devices.base import Device
 from modeltailor.devices.measurement import Measurement
 from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.experiments.workbench import Workbench, recovery_config
-from modeltailor.results import EpisodeRecord
+from modeltailor.results import EpisodeRecord, ObjectiveCheck, OnnxParity
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ class FinalResult:
     test_accuracy: float
     baseline_test_accuracy: float
     baseline_test_accuracy_all_classes: float
-    onnx_max_abs_diff: float
-    quantized: bool = False
-    objective: dict[str, Any] = field(default_factory=dict)
+    onnx_parity: OnnxParity
+    objective: ObjectiveCheck
 
 
 def pick_finalists(records: Sequence[EpisodeRecord], count: int) -> list[EpisodeRecord]:
@@ -90,15 +89,7 @@ def finalize(
     chosen = max(finalists, key=lambda f: (f.feasible, f.score))
     report("exporting the chosen model and measuring it against the baseline")
     baseline_onnx = export_onnx(bench.teacher, bench.input_shape[1:])
-    test_x, test_y = bench.labels("test")
-    quantized = bool(chosen.policy.quantized())
-    if quantized:  # int8 vs float: agreement of predictions, not equal logits
-        diff = 1.0 - float((onnx_predictions(chosen.onnx_bytes, test_x) == predict_logits(chosen.model, test_x).argmax(1).numpy()).mean())
-        test_accuracy = onnx_accuracy(chosen.onnx_bytes, test_x, test_y)
-    else:
-        dynamic = export_onnx(chosen.model, bench.input_shape[1:], dynamic_batch=True)
-        diff = onnx_matches_torch(chosen.model, dynamic, test_x[:64])
-        test_accuracy = bench.test_accuracy(chosen.model)
+    parity, test_accuracy = check_onnx(bench, chosen)
     base_m, best_m = measure_pair(final_device, baseline_onnx, chosen.onnx_bytes)
     final_resources = Resources(test_accuracy, best_m.latency.median_ms, best_m.memory.total_bytes)
     return FinalResult(
@@ -109,18 +100,30 @@ def finalize(
         baseline=base_m,
         best=best_m,
         test_accuracy=test_accuracy,
-        quantized=quantized,
         baseline_test_accuracy=bench.test_accuracy(bench.base),
         baseline_test_accuracy_all_classes=bench.teacher_test_accuracy_all_classes(),
-        onnx_max_abs_diff=float(diff),
+        onnx_parity=parity,
         objective=describe_objective(reward, reward.feasible(final_resources)),
     )
 
 
-def describe_objective(reward: RewardFunction, met: bool) -> dict[str, Any]:
+def check_onnx(bench: Workbench, chosen: Finalist) -> tuple[OnnxParity, float]:
+    """How closely the chosen model's ONNX export matches torch, and its test accuracy."""
+    test_x, test_y = bench.labels("test")
+    if chosen.policy.quantized():  # int8 vs float: agreement of predictions, not equal logits
+        agree = onnx_predictions(chosen.onnx_bytes, test_x) == predict_logits(chosen.model, test_x).argmax(1).numpy()
+        parity = OnnxParity(metric="int8_prediction_disagreement", value=1.0 - float(agree.mean()))
+        return parity, onnx_accuracy(chosen.onnx_bytes, test_x, test_y)
+    dynamic = export_onnx(chosen.model, bench.input_shape[1:], dynamic_batch=True)
+    diff = float(onnx_matches_torch(chosen.model, dynamic, test_x[:64]))
+    return OnnxParity(metric="max_abs_logit_diff", value=diff), bench.test_accuracy(chosen.model)
+
+
+def describe_objective(reward: RewardFunction, met: bool) -> ObjectiveCheck:
     """The reward's limits in absolute units and whether the final measurement meets them."""
-    limits = {k: v for k, v in asdict(reward).items() if v is not None} if is_dataclass(reward) else {}
-    return {"reward": type(reward).__name__, **limits, "met_at_final_measurement": met}
+    settings: dict[str, Any] = asdict(reward) if is_dataclass(reward) and not isinstance(reward, type) else {}
+    limits = {k: v for k, v in settings.items() if k in ObjectiveCheck.model_fields and k != "name"}
+    return ObjectiveCheck(reward=type(reward).__name__, name=reward.name, met_at_final_measurement=met, **limits)
 
 
 def measure_pair(device: Device, first: bytes, second: bytes, repeats: int = 5) -> tuple[Measurement, Measurement]:

@@ -1,9 +1,10 @@
 """Everything a search leaves behind: summary.json, policy.json, model.onnx, model.pt, pareto.png.
 
-`summary.json` follows the contract in DESIGN.md: `baseline` and `best` (accuracy on the test split
-as a fraction, median latency on the deployment's device, memory, params), `speedup`,
-`accuracy_drop` (points), `pareto`, `policy`, `episodes`, `search_seconds`, `device`, `classes`,
-`mlflow_run_id`.
+`summary.json` is a :class:`~modeltailor.results.SearchSummary` (the contract in DESIGN.md; its
+JSON Schema is ``docs/summary.schema.json``, printed by ``modeltailor summary-schema``):
+`baseline` and `best` (accuracy on the test split as a fraction, median latency on the
+deployment's device, memory, params), `speedup`, `accuracy_drop` (points), `pareto`, `policy`,
+`episodes`, `search_seconds`, `device`, `classes`, `mlflow_run_id`, and more.
 """
 
 from __future__ import annotations
@@ -11,50 +12,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from modeltailor.compressors.policy import Policy
-from modeltailor.devices.measurement import Measurement
 from modeltailor.experiments.finalize import FinalResult
 from modeltailor.experiments.plots import plot_pareto
 from modeltailor.experiments.tracking import Tracker
 from modeltailor.experiments.workbench import Workbench
-from modeltailor.results import EpisodeRecord, SearchResult
+from modeltailor.results import (
+    EpisodeRecord,
+    ModelMetrics,
+    ParetoPoint,
+    PolicyData,
+    SearchResult,
+    SearchSummary,
+)
 
 ARTIFACTS = ("summary.json", "policy.json", "model.onnx", "model.pt", "pareto.png", "episodes.jsonl")
-
-
-def model_entry(accuracy: float, val_accuracy: float, m: Measurement, params: int, macs: int) -> dict[str, Any]:
-    return {
-        "accuracy": accuracy,
-        "val_accuracy": val_accuracy,
-        "latency_ms": m.latency.median_ms,
-        "latency_p90_ms": m.latency.p90_ms,
-        "latency_pooled_median_ms": m.latency.pooled_median_ms,
-        "latency_spread": m.latency.spread,
-        "latency_runs": m.latency.runs,
-        "memory_bytes": m.memory.total_bytes,
-        "weight_bytes": m.memory.weight_bytes,
-        "activation_bytes": m.memory.peak_activation_bytes,
-        "onnx_bytes": m.memory.onnx_file_bytes,
-        "params": params,
-        "macs": macs,
-    }
-
-
-def pareto_entry(record: EpisodeRecord) -> dict[str, Any]:
-    return {
-        "episode": record.episode,
-        "val_accuracy": record.accuracy,
-        "accuracy": record.accuracy,
-        "latency_ms": record.latency_ms,
-        "memory_bytes": record.memory_bytes,
-        "params": record.params,
-        "feasible": record.feasible,
-        "policy": record.policy.to_dict(),
-    }
 
 
 def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
@@ -85,46 +60,44 @@ class RunInfo:
 
 def build_summary(
     bench: Workbench, result: SearchResult, final: FinalResult, info: RunInfo, policy: Policy
-) -> dict[str, Any]:
+) -> SearchSummary:
     chosen = final.chosen
-    baseline = model_entry(
-        final.baseline_test_accuracy, bench.baseline.accuracy, final.baseline,
-        bench.baseline.params, bench.baseline.macs,
+    baseline = ModelMetrics.measured(
+        final.baseline_test_accuracy, bench.baseline.accuracy, final.baseline, bench.baseline.params,
+        bench.baseline.macs,
+        # the teacher predicting among all of its classes, on the deployment's test images
+        accuracy_all_classes=final.baseline_test_accuracy_all_classes,
     )
-    # the teacher predicting among all of its classes, on the deployment's test images
-    baseline["accuracy_all_classes"] = final.baseline_test_accuracy_all_classes
-    best = model_entry(
+    best = ModelMetrics.measured(
         final.test_accuracy, chosen.val_accuracy, final.best, chosen.record.params, chosen.record.macs
     )
-    return {
-        "deployment": bench.config.name,
-        "baseline": baseline,
-        "best": best,
-        "speedup": baseline["latency_ms"] / best["latency_ms"],
-        "memory_reduction": baseline["memory_bytes"] / best["memory_bytes"],
-        "accuracy_drop": 100.0 * (baseline["accuracy"] - best["accuracy"]),
-        "objective": final.objective,
-        "pareto": [pareto_entry(r) for r in result.pareto],
-        "policy": policy.to_dict(),
-        "chosen_episode": chosen.record.episode,
-        "episodes": len(result.episodes),
-        "episodes_cached": sum(r.cached for r in result.episodes),
-        "interrupted": result.interrupted,
-        "searcher": result.searcher,
-        "search_seconds": info.search_seconds,
-        "total_seconds": info.total_seconds,
-        "device": {"name": bench.config.device.name, **bench.device.describe()},
-        "classes": bench.output_classes,
-        "class_names": [bench.splits.class_names[c] for c in bench.output_classes],
-        "subset": bench.classes is not None,
-        "teacher": bench.teacher_source,
-        # float model: max |ONNX - torch| logit difference; int8 model: fraction of test predictions
-        # where ONNX Runtime's int8 model and the float torch model disagree
-        "onnx_max_abs_diff" if not final.quantized else "onnx_int8_disagreement": final.onnx_max_abs_diff,
-        "methods": sorted(policy.methods()),
-        "mlflow_run_id": info.mlflow_run_id,
-        "config": bench.config.model_dump(mode="json"),
-    }
+    return SearchSummary(
+        deployment=bench.config.name,
+        baseline=baseline,
+        best=best,
+        speedup=baseline.latency_ms / best.latency_ms,
+        memory_reduction=baseline.memory_bytes / best.memory_bytes,
+        accuracy_drop=100.0 * (baseline.accuracy - best.accuracy),
+        objective=final.objective,
+        pareto=[ParetoPoint.from_record(r) for r in result.pareto],
+        policy=PolicyData.from_policy(policy),
+        chosen_episode=chosen.record.episode,
+        episodes=len(result.episodes),
+        episodes_cached=sum(r.cached for r in result.episodes),
+        interrupted=result.interrupted,
+        searcher=result.searcher,
+        search_seconds=info.search_seconds,
+        total_seconds=info.total_seconds,
+        device={"name": bench.config.device.name, **bench.device.describe()},
+        classes=bench.output_classes,
+        class_names=[bench.splits.class_names[c] for c in bench.output_classes],
+        subset=bench.classes is not None,
+        teacher=bench.teacher_source,
+        onnx_parity=final.onnx_parity,
+        methods=sorted(policy.methods()),
+        mlflow_run_id=info.mlflow_run_id,
+        config=bench.config.model_dump(mode="json"),
+    )
 
 
 def write_outputs(
@@ -134,7 +107,8 @@ def write_outputs(
     final: FinalResult,
     info: RunInfo,
     tracker: Tracker | None,
-) -> dict[str, Any]:
+) -> SearchSummary:
+    """Write every output file (see ARTIFACTS) to ``out_dir``; log them to ``tracker``."""
     policy = policy_with_meta(bench, final.chosen.record)
     summary = build_summary(bench, result, final, info, policy)
     policy.save(out_dir / "policy.json")
@@ -142,12 +116,12 @@ def write_outputs(
     torch.save(final.chosen.model.state_dict(), out_dir / "model.pt")
     plot_pareto(
         [r.to_dict() for r in result.episodes],
-        summary["pareto"],
-        {**summary["baseline"], "accuracy": summary["baseline"]["val_accuracy"]},
+        [p.model_dump() for p in summary.pareto],
+        {**summary.baseline.model_dump(), "accuracy": summary.baseline.val_accuracy},
         final.chosen.record.to_dict(),
         out_dir / "pareto.png",
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
     if tracker is not None:
         tracker.log_metrics(final_metrics(summary))
         for name in ARTIFACTS:
@@ -155,9 +129,9 @@ def write_outputs(
     return summary
 
 
-def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    metrics = {"final/speedup": summary["speedup"], "final/accuracy_drop_points": summary["accuracy_drop"]}
-    for side in ("baseline", "best"):
+def final_metrics(summary: SearchSummary) -> dict[str, float]:
+    metrics = {"final/speedup": summary.speedup, "final/accuracy_drop_points": summary.accuracy_drop}
+    for side, entry in (("baseline", summary.baseline), ("best", summary.best)):
         for key in ("accuracy", "latency_ms", "latency_p90_ms", "memory_bytes", "params"):
-            metrics[f"{side}/{key}"] = float(summary[side][key])
+            metrics[f"{side}/{key}"] = float(getattr(entry, key))
     return metrics

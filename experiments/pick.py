@@ -8,58 +8,54 @@ the picked model and recovers it fully.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from modeltailor.compressors.policy import Policy
 from modeltailor.errors import ModelTailorError
 from modeltailor.experiments.tracking import default_tracking_uri, read_artifact_json
+from modeltailor.results import ParetoPoint, SearchSummary
 
 
-def load_search_summary(run: str, tracking_uri: str | None = None) -> dict[str, Any]:
+def load_search_summary(run: str, tracking_uri: str | None = None) -> SearchSummary:
     """summary.json of a search, from an output folder (or its summary.json) or an MLflow run id."""
     path = Path(run)
     if path.is_dir():
         path = path / "summary.json"
     if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ModelTailorError(f"'{path}' is not valid JSON: pass a search's output folder") from None
+        return SearchSummary.load(path)
     if path.suffix or "/" in run:
         raise ModelTailorError(f"'{run}' not found: pass a search's output folder or its MLflow run id")
-    return read_artifact_json(tracking_uri or default_tracking_uri(), run, "summary.json")
+    data = read_artifact_json(tracking_uri or default_tracking_uri(), run, "summary.json")
+    return SearchSummary.from_dict(data, source=f"summary.json of MLflow run '{run}'")
 
 
 def pick(
-    summary: dict[str, Any],
+    summary: SearchSummary,
     max_latency_ms: float | None = None,
     max_memory_bytes: float | None = None,
     min_accuracy: float | None = None,
-) -> dict[str, Any]:
+) -> ParetoPoint:
     """The most accurate Pareto point within the limits (ties: the faster)."""
-    points = summary.get("pareto") or []
     fits = [
-        p for p in points
-        if (max_latency_ms is None or p["latency_ms"] <= max_latency_ms)
-        and (max_memory_bytes is None or p["memory_bytes"] <= max_memory_bytes)
-        and (min_accuracy is None or p["accuracy"] >= min_accuracy)
+        p for p in summary.pareto
+        if (max_latency_ms is None or p.latency_ms <= max_latency_ms)
+        and (max_memory_bytes is None or p.memory_bytes <= max_memory_bytes)
+        and (min_accuracy is None or p.accuracy >= min_accuracy)
     ]
     if not fits:
-        fastest = min(points, key=lambda p: p["latency_ms"], default=None)
+        fastest = min(summary.pareto, key=lambda p: p.latency_ms, default=None)
         hint = (
-            f"; the fastest result is {fastest['latency_ms']:.3f} ms at accuracy {fastest['accuracy']:.4f}"
+            f"; the fastest result is {fastest.latency_ms:.3f} ms at accuracy {fastest.accuracy:.4f}"
             if fastest else ""
         )
         raise ModelTailorError(f"no result of this search meets the limits{hint}: relax them or search again")
-    return max(fits, key=lambda p: (p["accuracy"], -p["latency_ms"]))
+    return max(fits, key=lambda p: (p.accuracy, -p.latency_ms))
 
 
-def picked_policy(summary: dict[str, Any], point: dict[str, Any]) -> Policy:
+def picked_policy(summary: SearchSummary, point: ParetoPoint) -> Policy:
     """The picked point's policy with the search's rebuild settings (input shape, classes, ...)."""
-    meta = dict((summary.get("policy") or {}).get("meta") or {})
+    meta = dict(summary.policy.meta)
     meta.pop("kept_channels", None)
-    meta["picked_from_episode"] = point["episode"]
-    base = Policy.from_dict(point["policy"], source="picked policy")
+    meta["picked_from_episode"] = point.episode
+    base = point.policy.to_policy(source="picked policy")
     return Policy(base.actions, tuple(sorted(meta.items())))

@@ -83,6 +83,32 @@ def test_show_config_prints_effective_yaml(monkeypatch, capsys):
     assert "resnet20" in capsys.readouterr().out
 
 
+def test_summary_schema_prints_the_published_schema(monkeypatch, capsys):
+    import json
+
+    from modeltailor.results import SearchSummary
+
+    monkeypatch.setattr(sys, "argv", ["modeltailor", "summary-schema"])
+    cli.main()
+    assert json.loads(capsys.readouterr().out) == SearchSummary.model_json_schema()
+
+
+def test_pick_reads_a_search_folder(tmp_path, monkeypatch, capsys):
+    import json
+
+    from modeltailor.compressors.policy import Policy
+    from tests.test_summary import sample_summary
+
+    (tmp_path / "summary.json").write_text(json.dumps(sample_summary().model_dump(mode="json")))
+    monkeypatch.setattr(sys, "argv", ["modeltailor", "pick", "--run", str(tmp_path), "--max-latency-ms", "0.5",
+                                      "--out", str(tmp_path / "picked.json")])
+    cli.main()
+    assert "episode 3: accuracy 0.9000" in capsys.readouterr().out
+    assert dict(Policy.load(tmp_path / "picked.json").meta)["picked_from_episode"] == 3
+    code, err = run_main(monkeypatch, capsys, "pick", "--run", str(tmp_path), "--max-latency-ms", "0.1")
+    assert code == 2 and "no result of this search meets the limits" in err
+
+
 @pytest.mark.slow
 def test_fold_report_measures_what_folding_changes(tmp_path, monkeypatch, capsys):
     import json

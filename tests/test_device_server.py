@@ -221,11 +221,11 @@ def test_search_on_a_device_agent_takes_its_latencies_from_the_agent(agent_url, 
     registry.write_text(f"devices:\n  lab: {{kind: remote, url: '{agent_url}', token_env: LAB_TOKEN}}\n")
     monkeypatch.setenv("LAB_TOKEN", TOKEN)
     before = requests.get(f"{agent_url}/health", timeout=5).json()["measured"]
-    cfg = load_config(None, {**TINY, "device.name": "lab", "device.registry": str(registry),
+    cfg = load_config(None, {**TINY, "device.name": "lab", "device.profiles": str(registry),
                              "objective.kind": "tradeoff", "tracking.enabled": False})
     run = run_search(cfg, tmp_path / "out")
     after = requests.get(f"{agent_url}/health", timeout=5).json()["measured"]
-    assert run.summary["device"]["kind"] == "remote" and run.summary["device"]["url"] == agent_url
+    assert run.summary.device["kind"] == "remote" and run.summary.device["url"] == agent_url
     # baseline + calibration + each distinct episode architecture + the final pair
     distinct = len({tuple(sorted(r.kept_channels.items())) for r in run.result.episodes})
     assert after - before >= 2 + distinct + 2
@@ -239,7 +239,7 @@ def test_wrong_token_in_a_search_is_one_clear_error(agent_url, tmp_path, monkeyp
     registry = tmp_path / "devices.yaml"
     registry.write_text(f"devices:\n  lab: {{kind: remote, url: '{agent_url}', token_env: LAB_TOKEN}}\n")
     monkeypatch.setenv("LAB_TOKEN", "not-the-token")
-    cfg = load_config(None, {**TINY, "device.name": "lab", "device.registry": str(registry), "tracking.enabled": False})
+    cfg = load_config(None, {**TINY, "device.name": "lab", "device.profiles": str(registry), "tracking.enabled": False})
     with pytest.raises(DeviceError, match="rejected the token"):
         run_search(cfg, tmp_path / "out")
     assert not (tmp_path / "cache" / "teachers").exists(), "a teacher was trained before the device check"

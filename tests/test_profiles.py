@@ -1,4 +1,4 @@
-"""The device registry (modeltailor.devices.profiles) and `modeltailor devices list`."""
+"""Device profiles (modeltailor.devices.profiles) and `modeltailor devices list`."""
 
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from modeltailor.experiments.apply import rebuild
 from modeltailor.experiments.config import load_config
 from modeltailor.experiments.search import LogReporter, run_search
 from modeltailor.experiments.tracking import get_run_summary
+from modeltailor.results import SearchSummary
+from tests.test_summary import key_paths, sample_summary
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +58,10 @@ def test_search_writes_the_contract_and_tracks_it(tmp_path, tiny_config):
         100 * (summary["baseline"]["accuracy"] - summary["best"]["accuracy"])
     )
     assert summary["best"]["params"] < summary["baseline"]["params"]
-    assert summary["onnx_max_abs_diff"] < 1e-4
+    assert summary["onnx_parity"]["metric"] == "max_abs_logit_diff" and summary["onnx_parity"]["value"] < 1e-4
+    assert SearchSummary.model_validate(summary) == run.summary
+    # the same keys as any summary, an int8 model's included
+    assert key_paths(summary) == key_paths(sample_summary(quantized=True).model_dump(mode="json"))
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 3
     objective = summary["objective"]  # the default: 45% of the baseline's latency
     assert objective["reward"] == "BudgetReward" and objective["max_latency_ms"] > 0
@@ -128,5 +133,5 @@ def test_bring_your_own_model(tmp_path, monkeypatch):
          "model.weights": str(weights), "tracking.enabled": False, "objective.kind": "tradeoff"},
     )
     run = run_search(cfg, tmp_path / "out")
-    assert run.summary["teacher"] == str(weights)
-    assert run.summary["best"]["params"] <= run.summary["baseline"]["params"]
+    assert run.summary.teacher == str(weights)
+    assert run.summary.best.params <= run.summary.baseline.params

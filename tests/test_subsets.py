@@ -53,6 +53,7 @@ def test_subset_search_narrows_the_model(tmp_path):
     assert summary["classes"] == [0, 3, 7] and summary["subset"] is True
     assert {"accuracy", "accuracy_all_classes"} <= summary["baseline"].keys()
     assert summary["baseline"]["accuracy"] >= summary["baseline"]["accuracy_all_classes"] - 1e-9
+    assert summary["best"]["accuracy_all_classes"] is None
     policy = json.loads((out / "policy.json").read_text())
     assert policy["meta"]["classes"] == [0, 3, 7]
     assert run.final is not None
