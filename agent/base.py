@@ -25,12 +25,17 @@ class Searcher(Protocol):
     def search(self, env: CompressionEnv, episodes: int, *, done: int = 0) -> SearchResult: ...
 
 
-def run_episode(env: CompressionEnv, choose: Callable[[np.ndarray, int], float]) -> EpisodeRecord:
-    """Play one episode, `choose(observation, step)` giving each action in [-1, 1]."""
+Chooser = Callable[[np.ndarray, int], np.ndarray]
+"""``choose(observation, step)``: the whole action for that step, a member of ``env.action_space``."""
+
+
+def run_episode(env: CompressionEnv, choose: Chooser) -> EpisodeRecord:
+    """Play one episode, `choose(observation, step)` giving each action of the env's full shape."""
     obs, _ = env.reset()
     step, done = 0, False
     while not done:
-        action = np.array([choose(obs, step)], dtype=np.float32)
+        action = np.asarray(choose(obs, step), dtype=np.float32)
+        assert env.action_space.contains(action), f"action {action} outside {env.action_space}"
         obs, _, done, _, _ = env.step(action)
         step += 1
     return env.history[-1]

@@ -1,16 +1,18 @@
 """CompressionEnv: one step per compressible unit, reward at the last step.
 
 The env orchestrates only. It is handed the model analysis (units), a policy evaluator
-(compress -> recover -> measure), a reward function and the baseline; observation features and
-rewards are pure functions in `features.py` and `reward.py`.
+(compress -> recover -> measure), a reward function, the baseline and an action limiter;
+observation features and rewards are pure functions in `features.py` and `reward.py`.
 
-Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep, max_keep]. For a
-unit inside a skippable residual block (identity shortcut), the lowest `skip_fraction` of the
-action range means "remove the whole block" (depth compression); other units cannot choose it, so
-impossible combinations are mapped away rather than masked.
-Under a budget (`BudgetReward`), the keep ratio is then capped, AMC-style, so that even if every
-later unit is pruned as hard as allowed, the predicted latency / memory stays within the budget.
-The prediction comes from `LinearCostModel`s fitted online on every measured episode.
+Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep, max_keep]; with
+low-rank or int8 offered, `Box(-1, 1, (3,))`: amount, method selector (> 0: low-rank, where the
+unit's root layer can be factorized) and int8 flag (> 0). For a unit inside a skippable residual
+block (identity shortcut), the lowest `skip_fraction` of the action range means "remove the whole
+block" (depth compression); other units cannot choose it, so impossible combinations are mapped
+away rather than masked.
+The keep ratio is then capped by the limiter (`limiter.py`): under a budget, AMC-style, so that
+even if every later unit is pruned as hard as allowed the predicted latency / memory stays within
+it; without one (`NoLimit`, the default), not at all. The limiter is told every episode's outcome.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import gymnasium as gym
 import numpy as np
 
 from modeltailor.compressors.policy import Policy, UnitAction
-from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
-from modeltailor.env.cost_model import LinearCostModel
+from modeltailor.compressors.units import ModelAnalysis, Unit
 from modeltailor.env.features import OBS_SIZE, DeploymentFeatures, observe
-from modeltailor.env.reward import BudgetReward, Resources, RewardFunction
+from modeltailor.env.limiter import ActionLimiter, NoLimit, Trial
+from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.results import EpisodeRecord, Outcome
 
 log = logging.getLogger(__name__)
@@ -74,10 +76,8 @@ class CompressionEnv(gym.Env):
         reward: RewardFunction,
         baseline: Resources,
         action_range: ActionRange = ActionRange(),
-        latency_model: LinearCostModel | None = None,
-        memory_model: LinearCostModel | None = None,
+        limiter: ActionLimiter | None = None,
         class_fraction: float = 1.0,
-        budget_safety: float = 0.97,
         lowrank_units: frozenset[str] = frozenset(),
         int8: bool = False,
     ) -> None:
@@ -87,10 +87,8 @@ class CompressionEnv(gym.Env):
         self.reward_fn = reward
         self.baseline = baseline
         self.range = action_range
-        self.latency_model = latency_model or LinearCostModel()
-        self.memory_model = memory_model or LinearCostModel()
+        self.limiter: ActionLimiter = limiter if limiter is not None else NoLimit()
         self.class_fraction = class_fraction
-        self.budget_safety = budget_safety
         self.units = analysis.units
         self.lowrank_units = frozenset(lowrank_units)
         self.int8 = int8
@@ -118,7 +116,7 @@ class CompressionEnv(gym.Env):
         method = "lowrank" if unit.name in self.lowrank_units and len(a) > 1 and a[1] > 0 else "prune"
         skippable = unit.block is not None and method == "prune"
         wanted = self.range.to_keep(float(a[0]), skippable)
-        keep = min(wanted, self._max_keep_within_budget(unit.name, skippable, method))
+        keep = min(wanted, self._max_keep(unit, skippable, method))
         self._keep[unit.name] = keep
         self._method[unit.name] = "skip" if keep == SKIP else method
         self._bits[unit.name] = 8 if self.int8 and len(a) > 2 and a[2] > 0 else 32
@@ -133,7 +131,9 @@ class CompressionEnv(gym.Env):
     def _get_obs(self) -> np.ndarray:
         unit = self.units[min(self._t, len(self.units) - 1)]
         features = DeploymentFeatures(
-            self.class_fraction, self._budget_fraction(), self.range.skip_fraction > 0,
+            self.class_fraction,
+            self.limiter.budget_fraction(self.analysis.total_macs),
+            self.range.skip_fraction > 0,
             self.lowrank_units, self.int8,
         )
         obs = observe(self.analysis, unit, self._keep, self._previous, features)
@@ -165,9 +165,7 @@ class CompressionEnv(gym.Env):
     def _finish_episode(self) -> EpisodeRecord:
         policy = self.policy()
         outcome = self.evaluator(policy)
-        if not outcome.cached:
-            self.latency_model.add(outcome.macs, outcome.latency_ms)
-            self.memory_model.add(outcome.params, outcome.memory_bytes)
+        self.limiter.record(outcome)
         resources = Resources(outcome.accuracy, outcome.latency_ms, outcome.memory_bytes)
         record = EpisodeRecord(
             episode=len(self.history),
@@ -190,43 +188,10 @@ class CompressionEnv(gym.Env):
             callback(record)
         return record
 
-    def _caps(self) -> tuple[float, float]:
-        """(MACs cap, params cap) implied by the budgets through the fitted cost models."""
-        macs_cap = params_cap = float("inf")
-        if isinstance(self.reward_fn, BudgetReward):
-            if self.reward_fn.max_latency_ms is not None:
-                target = self.reward_fn.max_latency_ms * self.budget_safety
-                macs_cap = self.latency_model.inverse(target)
-            if self.reward_fn.max_memory_bytes is not None:
-                target = self.reward_fn.max_memory_bytes * self.budget_safety
-                params_cap = self.memory_model.inverse(target)
-        return macs_cap, params_cap
-
-    def _budget_fraction(self) -> float:
-        macs_cap, _ = self._caps()
-        return float(min(1.0, macs_cap / max(self.analysis.total_macs, 1)))
-
-    def _max_keep_within_budget(self, unit: str, skippable: bool, method: str = "prune") -> float:
-        macs_cap, params_cap = self._caps()
-        if macs_cap == float("inf") and params_cap == float("inf"):
-            return self.range.max_keep
+    def _max_keep(self, unit: Unit, skippable: bool, method: str) -> float:
+        """The limiter's cap for this unit, every later unit assumed at its lowest setting."""
         rest = {u.name: self.range.lowest(u.block is not None) for u in self.units[self._t + 1 :]}
         prune, lowrank = self._split(self._keep)
-
-        def fits(keep: float) -> bool:
-            trial = {**prune, **rest} | ({} if method == "lowrank" else {unit: keep})
-            ranks = lowrank | ({unit: keep} if method == "lowrank" else {})
-            return (
-                estimate_macs(self.analysis, trial, ranks) <= macs_cap
-                and estimate_params(self.analysis, trial, ranks) <= params_cap
-            )
-
-        lo, hi = self.range.min_keep, self.range.max_keep
-        if fits(hi):
-            return hi
-        if not fits(lo):
-            return self.range.lowest(skippable)
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
+        trial = Trial(self.analysis, unit.name, method, {**prune, **rest}, lowrank)
+        cap = self.limiter.max_keep(trial, self.range.min_keep, self.range.max_keep)
+        return self.range.lowest(skippable) if cap is None else cap

@@ -32,7 +32,8 @@ class Resources:
 
 
 class RewardFunction(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only, so frozen dataclasses satisfy the protocol
 
     def __call__(self, outcome: Resources, baseline: Resources) -> float: ...
 

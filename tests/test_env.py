@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from modeltailor.env.cost_model import LinearCostModel
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.env.features import OBS_SIZE
 from modeltailor.env.history import pareto_front
+from modeltailor.env.limiter import Budget, BudgetLimiter
 from modeltailor.env.reward import BudgetReward, Resources, TradeoffReward
 from modeltailor.models import build_model
 from tests.conftest import synthetic_images
@@ -45,15 +48,17 @@ def parts():
     return teacher, evaluator, baseline
 
 
-def make_env(parts, reward=None, **options) -> CompressionEnv:
+def make_env(parts, reward=None, budget: Budget | None = None, **options) -> CompressionEnv:
+    """The env on the small model; with `budget`, limited by a BudgetLimiter seeded by the baseline."""
     teacher, evaluator, base = parts
     analysis = analyze_model(teacher, torch.zeros(SHAPE))
     lat, mem = LinearCostModel(), LinearCostModel()
     lat.add(base.macs, base.latency_ms)
     mem.add(base.params, base.memory_bytes)
+    limiter = BudgetLimiter(budget, lat, mem) if budget is not None else None
     resources = Resources(base.accuracy, base.latency_ms, base.memory_bytes)
     return CompressionEnv(
-        analysis, evaluator, reward or TradeoffReward(), resources, ActionRange(0.25, 1.0), lat, mem, **options
+        analysis, evaluator, reward or TradeoffReward(), resources, ActionRange(0.25, 1.0), limiter, **options
     )
 
 
@@ -81,14 +86,28 @@ def test_episode_has_one_step_per_unit_and_reward_at_end(parts):
 
 def test_budget_limits_actions(parts):
     teacher, evaluator, base = parts
-    budget = BudgetReward(max_latency_ms=base.latency_ms * 0.5)
-    env = make_env(parts, budget)
+    budget = Budget(max_latency_ms=base.latency_ms * 0.5)
+    env = make_env(parts, BudgetReward(budget.max_latency_ms), budget)
     env.reset()
     for _ in env.units:  # always ask to keep everything
         env.step(np.array([1.0], dtype=np.float32))
     keeps = env.history[-1].policy.to_dict()["units"]
     assert any(u["keep"] < 1.0 for u in keeps), "budget did not limit any action"
     assert env.history[-1].macs < 0.6 * base.macs
+
+
+def test_limiter_refits_on_fresh_measurements_only(parts):
+    teacher, evaluator, base = parts
+    env = make_env(parts, budget=Budget(max_memory_bytes=base.memory_bytes * 0.6))
+    limiter = env.limiter
+    assert isinstance(limiter, BudgetLimiter)
+    assert limiter.budget_fraction(base.macs) == 1.0  # no latency budget: no MACs target
+    env.reset()
+    for _ in env.units:
+        env.step(np.array([1.0], dtype=np.float32))
+    assert len(limiter.latency_model.points) == len(limiter.memory_model.points) == 2
+    limiter.record(replace(base, cached=True))  # measured before: no new point
+    assert len(limiter.latency_model.points) == 2
 
 
 def test_unlimited_tradeoff_keeps_what_is_asked(parts):
