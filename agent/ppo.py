@@ -4,20 +4,30 @@ An episode is one decision per unit (10-30 steps) and only the last step pays (c
 measure), so: a rollout is a few whole episodes (`n_steps = units * episodes_per_rollout`), one
 minibatch is one episode, gamma = 1 (no discounting inside an episode whose only reward is at the
 end), and a modest initial exploration noise so early episodes are not all clipped to the bounds.
+
+With a `checkpoint` path the agent checkpoint (network, optimizer, settings, observation layout) is
+saved there after every PPO update and when the search ends or is interrupted; a resumed search
+(`done > 0`) restores it and continues learning instead of replaying the first run's policies.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
+from modeltailor.errors import ModelTailorError
 from modeltailor.results import SearchResult
+from modeltailor.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +56,84 @@ class _EpisodeBudget(BaseCallback):
         return len(self.env.history) < self.target
 
 
+CHECKPOINT_FORMAT = 1
+
+
+def agent_checkpoint(model: BaseAlgorithm, env: CompressionEnv, settings: PPOSettings) -> dict[str, Any]:
+    """The agent checkpoint: plain tensors and values only (loads with weights_only=True)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "policy": model.policy.state_dict(),
+        "optimizer": model.policy.optimizer.state_dict(),
+        "settings": asdict(settings),
+        "num_timesteps": int(model.num_timesteps),
+        "episodes": len(env.history),
+        **_layout(env),
+    }
+
+
+def save_checkpoint(path: Path, model: BaseAlgorithm, env: CompressionEnv, settings: PPOSettings) -> None:
+    buffer = io.BytesIO()
+    torch.save(agent_checkpoint(model, env, settings), buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def restore_checkpoint(path: Path, model: BaseAlgorithm, env: CompressionEnv) -> dict[str, Any]:
+    """Load the network and optimizer saved at `path` into `model`; its layout must match `env`'s."""
+    advice = "drop --resume or use another --out"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ModelTailorError(f"agent checkpoint '{path}' cannot be read ({exc.__class__.__name__}): {advice}") from None
+    layout = {key: state.get(key) for key in _layout(env)} if isinstance(state, dict) else None
+    if layout != _layout(env):
+        raise ModelTailorError(
+            f"agent checkpoint '{path}' was saved for layout {layout}, this search has {_layout(env)}: {advice}"
+        )
+    try:
+        model.policy.load_state_dict(state["policy"])
+        model.policy.optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelTailorError(
+            f"agent checkpoint '{path}' does not fit this PPO network ({str(exc).splitlines()[0]}): {advice}"
+        ) from None
+    model.num_timesteps = int(state.get("num_timesteps", 0))
+    return state
+
+
+def _layout(env: CompressionEnv) -> dict[str, int]:
+    obs, act = env.observation_space.shape, env.action_space.shape
+    assert obs is not None and act is not None
+    return {"observation_size": int(obs[0]), "action_dims": int(act[0])}
+
+
+class _SaveAfterUpdate(BaseCallback):
+    """Saves the agent checkpoint each time a rollout starts after a PPO update."""
+
+    def __init__(self, path: Path, env: CompressionEnv, settings: PPOSettings) -> None:
+        super().__init__()
+        self.path, self.env, self.settings, self.rollouts = path, env, settings, 0
+
+    def _on_rollout_start(self) -> None:
+        if self.rollouts > 0:  # the previous rollout has been trained on
+            save_checkpoint(self.path, self.model, self.env, self.settings)
+        self.rollouts += 1
+
+    def _on_step(self) -> bool:
+        return True
+
+
 @dataclass
 class PPOSearcher:
     seed: int = 0
     settings: PPOSettings = None  # type: ignore[assignment]
     name: str = "ppo"
+    checkpoint: Path | None = None
 
     def __post_init__(self) -> None:
         self.settings = self.settings or PPOSettings()
 
-    def build(self, env: CompressionEnv) -> PPO:
+    def build(self, env: CompressionEnv, seed: int | None = None) -> PPO:
         s, units = self.settings, len(env.units)
         return PPO(
             "MlpPolicy",
@@ -73,18 +151,38 @@ class PPOSearcher:
                 "net_arch": [s.hidden, s.hidden],
                 "activation_fn": torch.nn.Tanh,
             },
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             device="cpu",
             verbose=0,
         )
 
-    def search(self, env: CompressionEnv, episodes: int) -> SearchResult:
+    def search(self, env: CompressionEnv, episodes: int, *, done: int = 0) -> SearchResult:
+        """Learn for `episodes` more episodes; with `done` > 0, continue from the checkpoint."""
         start = len(env.history)
-        model = self.build(env)
-        budget = _EpisodeBudget(env, episodes)
+        if episodes <= 0:
+            return search_result(self.name, [])
+        model = self.start(env, done)
+        callbacks: list[BaseCallback] = [_EpisodeBudget(env, episodes)]
+        if self.checkpoint is not None:
+            callbacks.append(_SaveAfterUpdate(self.checkpoint, env, self.settings))
         try:
-            # the callback stops learning at the episode budget; total_timesteps is an upper bound
-            model.learn(total_timesteps=(episodes + 1) * len(env.units) * 2, callback=budget)
+            # the budget stops learning at the episode budget; total_timesteps is an upper bound
+            total = (episodes + 1) * len(env.units) * 2
+            model.learn(total_timesteps=total, callback=callbacks, reset_num_timesteps=False)
         except KeyboardInterrupt:
+            self._save(model, env)
             return search_result(self.name, env.history[start:], interrupted=True)
+        self._save(model, env)
         return search_result(self.name, env.history[start:])
+
+    def start(self, env: CompressionEnv, done: int) -> PPO:
+        """A fresh agent, or (resuming after `done` episodes) the checkpoint's, with new noise."""
+        model = self.build(env, seed=self.seed + done)
+        if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
+            state = restore_checkpoint(self.checkpoint, model, env)
+            log.info("PPO resumes from %s (saved after %s episodes)", self.checkpoint, state.get("episodes"))
+        return model
+
+    def _save(self, model: PPO, env: CompressionEnv) -> None:
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, model, env, self.settings)

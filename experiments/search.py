@@ -3,32 +3,39 @@
 config -> workbench (data, teacher, units, baseline) -> env -> searcher -> finalize -> outputs.
 
 Every finished episode is appended to `OUT/episodes.jsonl` and logged to MLflow as it happens, so
-an interrupted search (Ctrl-C) keeps everything it found and still writes a summary of it.
+an interrupted search (Ctrl-C, SIGTERM) keeps everything it found and still writes a summary of it.
+Interrupted before any episode finished, or during finalization, it raises `SearchInterrupted`
+(the MLflow run is marked KILLED). `--resume` continues: the episodes in OUT are kept, PPO restores
+its agent checkpoint (`OUT/agent_checkpoint.pt`), and the MLflow run named in `OUT/run.json` is
+continued.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modeltailor.agent import make_searcher
+from modeltailor.agent import PPOSearcher, Searcher, make_searcher
+from modeltailor.devices.base import Device
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import best_record, search_result
 from modeltailor.env.reward import (
     Resources,
 )
-from modeltailor.errors import ConfigError, DeviceError, ModelTailorError
+from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, SearchInterrupted
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.finalize import FinalResult, finalize
 from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.outputs import RunInfo, write_outputs
-from modeltailor.experiments.tracking import Tracker
-from modeltailor.experiments.workbench import Workbench, build_device, build_workbench
-from modeltailor.results import EpisodeRecord, SearchResult
+from modeltailor.experiments.tracking import Tracker, open_tracker
+from modeltailor.experiments.workbench import Workbench, build_workbench
+from modeltailor.results import EpisodeRecord, SearchResult, SearchSummary
+from modeltailor.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ class LogReporter:
 class SearchRun:
     """What a finished (or interrupted) search produced."""
 
-    summary: dict[str, Any]
+    summary: SearchSummary
     result: SearchResult
     final: FinalResult | None
     out_dir: Path
@@ -64,50 +71,102 @@ class SearchRun:
 
 
 EPISODES_FILE = "episodes.jsonl"
+AGENT_CHECKPOINT = "agent_checkpoint.pt"
+"""The PPO agent checkpoint (network, optimizer, settings), what `--resume` continues from."""
+RUN_FILE = "run.json"
+"""The MLflow run of the search (id, tracking URI, experiment), continued by `--resume`."""
 RESUME_KEYS = ("model", "data", "classes", "device", "objective", "search")
 
 
 def run_search(
-    config: DeploymentConfig, out_dir: Path, reporter: Reporter | None = None, resume: bool = False
+    config: DeploymentConfig,
+    out_dir: Path,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    *,
+    device: Device | None = None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> SearchRun:
+    """Search `config`'s deployment into `out_dir`, on `device` and logging to `tracker` when given
+    (else both built from the config), the MLflow run nested under `parent_run_id` when given.
+
+    Raises SearchInterrupted when interrupted before any episode finished or while finalizing.
+    """
     reporter = reporter or LogReporter()
     started = time.perf_counter()
     previous = prepare_out_dir(config, out_dir, resume)
-    bench = build_workbench(config, reporter.message)
-    baseline = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
-    reward = make_reward(config, baseline)
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if config.tracking.enabled else None
-    run_id = _start_tracking(tracker, config, bench)
     try:
-        env = build_env(bench, reward, baseline)
-        env.history.extend(previous)
-        _attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
-        reporter.start(max(0, config.search.episodes - len(previous)))
-        search_started = time.perf_counter()
-        result = _search(env, config, len(previous), out_dir / EPISODES_FILE)
-        search_seconds = time.perf_counter() - search_started
-        if not result.episodes:
-            raise KeyboardInterrupt
+        tracker = tracker if tracker is not None else open_tracker(config)  # unreachable: before training
+        bench = build_workbench(config, reporter.message, device=device)
+        run_id = _start_tracking(tracker, config, bench, out_dir, previous if resume else None, parent_run_id)
+    except KeyboardInterrupt:
+        raise _interrupted(config, out_dir) from None
+    try:
+        result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter)
         final = finalize(
-            bench, result.episodes, make_reward(config, baseline, final=True),
-            build_device(config, cached=False), reporter.message,
+            bench, result.episodes, make_reward(config, _baseline(bench), final=True),
+            bench.device.uncached(), reporter.message,
         )
         info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+    except (KeyboardInterrupt, SearchInterrupted):
+        _end_tracking(tracker, "KILLED")
+        raise _interrupted(config, out_dir) from None
+    except BaseException:
+        _end_tracking(tracker, "FAILED")
         raise
-    if tracker is not None:
-        tracker.end_run("KILLED" if result.interrupted else "FINISHED")
+    _end_tracking(tracker, "KILLED" if result.interrupted else "FINISHED")
     return SearchRun(summary, result, final, out_dir)
 
 
-def _search(env: CompressionEnv, config: DeploymentConfig, done: int, episodes_file: Path) -> SearchResult:
-    """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
+def _baseline(bench: Workbench) -> Resources:
+    return Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
+
+
+def _run_searcher(
+    config: DeploymentConfig,
+    bench: Workbench,
+    previous: list[EpisodeRecord],
+    out_dir: Path,
+    tracker: Tracker | None,
+    reporter: Reporter,
+) -> tuple[SearchResult, float]:
+    """The search on a fresh env holding `previous`: its result and how long it took (s)."""
+    env = build_env(bench, make_reward(config, _baseline(bench)), _baseline(bench))
+    env.history.extend(previous)
+    _attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
+    reporter.start(max(0, config.search.episodes - len(previous)))
+    started = time.perf_counter()
+    result = _search(env, config, len(previous), out_dir)
+    if not result.episodes:
+        raise KeyboardInterrupt
+    return result, time.perf_counter() - started
+
+
+def _interrupted(config: DeploymentConfig, out_dir: Path) -> SearchInterrupted:
+    kept, wanted = len(load_episodes(out_dir / EPISODES_FILE)), config.search.episodes
+    then = "run the rest" if kept < wanted else "finalize them"
+    return SearchInterrupted(
+        f"search interrupted: {kept} of {wanted} episodes are kept in {out_dir / EPISODES_FILE}; "
+        f"rerun with --resume --out {out_dir} to {then}"
+    )
+
+
+def make_run_searcher(config: DeploymentConfig, out_dir: Path) -> Searcher:
+    """The configured searcher; PPO saves its agent checkpoint in OUT (for --resume)."""
     searcher = make_searcher(config.search.searcher, config.search.seed)
+    if isinstance(searcher, PPOSearcher):
+        searcher.checkpoint = out_dir / AGENT_CHECKPOINT
+    return searcher
+
+
+def _search(env: CompressionEnv, config: DeploymentConfig, done: int, out_dir: Path) -> SearchResult:
+    """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
+    searcher = make_run_searcher(config, out_dir)
+    episodes_file = out_dir / EPISODES_FILE
     try:
-        result = searcher.search(env, max(0, config.search.episodes - done))
+        result = searcher.search(env, max(0, config.search.episodes - done), done=done)
     except DeviceError as exc:
         raise DeviceError(
             f"{exc} (after {len(env.history)} episodes, all kept in {episodes_file}: "
@@ -117,8 +176,9 @@ def _search(env: CompressionEnv, config: DeploymentConfig, done: int, episodes_f
 
 
 def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> list[EpisodeRecord]:
-    """Create OUT; with `resume`, the episodes a previous run of the same deployment finished."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Create OUT (a writable folder, checked before any training); with `resume`, the episodes a
+    previous run of the same deployment finished, else a fresh OUT (no episodes, checkpoint, run)."""
+    check_out_dir(out_dir)
     stamp = out_dir / "deployment.json"
     current = {k: v for k, v in config.model_dump(mode="json").items() if k in RESUME_KEYS}
     previous: list[EpisodeRecord] = []
@@ -127,30 +187,120 @@ def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> li
             raise ConfigError(
                 f"--resume: '{out_dir}' holds a search of a different deployment: use another --out or drop --resume"
             )
-        previous = load_episodes(out_dir / EPISODES_FILE)
+        previous = _repair_episodes(out_dir / EPISODES_FILE)
     else:
         (out_dir / EPISODES_FILE).write_text("")
+        for stale in (AGENT_CHECKPOINT, RUN_FILE):
+            (out_dir / stale).unlink(missing_ok=True)
     stamp.write_text(json.dumps(current, indent=2) + "\n")
     return previous
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` and make sure files can be written in it; a ConfigError naming it if not."""
+    advice = "pass --out a folder you can write (it is created if missing)"
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), out_dir)
+    if existing.exists() and not existing.is_dir():
+        where = "is a file, not a folder" if existing == out_dir else f"lies under the file '{existing}'"
+        raise ConfigError(f"--out '{out_dir}' {where}: {advice}")
+    probe = out_dir / f".write-probe-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise ConfigError(f"--out '{out_dir}' cannot be written ({reason}): {advice}") from None
+
+
 def load_episodes(path: Path) -> list[EpisodeRecord]:
     """Records from an episodes.jsonl; a torn last line (a killed write) is skipped."""
+    return _read_episodes(path)[0]
+
+
+def _read_episodes(path: Path) -> tuple[list[EpisodeRecord], list[str]]:
+    """The records of an episodes.jsonl and the lines they came from (unreadable lines left out)."""
     if not path.is_file():
-        return []
-    records = []
+        return [], []
+    records, lines = [], []
     for line in path.read_text().splitlines():
         try:
             records.append(EpisodeRecord.from_dict(json.loads(line)))
         except (json.JSONDecodeError, ModelTailorError):
             log.warning("skipping an unreadable line of %s", path)
+            continue
+        lines.append(line)
+    return records, lines
+
+
+def _repair_episodes(path: Path) -> list[EpisodeRecord]:
+    """The readable records; unreadable lines (a write torn by a kill) are dropped from the file
+    before anything is appended to it, so the next episode does not land on a half line."""
+    records, lines = _read_episodes(path)
+    text, kept = (path.read_text() if path.is_file() else ""), "".join(line + "\n" for line in lines)
+    if text != kept:  # a torn line, or a last line without its newline
+        atomic_write(path, kept)
+    dropped = len(text.splitlines()) - len(lines)
+    if dropped:
+        log.warning("resume: dropped %d unreadable line(s) of %s, kept %d episodes", dropped, path, len(records))
     return records
 
 
-def _start_tracking(tracker: Tracker | None, config: DeploymentConfig, bench: Workbench) -> str | None:
+def _start_tracking(
+    tracker: Tracker | None,
+    config: DeploymentConfig,
+    bench: Workbench,
+    out_dir: Path,
+    previous: list[EpisodeRecord] | None,
+    parent_run_id: str | None,
+) -> str | None:
+    """Start the search's MLflow run (recorded in OUT/run.json); resuming (`previous` not None),
+    continue the run OUT/run.json names, or start a new one holding the previous episodes."""
     if tracker is None:
         return None
-    tags = {
+    if previous is not None:
+        run_id = _resume_tracking(tracker, out_dir, len(previous))
+        if run_id is not None:
+            return run_id
+    run_id = tracker.start_run(
+        config.name, params=config.model_dump(mode="json"), tags=_run_tags(config, bench),
+        parent_run_id=parent_run_id,
+    )
+    atomic_write(out_dir / RUN_FILE, json.dumps(_run_record(tracker, run_id), indent=2) + "\n")
+    for record in previous or []:
+        tracker.log_episode(record.episode, _episode_metrics(record))
+    return run_id
+
+
+def _run_record(tracker: Tracker, run_id: str) -> dict[str, str]:
+    return {"mlflow_run_id": run_id, "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment}
+
+
+def _resume_tracking(tracker: Tracker, out_dir: Path, done: int) -> str | None:
+    """Continue the run OUT/run.json names in this tracker's store; None when there is none."""
+    try:
+        recorded = json.loads((out_dir / RUN_FILE).read_text())
+        run_id = recorded["mlflow_run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if recorded != _run_record(tracker, run_id):
+        return None  # another store or experiment: a new run there
+    try:
+        tracker.resume_run(run_id)
+    except ModelTailorError as exc:
+        log.warning("resume: cannot continue MLflow run %s (%s); starting a new run", run_id, exc)
+        return None
+    tracker.set_tags({"resumed": str(done)})
+    return run_id
+
+
+def _end_tracking(tracker: Tracker | None, status: str) -> None:
+    if tracker is not None:
+        tracker.end_run(status)
+
+
+def _run_tags(config: DeploymentConfig, bench: Workbench) -> dict[str, str]:
+    return {
         "model": config.model.factory or config.model.name or "",
         "dataset": config.data.name,
         "device": config.device.name,
@@ -158,7 +308,6 @@ def _start_tracking(tracker: Tracker | None, config: DeploymentConfig, bench: Wo
         "searcher": config.search.searcher,
         "objective": config.objective.kind,
     }
-    return tracker.start_run(config.name, params=config.model_dump(mode="json"), tags=tags)
 
 
 def _attach_episode_sinks(

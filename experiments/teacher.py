@@ -1,12 +1,15 @@
 """Teachers: load a bring-your-own model, or train a zoo model once and cache it.
 
 The cache key is the model, its kwargs, the data set, input size, split seed and training settings,
-so `modeltailor search` on the embedded default trains the teacher on first use only.
+so `modeltailor search` on the embedded default trains the teacher on first use only. Processes
+filling the cache at once take turns (an inter-process lock around check, train, save): the second
+waits, then loads what the first trained. The file is written atomically (temporary file, rename).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -21,6 +24,7 @@ from torch import nn
 from modeltailor.datasets import DataSplits
 from modeltailor.experiments.config import DeploymentConfig, TrainConfig
 from modeltailor.models import build_model, load_factory, load_weights
+from modeltailor.storage import atomic_write, locked
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +76,13 @@ def load_teacher(
     path = teacher_cache_path(config)
     if path.is_file():
         return load_weights(model, path).eval(), str(path)
-    train_model(model, splits, config.train, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    with locked(path):  # another process may be training this very teacher: wait for it
+        if path.is_file():
+            return load_weights(model, path).eval(), str(path)
+        train_model(model, splits, config.train, progress)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        atomic_write(path, buffer.getvalue())
     return model.eval(), f"trained now, cached at {path}"
 
 

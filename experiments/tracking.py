@@ -28,6 +28,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from modeltailor.errors import ModelTailorError, first_line
+from modeltailor.experiments.config import DeploymentConfig
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -222,6 +223,20 @@ class Tracker:
         self._stack.append(run_id)
         return run_id
 
+    def resume_run(self, run_id: str) -> str:
+        """Make an ended run of this experiment (e.g. KILLED by an interruption) RUNNING and active
+        again; a ModelTailorError when it is not in this store's experiment (or was deleted)."""
+        with _mlflow_errors(self.tracking_uri):
+            info = self._client.get_run(run_id).info
+            if info.experiment_id != self.experiment_id or info.lifecycle_stage == "deleted":
+                raise ModelTailorError(
+                    f"run '{run_id}' is not a live run of experiment '{self.experiment}' at "
+                    f"{self.tracking_uri}: start a new run instead"
+                )
+            self._client.update_run(run_id, status="RUNNING")
+        self._stack.append(run_id)
+        return run_id
+
     def end_run(self, status: str = "FINISHED") -> None:
         """Terminate the active run with FINISHED, FAILED or KILLED; no-op without one."""
         if status not in RUN_STATUSES:
@@ -298,6 +313,12 @@ class Tracker:
         if _is_http(self.tracking_uri):
             return f"open {self.tracking_uri} in a browser to see the runs"
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+def open_tracker(config: DeploymentConfig) -> Tracker | None:
+    """The tracker a deployment's `tracking` section asks for (None when tracking is off)."""
+    tracking = config.tracking
+    return Tracker(tracking.uri, tracking.experiment) if tracking.enabled else None
 
 
 def _artifact_files(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> list[str]:

@@ -35,7 +35,7 @@ from modeltailor.devices.base import Device
 from modeltailor.devices.cache import CachedDevice
 from modeltailor.devices.profiles import get_device
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
-from modeltailor.errors import DataError, ModelLoadError
+from modeltailor.errors import DataError, ModelLoadError, first_line
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import cache_dir, load_teacher
 from modeltailor.results import Outcome
@@ -133,9 +133,13 @@ def load_deployment_data(config: DeploymentConfig) -> tuple[DataSplits, DataSpli
     return full, (restrict_splits(full, classes) if classes else full), classes
 
 
-def build_workbench(config: DeploymentConfig, report: Report = log.info) -> Workbench:
-    device = build_device(config)  # fail fast on an unknown or unreachable device, before any training
-    probe_device(device)
+def build_workbench(
+    config: DeploymentConfig, report: Report = log.info, device: Device | None = None
+) -> Workbench:
+    """Everything a search needs; on `device` when given (e.g. a campaign's), else the config's."""
+    if device is None:
+        device = build_device(config)
+    probe_device(device)  # fail fast on an unknown or unreachable device, before any training
     report(f"loading data '{config.data.name}'")
     full, splits, classes = load_deployment_data(config)
     report("loading the teacher (trains and caches a zoo model on first use)")
@@ -210,7 +214,7 @@ def _check_teacher(teacher: nn.Module, input_shape: tuple[int, ...], splits: Dat
             out = teacher.eval()(torch.zeros(input_shape))
     except Exception as exc:  # noqa: BLE001 - a user model failing on the data's shape
         raise ModelLoadError(
-            f"the model fails on input of shape {tuple(input_shape)}: {str(exc).splitlines()[0]}"
+            f"the model fails on input of shape {tuple(input_shape)}: {first_line(exc)}"
         ) from None
     if out.ndim != 2 or out.shape[1] != splits.num_classes:
         raise DataError(

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -18,9 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modeltailor.errors import ModelTailorError
+from modeltailor.errors import ModelTailorError, SearchInterrupted
 from modeltailor.experiments.config import DeploymentConfig, load_config
-from modeltailor.results import EpisodeRecord
+from modeltailor.results import EpisodeRecord, SearchSummary
 from modeltailor.service.devices_cli import device_server_command, devices_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL auto-compression of CNNs, per deployment.")
@@ -93,6 +97,11 @@ def search(
     finally:
         reporter.stop()
     _print_summary(run.summary, out)
+    if run.result.interrupted:
+        console.print(
+            f"[yellow]interrupted after {len(run.result.episodes)} of {cfg.search.episodes} episodes: "
+            f"the outputs hold the best so far; rerun with --resume --out {out} to run the rest[/yellow]"
+        )
 
 
 @app.command()
@@ -144,8 +153,8 @@ def pick(
     summary = load_search_summary(run, tracking_uri)
     point = pick_point(summary, max_latency_ms, max_memory_bytes, min_accuracy)
     console.print(
-        f"episode {point['episode']}: accuracy {point['accuracy']:.4f} (validation, search-time recovery), "
-        f"{point['latency_ms']:.3f} ms, {point['memory_bytes'] / 1e6:.2f} MB, {point['params']:,} params"
+        f"episode {point.episode}: accuracy {point.accuracy:.4f} (validation, search-time recovery), "
+        f"{point.latency_ms:.3f} ms, {point.memory_bytes / 1e6:.2f} MB, {point.params:,} params"
     )
     if out is not None:
         picked_policy(summary, point).save(out)
@@ -193,6 +202,12 @@ def config_schema() -> None:
     console.print_json(json.dumps(DeploymentConfig.model_json_schema()))
 
 
+@app.command("summary-schema")
+def summary_schema() -> None:
+    """Print the JSON schema of a search's summary.json (every key with its description)."""
+    console.print_json(json.dumps(SearchSummary.model_json_schema()))
+
+
 def _parse_classes(text: str | None) -> list[int | str] | None:
     """'0,3,7' -> [0, 3, 7]; 'cat,dog' -> names; an empty list is left for validation to reject."""
     if text is None:
@@ -201,31 +216,59 @@ def _parse_classes(text: str | None) -> list[int | str] | None:
     return [int(t) if t.lstrip("-").isdigit() else t for t in tokens]
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    base, best = summary["baseline"], summary["best"]
-    table = Table(title=f"deployment '{summary['deployment']}' on {summary['device']['name']}")
+def _print_summary(summary: SearchSummary, out: Path) -> None:
+    table = Table(title=f"deployment '{summary.deployment}' on {summary.device['name']}")
     for col in ("", "accuracy (test)", "latency ms (median)", "p90 ms", "memory", "params"):
         table.add_column(col, justify="right")
-    for name, row in (("baseline", base), ("best", best)):
+    for name, row in (("baseline", summary.baseline), ("best", summary.best)):
         table.add_row(
-            name, f"{row['accuracy']:.4f}", f"{row['latency_ms']:.3f}", f"{row['latency_p90_ms']:.3f}",
-            f"{row['memory_bytes'] / 1e6:.2f} MB", f"{row['params']:,}",
+            name, f"{row.accuracy:.4f}", f"{row.latency_ms:.3f}", f"{row.latency_p90_ms:.3f}",
+            f"{row.memory_bytes / 1e6:.2f} MB", f"{row.params:,}",
         )
     console.print(table)
     console.print(
-        f"speedup {summary['speedup']:.2f}x, memory {summary['memory_reduction']:.2f}x smaller, "
-        f"accuracy drop {summary['accuracy_drop']:.2f} points, {summary['episodes']} episodes in "
-        f"{summary['search_seconds']:.0f} s; outputs in {out}"
+        f"speedup {summary.speedup:.2f}x, memory {summary.memory_reduction:.2f}x smaller, "
+        f"accuracy drop {summary.accuracy_drop:.2f} points, {summary.episodes} episodes in "
+        f"{summary.search_seconds:.0f} s; outputs in {out}"
     )
-    objective = summary.get("objective", {})
-    if objective and not objective.get("met_at_final_measurement", True):
-        limits = ", ".join(f"{k} {v:.4g}" for k, v in objective.items() if k.startswith(("max_", "min_")))
+    if not summary.objective.met_at_final_measurement:
+        limits = ", ".join(f"{k} {v:.4g}" for k, v in summary.objective.limits().items())
         console.print(
             f"[yellow]the final measurement misses the objective ({limits}): the search measured it within; "
             f"see summary.json's pareto, or `modeltailor pick --run {out}` a tighter point[/yellow]"
         )
-    if summary.get("mlflow_run_id"):
-        console.print(f"MLflow run {summary['mlflow_run_id']}")
+    if summary.mlflow_run_id:
+        console.print(f"MLflow run {summary.mlflow_run_id}")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill <pid>` (SIGTERM) is handled like Ctrl-C while the block runs in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _forget_caught_interrupt() -> None:
+    """A KeyboardInterrupt raised inside exec() of a string (dataclasses and namedtuple build their
+    methods that way) sets CPython's "unhandled KeyboardInterrupt" flag even when it is caught, and
+    the interpreter then kills itself with SIGINT at exit instead of exiting with our status;
+    evaluating any string resets the flag."""
+    exec("pass")
+
+
+def _exit_interrupted(text: str) -> NoReturn:
+    err_console.print(text, highlight=False, soft_wrap=True)
+    sys.exit(130)
 
 
 def main() -> None:
@@ -233,13 +276,15 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:
-        app(standalone_mode=False)
+        with _sigterm_as_interrupt():
+            code = app(standalone_mode=False)  # Ctrl-C outside a search: typer returns 130
+    except SearchInterrupted as exc:
+        _exit_interrupted(str(exc))
     except ModelTailorError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("interrupted: finished episodes are in OUT/episodes.jsonl and MLflow")
-        sys.exit(130)
+        _exit_interrupted("interrupted")
     except (typer.Abort, typer.Exit) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # click usage errors
@@ -249,6 +294,12 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    finally:
+        _forget_caught_interrupt()  # whatever status we exit with, not death by SIGINT
+    if code == 130:
+        _exit_interrupted("interrupted")
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

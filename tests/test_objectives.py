@@ -13,7 +13,9 @@ from modeltailor.experiments.config import load_config
 from modeltailor.experiments.objective import make_reward
 from modeltailor.experiments.pick import pick, picked_policy
 from modeltailor.experiments.search import run_search
+from modeltailor.results import ParetoPoint
 from tests.test_search_e2e import TINY, InterruptAfter
+from tests.test_summary import record, sample_summary
 
 BASE = Resources(accuracy=0.95, latency_ms=1.0, memory_bytes=1000)
 
@@ -51,24 +53,22 @@ def test_make_reward_by_kind():
     assert isinstance(make_reward(load_config(None, {"objective.kind": "tradeoff"}), BASE), TradeoffReward)
 
 
-def summary_with(points):
-    return {"pareto": points, "policy": {"meta": {"input_shape": [1, 1, 16, 16], "kept_channels": {}}}}
-
-
-def point(episode, acc, lat, mem=100):
-    return {"episode": episode, "accuracy": acc, "latency_ms": lat, "memory_bytes": mem, "params": 1,
-            "policy": {"format": 1, "meta": {}, "units": [{"unit": "a", "method": "prune", "keep": 0.5}]}}
-
-
 def test_pick_returns_the_most_accurate_within_limits():
-    summary = summary_with([point(0, 0.80, 0.2), point(1, 0.90, 0.4), point(2, 0.95, 0.8)])
-    assert pick(summary, max_latency_ms=0.5)["episode"] == 1
-    assert pick(summary)["episode"] == 2
-    assert pick(summary, max_latency_ms=0.5, min_accuracy=0.85)["episode"] == 1
+    measured = ((0, 0.80, 0.2), (1, 0.90, 0.4), (2, 0.95, 0.8))
+    points = [ParetoPoint.from_record(record(e, acc, lat)) for e, acc, lat in measured]
+    summary = sample_summary(pareto=points)
+    summary.policy.meta["kept_channels"] = {"layer1.0": 8}
+    assert pick(summary, max_latency_ms=0.5).episode == 1
+    assert pick(summary).episode == 2
+    assert pick(summary, max_latency_ms=0.5, min_accuracy=0.85).episode == 1
     with pytest.raises(ModelTailorError, match="fastest result is 0.200 ms"):
         pick(summary, max_latency_ms=0.1)
+    with pytest.raises(ModelTailorError, match="no result of this search meets the limits"):
+        pick(summary, max_memory_bytes=50)
     policy = picked_policy(summary, pick(summary, max_latency_ms=0.5))
     assert dict(policy.meta)["picked_from_episode"] == 1 and "kept_channels" not in dict(policy.meta)
+    assert dict(policy.meta)["input_shape"] == [1, 1, 16, 16]
+    assert policy.actions == points[1].policy.to_policy().actions
 
 
 @pytest.mark.slow
@@ -89,7 +89,7 @@ def test_resume_keeps_finished_episodes_and_runs_the_rest(tmp_path):
     lines = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in lines] == [0, 1, 2, 3]
     assert lines[:2] == first
-    assert run.summary["episodes"] == 4
+    assert run.summary.episodes == 4
 
 
 @pytest.mark.slow
@@ -121,4 +121,4 @@ def test_device_failure_mid_search_keeps_episodes_for_resume(tmp_path):
         run_search(cfg, out, DeviceFailsAfter(2))
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
     run = run_search(cfg, out, resume=True)
-    assert run.summary["episodes"] == 4
+    assert run.summary.episodes == 4
