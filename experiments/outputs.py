@@ -30,6 +30,8 @@ from modeltailor.results import (
 )
 
 ARTIFACTS = ("summary.json", "policy.json", "model.onnx", "model.pt", "pareto.png", "episodes.jsonl")
+OPTIONAL_ARTIFACTS = ("agent_checkpoint.pt",)
+"""Logged when the searcher wrote them (PPO's agent checkpoint; baselines have none)."""
 
 
 def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
@@ -126,6 +128,9 @@ def write_outputs(
         tracker.log_metrics(final_metrics(summary))
         for name in ARTIFACTS:
             tracker.log_artifact(out_dir / name)
+        for name in OPTIONAL_ARTIFACTS:
+            if (out_dir / name).is_file():
+                tracker.log_artifact(out_dir / name)
     return summary
 
 
