@@ -1,5 +1,7 @@
 """Searchers: PPO (stable-baselines3) and baselines, all behind the `Searcher` protocol."""
 
+from pathlib import Path
+
 from modeltailor.agent.base import Searcher
 from modeltailor.agent.baselines import RandomSearcher, UniformSearcher
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings
@@ -8,10 +10,14 @@ from modeltailor.results import SearchResult
 SEARCHERS: tuple[str, ...] = ("ppo", "random", "uniform")
 
 
-def make_searcher(name: str, seed: int = 0) -> Searcher:
-    """A searcher by name (`ppo`, `random`, `uniform`); the config layer validates `name`."""
+def make_searcher(name: str, seed: int = 0, checkpoint: Path | None = None) -> Searcher:
+    """A searcher by name (`ppo`, `random`, `uniform`); the config layer validates `name`.
+
+    ``checkpoint``: where PPO keeps its agent checkpoint (what a resumed search continues from);
+    the baselines have no network and ignore it.
+    """
     if name == "ppo":
-        return PPOSearcher(seed=seed)
+        return PPOSearcher(seed=seed, checkpoint=checkpoint)
     if name == "random":
         return RandomSearcher(seed=seed)
     if name == "uniform":

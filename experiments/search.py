@@ -20,15 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modeltailor.agent import PPOSearcher, Searcher, make_searcher
+from modeltailor.agent import make_searcher
 from modeltailor.devices.base import Device
 from modeltailor.env.compression_env import CompressionEnv
-from modeltailor.env.history import best_record, search_result
-from modeltailor.env.reward import (
-    Resources,
-)
+from modeltailor.env.history import search_result
+from modeltailor.env.reward import Resources
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, SearchInterrupted
 from modeltailor.experiments.config import DeploymentConfig
+from modeltailor.experiments.episodes import (
+    EPISODES_FILE,
+    attach_episode_sinks,
+    episode_metrics,
+    load_episodes,
+    repair_episodes,
+)
 from modeltailor.experiments.finalize import FinalResult, finalize
 from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.outputs import RunInfo, write_outputs
@@ -70,7 +75,6 @@ class SearchRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-EPISODES_FILE = "episodes.jsonl"
 AGENT_CHECKPOINT = "agent_checkpoint.pt"
 """The PPO agent checkpoint (network, optimizer, settings), what `--resume` continues from."""
 RUN_FILE = "run.json"
@@ -135,7 +139,7 @@ def _run_searcher(
     """The search on a fresh env holding `previous`: its result and how long it took (s)."""
     env = build_env(bench, make_reward(config, _baseline(bench)), _baseline(bench))
     env.history.extend(previous)
-    _attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
+    attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
     reporter.start(max(0, config.search.episodes - len(previous)))
     started = time.perf_counter()
     result = _search(env, config, len(previous), out_dir)
@@ -153,17 +157,9 @@ def _interrupted(config: DeploymentConfig, out_dir: Path) -> SearchInterrupted:
     )
 
 
-def make_run_searcher(config: DeploymentConfig, out_dir: Path) -> Searcher:
-    """The configured searcher; PPO saves its agent checkpoint in OUT (for --resume)."""
-    searcher = make_searcher(config.search.searcher, config.search.seed)
-    if isinstance(searcher, PPOSearcher):
-        searcher.checkpoint = out_dir / AGENT_CHECKPOINT
-    return searcher
-
-
 def _search(env: CompressionEnv, config: DeploymentConfig, done: int, out_dir: Path) -> SearchResult:
     """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
-    searcher = make_run_searcher(config, out_dir)
+    searcher = make_searcher(config.search.searcher, config.search.seed, out_dir / AGENT_CHECKPOINT)
     episodes_file = out_dir / EPISODES_FILE
     try:
         result = searcher.search(env, max(0, config.search.episodes - done), done=done)
@@ -187,7 +183,7 @@ def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> li
             raise ConfigError(
                 f"--resume: '{out_dir}' holds a search of a different deployment: use another --out or drop --resume"
             )
-        previous = _repair_episodes(out_dir / EPISODES_FILE)
+        previous = repair_episodes(out_dir / EPISODES_FILE)
     else:
         (out_dir / EPISODES_FILE).write_text("")
         for stale in (AGENT_CHECKPOINT, RUN_FILE):
@@ -213,39 +209,6 @@ def check_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"--out '{out_dir}' cannot be written ({reason}): {advice}") from None
 
 
-def load_episodes(path: Path) -> list[EpisodeRecord]:
-    """Records from an episodes.jsonl; a torn last line (a killed write) is skipped."""
-    return _read_episodes(path)[0]
-
-
-def _read_episodes(path: Path) -> tuple[list[EpisodeRecord], list[str]]:
-    """The records of an episodes.jsonl and the lines they came from (unreadable lines left out)."""
-    if not path.is_file():
-        return [], []
-    records, lines = [], []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(EpisodeRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, ModelTailorError):
-            log.warning("skipping an unreadable line of %s", path)
-            continue
-        lines.append(line)
-    return records, lines
-
-
-def _repair_episodes(path: Path) -> list[EpisodeRecord]:
-    """The readable records; unreadable lines (a write torn by a kill) are dropped from the file
-    before anything is appended to it, so the next episode does not land on a half line."""
-    records, lines = _read_episodes(path)
-    text, kept = (path.read_text() if path.is_file() else ""), "".join(line + "\n" for line in lines)
-    if text != kept:  # a torn line, or a last line without its newline
-        atomic_write(path, kept)
-    dropped = len(text.splitlines()) - len(lines)
-    if dropped:
-        log.warning("resume: dropped %d unreadable line(s) of %s, kept %d episodes", dropped, path, len(records))
-    return records
-
-
 def _start_tracking(
     tracker: Tracker | None,
     config: DeploymentConfig,
@@ -268,7 +231,7 @@ def _start_tracking(
     )
     atomic_write(out_dir / RUN_FILE, json.dumps(_run_record(tracker, run_id), indent=2) + "\n")
     for record in previous or []:
-        tracker.log_episode(record.episode, _episode_metrics(record))
+        tracker.log_episode(record.episode, episode_metrics(record))
     return run_id
 
 
@@ -307,29 +270,4 @@ def _run_tags(config: DeploymentConfig, bench: Workbench) -> dict[str, str]:
         "classes": ",".join(map(str, bench.classes)) if bench.classes else "all",
         "searcher": config.search.searcher,
         "objective": config.objective.kind,
-    }
-
-
-def _attach_episode_sinks(
-    env: CompressionEnv, path: Path, tracker: Tracker | None, reporter: Reporter
-) -> None:
-
-    def sink(record: EpisodeRecord) -> None:
-        with path.open("a") as handle:
-            handle.write(json.dumps(record.to_dict()) + "\n")
-        if tracker is not None:
-            tracker.log_episode(record.episode, _episode_metrics(record))
-        reporter.episode(record, best_record(env.history))
-
-    env.callbacks.append(sink)
-
-
-def _episode_metrics(record: EpisodeRecord) -> dict[str, float]:
-    return {
-        "episode/accuracy": record.accuracy,
-        "episode/latency_ms": record.latency_ms,
-        "episode/memory_bytes": float(record.memory_bytes),
-        "episode/params": float(record.params),
-        "episode/reward": record.reward,
-        "episode/feasible": float(record.feasible),
     }
