@@ -51,3 +51,24 @@ def test_bad_config_is_one_clear_line(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_renamed_keys_still_read(tmp_path, caplog):
+    """search.agent is now search.searcher, device.registry is now device.profiles."""
+    cfg = load_config(write(tmp_path, "search:\n  agent: random\ndevice:\n  registry: my.yaml\n"))
+    assert cfg.search.searcher == "random" and str(cfg.device.profiles) == "my.yaml"
+    assert "search.agent' is now 'search.searcher" in caplog.text
+    both = load_config(write(tmp_path, "search:\n  agent: random\n  searcher: uniform\n"))
+    assert both.search.searcher == "uniform"  # the new name wins
+
+
+def test_cli_keeps_the_old_names():
+    from typer.testing import CliRunner
+
+    from modeltailor.service.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["device-agent", "--help"]).exit_code == 0
+    assert runner.invoke(app, ["device-server", "--help"]).exit_code == 0
+    listed = runner.invoke(app, ["devices", "list", "--registry", "/nonexistent.yaml"])
+    assert listed.exit_code != 0 and "nonexistent.yaml" in str(listed.exception or listed.output)
