@@ -25,7 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
-from modeltailor.errors import ModelTailorError
+from modeltailor.errors import ModelTailorError, first_line
 from modeltailor.results import SearchResult
 from modeltailor.storage import atomic_write
 
@@ -95,7 +95,7 @@ def restore_checkpoint(path: Path, model: BaseAlgorithm, env: CompressionEnv) ->
         model.policy.optimizer.load_state_dict(state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ModelTailorError(
-            f"agent checkpoint '{path}' does not fit this PPO network ({str(exc).splitlines()[0]}): {advice}"
+            f"agent checkpoint '{path}' does not fit this PPO network ({first_line(exc)}): {advice}"
         ) from None
     model.num_timesteps = int(state.get("num_timesteps", 0))
     return state

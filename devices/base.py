@@ -19,6 +19,7 @@ Callers never test a device's class: what differs between kinds is behind these 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
@@ -67,7 +68,7 @@ class Device(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-class DeviceDefaults:
+class DeviceDefaults(ABC):
     """Default behaviour for devices that time nothing themselves (remote, table).
 
     Subclasses provide ``measure`` and ``describe``; the defaults here measure one model after
@@ -76,8 +77,13 @@ class DeviceDefaults:
 
     name: str
 
+    @abstractmethod
     def measure(self, onnx_bytes: bytes) -> Measurement:
-        raise NotImplementedError
+        """Latency and memory of one model on this device."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What the device says about itself (JSON-ready)."""
 
     def measure_latency(self, onnx_bytes: bytes) -> LatencyStats:
         return self.measure(onnx_bytes).latency
