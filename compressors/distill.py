@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeltailor.cores import working
+
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +48,10 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            chunks = [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        chunks = []
+        for i in range(0, len(inputs), batch_size):
+            with torch.no_grad(), working():
+                chunks.append(model(inputs[i : i + batch_size]))
     finally:
         model.train(was_training)
     return torch.cat(chunks)
@@ -138,13 +142,14 @@ def distill(
             order, cursor = torch.randperm(n, generator=generator), 0
         idx = order[cursor : cursor + config.batch_size]
         cursor += config.batch_size
-        loss = distillation_loss(
-            student(teacher.inputs[idx]), teacher.logits[idx], labels[idx], config.temperature, config.alpha
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        with working():
+            loss = distillation_loss(
+                student(teacher.inputs[idx]), teacher.logits[idx], labels[idx], config.temperature, config.alpha
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
         if on_step is not None:
             on_step(step, float(loss))
     return student.eval()

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from modeltailor.cores import timing
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import onnx_memory
 from modeltailor.devices.session import GRAPH_OPT_LEVELS, ort_session, random_feed
@@ -106,9 +107,10 @@ class LocalOrtDevice:
         """Per-run latencies in ms after warm-up, one array per round."""
         feed = random_feed(session)
         try:
-            for _ in range(self.warmup):
-                session.run(None, feed)
-            return self._timed_rounds(session, feed)
+            with timing():  # the host's cores alone: no other measurement or training step
+                for _ in range(self.warmup):
+                    session.run(None, feed)
+                return self._timed_rounds(session, feed)
         except Exception as exc:
             raise DeviceError(
                 f"device '{self.name}' failed to run the model: {first_line(exc)}"
@@ -170,7 +172,8 @@ def time_alternately(runs: Mapping[K, tuple[LocalOrtDevice, bytes]], repeats: in
         for key, (device, data) in runs.items()
     }
     rounds: dict[K, list[np.ndarray]] = {key: [] for key in runs}
-    for _ in range(max((d.rounds for d, _ in runs.values()), default=0) * repeats):
-        for key, (device, session) in one_round.items():
-            rounds[key] += device.time_rounds(session)
+    with timing():
+        for _ in range(max((d.rounds for d, _ in runs.values()), default=0) * repeats):
+            for key, (device, session) in one_round.items():
+                rounds[key] += device.time_rounds(session)
     return {key: LatencyStats.from_rounds(v) for key, v in rounds.items()}

@@ -180,17 +180,17 @@ class DeploymentConfig(_Strict):
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> DeploymentConfig:
     """Read `path` (YAML), apply dotted `overrides` ({"search.episodes": 8}), validate."""
-    data = _read_yaml(path) if path is not None else {}
+    data = read_yaml(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, dotted, value)
+            set_dotted(data, dotted, value)
     try:
         return DeploymentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, path)) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found: pass a deployment YAML (see examples/)")
     try:
@@ -206,7 +206,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data
     for key in parents:

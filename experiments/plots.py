@@ -111,3 +111,30 @@ def plot_pareto(
     fig.suptitle(f"Compression search: {len(episodes)} episodes, {len(pareto)} on the Pareto front")
     fig.savefig(path, dpi=120, format="png")
     return path
+
+
+def campaign_plot(points: Sequence[tuple[str, str, dict[str, Any]]], path: Path) -> Path:
+    """Every deployment's chosen model: accuracy (test) vs speedup over its baseline, one colour per
+    device; `points` are (deployment, device, result row with accuracy and speedup)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    devices = sorted({device for _, device, _ in points})
+    colours = {d: f"C{i % 10}" for i, d in enumerate(devices)}
+    for name, device, row in points:
+        x, y = float(row["speedup"]), 100.0 * float(row["accuracy"])
+        marker = "o" if row.get("objective_met", True) else "x"
+        ax.scatter([x], [y], s=70, color=colours[device], marker=marker, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for device in devices:
+        ax.scatter([], [], color=colours[device], label=device)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("speedup over the deployment's baseline (x)")
+    ax.set_ylabel("accuracy on the deployment's classes (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="device (x: objective missed)", fontsize=8)
+    fig.suptitle(f"Campaign: {len(points)} deployments, chosen models")
+    fig.savefig(path, dpi=120, format="png")
+    return path

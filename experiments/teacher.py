@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeltailor.cores import working
 from modeltailor.datasets import DataSplits
 from modeltailor.experiments.config import DeploymentConfig, TrainConfig
 from modeltailor.models import build_model, load_factory, load_weights
@@ -104,11 +105,12 @@ def train_model(
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), config.batch_size):
             idx = order[i : i + config.batch_size]
-            loss = F.cross_entropy(model(random_shift(x[idx], generator)), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            with working():
+                loss = F.cross_entropy(model(random_shift(x[idx], generator)), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
         if progress is not None:
             progress(epoch + 1, config.epochs, loss.item())
     return model.eval()

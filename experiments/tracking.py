@@ -63,7 +63,7 @@ def _sqlite_uri(db_path: Path) -> str:
     return f"sqlite:///{db_path}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
@@ -165,7 +165,7 @@ class Tracker:
         self.tracking_uri = normalize_tracking_uri(tracking_uri or default_tracking_uri())
         self.experiment = experiment
         check_reachable(self.tracking_uri)
-        db_path = _sqlite_path(self.tracking_uri)
+        db_path = sqlite_path(self.tracking_uri)
         if db_path is not None:
             db_path.parent.mkdir(parents=True, exist_ok=True)
         self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
@@ -176,7 +176,7 @@ class Tracker:
     # -- experiment -------------------------------------------------------------------------
     def artifact_location(self) -> str | None:
         """Absolute artifact root for new experiments (SQLite: <db dir>/mlartifacts)."""
-        db_path = _sqlite_path(self.tracking_uri)
+        db_path = sqlite_path(self.tracking_uri)
         return (db_path.parent / ARTIFACTS_DIR).as_uri() if db_path is not None else None
 
     def _ensure_experiment(self) -> str:
@@ -246,6 +246,14 @@ class Tracker:
         run_id = self._stack.pop()
         with _mlflow_errors(self.tracking_uri):
             self._client.set_terminated(run_id, status=status)
+
+    def terminate(self, run_id: str, status: str) -> None:
+        """End a run that is not on this tracker's stack (e.g. another process's, left RUNNING)."""
+        if status not in RUN_STATUSES:
+            raise ModelTailorError(f"run status '{status}' is unknown; use one of {RUN_STATUSES}")
+        with _mlflow_errors(self.tracking_uri):
+            if self._client.get_run(run_id).info.status == "RUNNING":
+                self._client.set_terminated(run_id, status=status)
 
     @contextlib.contextmanager
     def run(

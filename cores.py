@@ -1,0 +1,110 @@
+"""The host's CPU cores, shared by every modeltailor process on it: a timing holds them alone.
+
+Latency is measured on the same cores other searches train on. Two measurements at once, or one
+measurement while another process distils, corrupt each other's numbers. So every process on a
+host follows one protocol, through two lock files in the cache folder:
+
+* ``timing()`` (a latency measurement) is exclusive: it waits until no work step is running and
+  no other measurement, and while it holds the cores nobody starts a work step;
+* ``working()`` (one training or evaluation step: a distillation mini-batch, an accuracy batch)
+  is shared: steps of different processes run together, but not while a model is timed.
+
+A waiting measurement closes a turnstile (the ``gate`` file) so new work steps queue behind it:
+it waits for at most the steps already running (milliseconds), never starves. Measurements of
+different device profiles on one host (cpu-1t, cpu-2t) share the lock: they use the same cores.
+
+The locks are ``flock`` locks (released by the kernel when a process dies, even by ``kill -9``),
+keyed by host through ``MODELTAILOR_CACHE`` (default ``~/.cache/modeltailor``).
+``MODELTAILOR_CORES_LOCK=off`` turns the protocol off (for a dedicated benchmarking machine).
+Nested use in one thread is free (a timing inside a timing, a step inside a step); a timing
+requested inside a work step of the same thread runs without the lock rather than deadlock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_ENV = "MODELTAILOR_CORES_LOCK"
+"""A folder for the lock files, or ``off``; default: ``<cache>/locks``."""
+
+_held = threading.local()
+
+
+def lock_dir() -> Path | None:
+    """Where this host's core lock files live; None when the protocol is turned off."""
+    setting = os.environ.get(LOCK_ENV, "").strip()
+    if setting.lower() in {"off", "0", "false", "no"}:
+        return None
+    if setting:
+        return Path(setting)
+    cache = os.environ.get("MODELTAILOR_CACHE") or Path.home() / ".cache" / "modeltailor"
+    return Path(cache) / "locks"
+
+
+def _open(directory: Path, name: str) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    return os.open(directory / f"cores.{name}", os.O_RDWR | os.O_CREAT, 0o666)
+
+
+@contextmanager
+def _flock(fd: int, mode: int) -> Iterator[None]:
+    fcntl.flock(fd, mode)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _holding(kind: str) -> Iterator[bool]:
+    """Track what this thread holds; yields True when the caller must take the lock itself."""
+    current = getattr(_held, "kind", None)
+    if current is not None:
+        yield False
+        return
+    _held.kind = kind
+    try:
+        yield True
+    finally:
+        _held.kind = None
+
+
+@contextmanager
+def timing() -> Iterator[None]:
+    """Hold the host's cores alone while a model is timed (see the module docstring)."""
+    directory = lock_dir()
+    with _holding("timing") as take:
+        if directory is None or not take:
+            yield
+            return
+        gate, work = _open(directory, "gate"), _open(directory, "work")
+        try:
+            with _flock(gate, fcntl.LOCK_EX), _flock(work, fcntl.LOCK_EX):
+                yield
+        finally:
+            os.close(gate)
+            os.close(work)
+
+
+@contextmanager
+def working() -> Iterator[None]:
+    """One step of CPU work that may share the cores with other work, but not with a timing."""
+    directory = lock_dir()
+    with _holding("working") as take:
+        if directory is None or not take:
+            yield
+            return
+        gate, work = _open(directory, "gate"), _open(directory, "work")
+        try:
+            with _flock(gate, fcntl.LOCK_EX):  # the turnstile: wait behind a waiting measurement
+                pass
+            with _flock(work, fcntl.LOCK_SH):
+                yield
+        finally:
+            os.close(gate)
+            os.close(work)

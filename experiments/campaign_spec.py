@@ -1,0 +1,213 @@
+"""Campaign specs: a fleet of deployments, validated at one boundary like a deployment spec.
+
+A campaign YAML names a base deployment (a deployment YAML, relative to the campaign file, or an
+inline mapping) and the deployments derived from it: each entry is a set of overrides merged into
+the base (mappings merge key by key, lists and values replace), or ``file:`` a whole deployment
+YAML. Every derived deployment is validated as a `DeploymentConfig`; an error names the entry.
+
+    name: digits-fleet
+    base: digits-resnet20.yaml
+    deployments:
+      - {name: all-cpu1t, device: {name: cpu-1t}}
+      - {name: c037-cpu2t, classes: [0, 3, 7], device: {name: cpu-2t}}
+      - file: my-deployment.yaml
+    resources: {cpus: 1, gpus: 0}
+    max_concurrent: 2
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modeltailor.errors import ConfigError
+from modeltailor.experiments.config import DeploymentConfig, TrackingConfig, read_yaml, set_dotted
+
+OVERRIDE_KEYS = ("name", "classes", "device", "objective", "model", "data", "search", "recovery")
+"""What a deployment entry may override in the base (tracking and training are campaign-wide)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Resources(_Strict):
+    cpus: float = Field(1, gt=0, description="CPUs per deployment (torch threads are pinned to them)")
+    gpus: float = Field(0, ge=0, description="GPUs per deployment (0 on a CPU-only machine)")
+
+
+class DeploymentEntry(_Strict):
+    """One deployment of the campaign: overrides of the base, or a whole deployment file."""
+
+    name: str | None = Field(None, description="folder and run name (default: derived from classes and device)")
+    file: Path | None = Field(None, description="a deployment YAML (relative to the campaign file) instead of overrides")
+    classes: list[int | str] | None = None
+    device: dict[str, Any] | None = None
+    objective: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    recovery: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _file_or_overrides(self) -> DeploymentEntry:
+        overrides = [k for k in OVERRIDE_KEYS if k != "name" and getattr(self, k) is not None]
+        if self.file is not None and overrides:
+            raise ValueError(f"give either 'file' or overrides, not both (found {', '.join(overrides)})")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in OVERRIDE_KEYS if getattr(self, k) is not None}
+
+
+class CampaignSpec(_Strict):
+    name: str = Field("campaign", description="campaign name (the MLflow parent run's name)")
+    base: Path | dict[str, Any] | None = Field(
+        None, description="base deployment: a deployment YAML (relative to the campaign file) or an inline mapping"
+    )
+    deployments: list[DeploymentEntry] = Field(description="the deployments: overrides of the base, or files")
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int = Field(2, ge=1, description="deployments searched at once")
+    tracking: TrackingConfig | None = Field(
+        None, description="MLflow for the campaign and every deployment (default: the base's)"
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> CampaignSpec:
+        if not self.deployments:
+            raise ValueError("the list is empty: add at least one deployment")
+        return self
+
+
+class Campaign(BaseModel):
+    """A validated campaign: its spec and every deployment, named, resolved and validated."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    spec: CampaignSpec
+    deployments: dict[str, DeploymentConfig]
+    source: Path | None = None
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return self.spec.tracking or next(iter(self.deployments.values())).tracking
+
+
+def load_campaign(path: Path, overrides: dict[str, Any] | None = None) -> Campaign:
+    """Read and validate a campaign YAML; `overrides` are dotted keys of the spec
+    ("max_concurrent", "resources.cpus") or of every deployment ("deployment.search.episodes")."""
+    if not path.is_file():
+        raise ConfigError(f"campaign file '{path}' not found: pass a campaign YAML (see examples/campaign-digits.yaml)")
+    data = read_yaml(path)
+    deployment_overrides: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if dotted.startswith("deployment."):
+            deployment_overrides[dotted[len("deployment.") :]] = value
+        else:
+            set_dotted(data, dotted, value)
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_line(exc, f"campaign file '{path}'")) from None
+    return build_campaign(spec, path.parent, path, deployment_overrides)
+
+
+def build_campaign(
+    spec: CampaignSpec, root: Path, source: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Campaign:
+    """Derive and validate every deployment of `spec`; relative files resolve against `root`."""
+    where = f"campaign file '{source}'" if source else "campaign"
+    base = _base_data(spec.base, root, where)
+    deployments: dict[str, DeploymentConfig] = {}
+    for index, entry in enumerate(spec.deployments):
+        data = _entry_data(entry, base, root, f"{where}: deployments[{index}]")
+        for dotted, value in (overrides or {}).items():
+            set_dotted(data, dotted, value)
+        if spec.tracking is not None:
+            data["tracking"] = spec.tracking.model_dump(mode="json")
+        config = _validate(data, f"{where}: deployments[{index}]")
+        name = entry.name or (None if entry.file else derived_name(config))
+        name = name or config.name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ConfigError(
+                f"{where}: deployments[{index}].name '{name}' must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
+        if name in deployments:
+            raise ConfigError(
+                f"{where}: deployments[{index}] is named '{name}' like an earlier one: give each a distinct 'name'"
+            )
+        deployments[name] = config.model_copy(update={"name": name})
+    return Campaign(spec=spec, deployments=deployments, source=source)
+
+
+def derived_name(config: DeploymentConfig) -> str:
+    """'all-cpu-1t', 'c0-3-7-cpu-2t': the classes and the device, as a folder name."""
+    classes = "all" if not config.classes else "c" + "-".join(str(c) for c in config.classes)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{classes}-{config.device.name}").strip("-")
+
+
+def _base_data(base: Path | dict[str, Any] | None, root: Path, where: str) -> dict[str, Any]:
+    if base is None:
+        return {}
+    if isinstance(base, dict):
+        return _absolute_paths(copy.deepcopy(base), root)
+    return _deployment_file(base, root, f"{where}: base")
+
+
+def _entry_data(entry: DeploymentEntry, base: dict[str, Any], root: Path, where: str) -> dict[str, Any]:
+    if entry.file is not None:
+        return _deployment_file(entry.file, root, where)
+    data = copy.deepcopy(base)
+    return _absolute_paths(_merge(data, entry.overrides()), root)
+
+
+def _deployment_file(path: Path, root: Path, where: str) -> dict[str, Any]:
+    full = path if path.is_absolute() else root / path
+    if not full.is_file():
+        raise ConfigError(f"{where}: deployment file '{full}' not found: fix the path (relative to the campaign file)")
+    return _absolute_paths(read_yaml(full), full.parent)
+
+
+PATH_KEYS = (("model", "weights"), ("data", "root"), ("device", "profiles"))
+
+
+def _absolute_paths(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Relative file paths of a deployment made absolute against `root` (trials run elsewhere)."""
+    for section, key in PATH_KEYS:
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and not Path(node[key]).is_absolute():
+            node[key] = str((root / node[key]).resolve())
+    return data
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _validate(data: dict[str, Any], where: str) -> DeploymentConfig:
+    try:
+        return DeploymentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_line(exc, where)) from None
+
+
+def _validation_line(exc: ValidationError, where: str) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(p) for p in error["loc"]) or "campaign"
+    key = re.sub(r"deployments\.(\d+)", r"deployments[\1]", key)
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(OVERRIDE_KEYS + ("file",)) if re.fullmatch(r"deployments\[\d+\]\.\w+", key) else ""
+        hint = f" (a deployment entry may set: {allowed})" if allowed else ""
+        return f"{where}: unknown key '{key}': remove it or check the spelling{hint}"
+    return f"{where}: {key}: {error['msg']}"
