@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from modeltailor.errors import ConfigError
+
 LOCK_ENV = "MODELTAILOR_CORES_LOCK"
 """A folder for the lock files, or ``off``; default: ``<cache>/locks``."""
 
@@ -46,9 +48,32 @@ def lock_dir() -> Path | None:
     return Path(cache) / "locks"
 
 
-def _open(directory: Path, name: str) -> int:
-    directory.mkdir(parents=True, exist_ok=True)
-    return os.open(directory / f"cores.{name}", os.O_RDWR | os.O_CREAT, 0o666)
+@contextmanager
+def _lock_files(directory: Path) -> Iterator[tuple[int, int]]:
+    """The open ``gate`` and ``work`` lock files (both closed again, whatever happens)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        gate = os.open(directory / "cores.gate", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise _unusable(directory, exc) from None
+    try:
+        try:
+            work = os.open(directory / "cores.work", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise _unusable(directory, exc) from None
+        try:
+            yield gate, work
+        finally:
+            os.close(work)
+    finally:
+        os.close(gate)
+
+
+def _unusable(directory: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"core lock folder '{directory}' cannot be used ({exc.strerror or type(exc).__name__}): "
+        f"set {LOCK_ENV} to a writable folder, or to 'off' on a machine that only measures"
+    )
 
 
 @contextmanager
@@ -82,13 +107,8 @@ def timing() -> Iterator[None]:
         if directory is None or not take:
             yield
             return
-        gate, work = _open(directory, "gate"), _open(directory, "work")
-        try:
-            with _flock(gate, fcntl.LOCK_EX), _flock(work, fcntl.LOCK_EX):
-                yield
-        finally:
-            os.close(gate)
-            os.close(work)
+        with _lock_files(directory) as (gate, work), _flock(gate, fcntl.LOCK_EX), _flock(work, fcntl.LOCK_EX):
+            yield
 
 
 @contextmanager
@@ -99,12 +119,8 @@ def working() -> Iterator[None]:
         if directory is None or not take:
             yield
             return
-        gate, work = _open(directory, "gate"), _open(directory, "work")
-        try:
+        with _lock_files(directory) as (gate, work):
             with _flock(gate, fcntl.LOCK_EX):  # the turnstile: wait behind a waiting measurement
                 pass
             with _flock(work, fcntl.LOCK_SH):
                 yield
-        finally:
-            os.close(gate)
-            os.close(work)

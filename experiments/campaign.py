@@ -348,6 +348,7 @@ def _tune(
 ) -> None:
     from ray import tune
 
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C reaches run_campaign (no Tuner.restore advice)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, ours is live
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard per trial
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ...so no metrics files

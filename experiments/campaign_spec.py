@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modeltailor.errors import ConfigError
 from modeltailor.experiments.config import DeploymentConfig, TrackingConfig, read_yaml, set_dotted
@@ -76,11 +77,21 @@ class CampaignSpec(_Strict):
         None, description="MLflow for the campaign and every deployment (default: the base's)"
     )
 
-    @model_validator(mode="after")
-    def _not_empty(self) -> CampaignSpec:
-        if not self.deployments:
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base_kind(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str | Path | dict):
+            raise ValueError(
+                "must be a deployment YAML (a path relative to the campaign file) or a mapping of deployment settings"
+            )
+        return value
+
+    @field_validator("deployments")
+    @classmethod
+    def _not_empty(cls, value: list[DeploymentEntry]) -> list[DeploymentEntry]:
+        if not value:
             raise ValueError("the list is empty: add at least one deployment")
-        return self
+        return value
 
 
 class Campaign(BaseModel):
@@ -102,7 +113,8 @@ def load_campaign(path: Path, overrides: dict[str, Any] | None = None) -> Campai
     ("max_concurrent", "resources.cpus") or of every deployment ("deployment.search.episodes")."""
     if not path.is_file():
         raise ConfigError(f"campaign file '{path}' not found: pass a campaign YAML (see examples/campaign-digits.yaml)")
-    data = read_yaml(path)
+    where = f"campaign file '{path}'"
+    data = _read_campaign(path, where)
     deployment_overrides: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -110,11 +122,11 @@ def load_campaign(path: Path, overrides: dict[str, Any] | None = None) -> Campai
         if dotted.startswith("deployment."):
             deployment_overrides[dotted[len("deployment.") :]] = value
         else:
-            set_dotted(data, dotted, value)
+            _override(data, dotted, value, where)
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_line(exc, f"campaign file '{path}'")) from None
+        raise ConfigError(_validation_line(exc, where, campaign=True)) from None
     return build_campaign(spec, path.parent, path, deployment_overrides)
 
 
@@ -127,13 +139,14 @@ def build_campaign(
     deployments: dict[str, DeploymentConfig] = {}
     for index, entry in enumerate(spec.deployments):
         data = _entry_data(entry, base, root, f"{where}: deployments[{index}]")
+        at = f"{where}: deployments[{index}]" + (f" (file '{entry.file}')" if entry.file is not None else "")
         for dotted, value in (overrides or {}).items():
-            set_dotted(data, dotted, value)
+            _override(data, dotted, value, at)
         if spec.tracking is not None:
             data["tracking"] = spec.tracking.model_dump(mode="json")
-        config = _validate(data, f"{where}: deployments[{index}]")
-        name = entry.name or (None if entry.file else derived_name(config))
-        name = name or config.name
+        config = _validate(data, at)
+        name = entry.name if entry.name is not None else None if entry.file else derived_name(config)
+        name = config.name if name is None else name
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ConfigError(
                 f"{where}: deployments[{index}].name '{name}' must be letters, digits, '.', '_' or '-' (it names a folder)"
@@ -171,7 +184,39 @@ def _deployment_file(path: Path, root: Path, where: str) -> dict[str, Any]:
     full = path if path.is_absolute() else root / path
     if not full.is_file():
         raise ConfigError(f"{where}: deployment file '{full}' not found: fix the path (relative to the campaign file)")
-    return _absolute_paths(read_yaml(full), full.parent)
+    try:
+        data = read_yaml(full)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return _absolute_paths(data, full.parent)
+
+
+def _read_campaign(path: Path, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML{line}: fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read ({type(exc).__name__}): pass a readable campaign YAML") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where} must hold a mapping (name, base, deployments, ...), not a {type(data).__name__}: "
+            "see examples/campaign-digits.yaml"
+        )
+    return data
+
+
+def _override(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    try:
+        set_dotted(data, dotted, value)
+    except (TypeError, AttributeError):
+        raise ConfigError(
+            f"{where}: cannot override '{dotted}': the file sets one of its parents to a value, not a mapping"
+        ) from None
 
 
 PATH_KEYS = (("model", "weights"), ("data", "root"), ("device", "profiles"))
@@ -202,12 +247,39 @@ def _validate(data: dict[str, Any], where: str) -> DeploymentConfig:
         raise ConfigError(_validation_line(exc, where)) from None
 
 
-def _validation_line(exc: ValidationError, where: str) -> str:
-    error = exc.errors()[0]
-    key = ".".join(str(p) for p in error["loc"]) or "campaign"
-    key = re.sub(r"deployments\.(\d+)", r"deployments[\1]", key)
+TYPE_TAGS = {"int", "str", "float", "bool", "none", "list", "dict"}
+"""Parts of a pydantic error location that name a union member, not a key."""
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    """('deployments', 1, 'device', 'nmae') -> 'deployments[1].device.nmae' (union member tags dropped)."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif re.fullmatch(r"\w+", str(part)) and str(part) not in TYPE_TAGS:
+            key += f".{part}" if key else str(part)
+    return key
+
+
+def _validation_line(exc: ValidationError, where: str, campaign: bool = False) -> str:
+    """One line for the first error (an unknown key first); `campaign`: of the spec, else of a deployment."""
+    errors = exc.errors()
+    # an unknown key first: a misspelt 'deploymnts' explains the missing 'deployments'
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    key = _location(error["loc"])
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(OVERRIDE_KEYS + ("file",)) if re.fullmatch(r"deployments\[\d+\]\.\w+", key) else ""
-        hint = f" (a deployment entry may set: {allowed})" if allowed else ""
+        if not campaign:
+            hint = " (`modeltailor config-schema` lists the deployment keys)"
+        elif re.fullmatch(r"deployments\[\d+\]\.\w+", key):
+            hint = f" (a deployment entry may set: {', '.join(OVERRIDE_KEYS + ('file',))})"
+        elif re.fullmatch(r"\w+", key):
+            hint = f" (a campaign may set: {', '.join(CampaignSpec.model_fields)})"
+        else:
+            hint = ""
         return f"{where}: unknown key '{key}': remove it or check the spelling{hint}"
-    return f"{where}: {key}: {error['msg']}"
+    if error["type"] == "missing":
+        hint = ": list the deployments (see examples/campaign-digits.yaml)" if key == "deployments" else ""
+        return f"{where}: required key '{key}' is missing{hint}"
+    message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
+    return f"{where}: {key or 'top level'}: {message}"

@@ -207,10 +207,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data[a][b] = value`` for "a.b"; a ConfigError when the file sets ``a`` to a plain value."""
     *parents, leaf = dotted.split(".")
     node = data
-    for key in parents:
+    for depth, key in enumerate(parents):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[: depth + 1])
+            raise ConfigError(f"config key '{where}' must be a mapping of settings to override '{dotted}', not {node!r}")
     node[leaf] = value
 
 

@@ -88,8 +88,6 @@ def campaign_command(
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
 ) -> None:
     """Search many deployments in parallel (Ray Tune): OUT/campaign.json, OUT/<deployment>/summary.json, ..."""
-    from modeltailor.experiments.campaign import run_campaign
-
     overrides: dict[str, Any] = {
         "max_concurrent": max_concurrent, "resources.cpus": cpus, "resources.gpus": gpus,
         "deployment.search.episodes": episodes,
@@ -98,7 +96,9 @@ def campaign_command(
         base = load_campaign(config).tracking.model_dump(mode="json")
         overrides["tracking"] = {**base, **({"uri": tracking_uri} if tracking_uri else {}),
                                  **({"enabled": False} if no_tracking else {})}
-    campaign = load_campaign(config, overrides)
+    campaign = load_campaign(config, overrides)  # a bad spec fails here, before Ray is imported
+    from modeltailor.experiments.campaign import run_campaign
+
     reporter = LiveReporter(f"campaign '{campaign.spec.name}' -> {out}")
     try:
         run = run_campaign(campaign, out, address=address, resume=resume, reporter=reporter)

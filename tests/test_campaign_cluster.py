@@ -1,0 +1,172 @@
+"""`modeltailor campaign --address` on a real two-node Ray cluster with token authentication.
+
+The cluster (tests/ray_nodes.py) is two `ray start` processes of one CPU each, so the campaign's
+two deployments must run one on each node: a head and a worker, each in a network namespace of its
+own (10.213.0.1 and 10.213.0.2, two hosts on one link) where this process may create them (root /
+CAP_NET_ADMIN), else side by side on loopback; the mode is printed at the start of the module's
+output. The campaign runs on the head's host and connects by HOST:PORT.
+
+Token auth in Ray 2.60, as these tests found it (see also experiments/ray_cluster.py):
+  * every node (`ray start --head` and `ray start --address`) and every client needs
+    RAY_AUTH_MODE=token and the same token; RAY_AUTH_TOKEN (tried first), RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token. Nothing else: no flag to `ray start`, no TLS;
+  * a worker node or a client connecting with an explicit address never turns token auth on by
+    itself (a token file in ~/.ray is not enough: RAY_AUTH_MODE must say "token"), while
+    `ray start --head` and a local `ray.init()` turn it on when ~/.ray/auth_token exists;
+  * a missing or wrong token makes `ray.init` retry ~20 s and fail with a message that does not
+    name the token, and RAY_AUTH_MODE=token with no token anywhere aborts the process inside
+    Ray's native client: ray_cluster.check_token turns both into one line at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ray_nodes import RayNodes, ray_cluster
+
+pytestmark = pytest.mark.slow
+
+MODELTAILOR = Path(sys.executable).parent / "modeltailor"
+
+TINY = """\
+name: tiny
+base:
+  model: {name: resnet20, kwargs: {width: 0.5}}
+  data: {input_size: 16}
+  train: {epochs: 3}
+  search: {episodes: 3, round_to: 2, searcher: random}
+  recovery: {episode_steps: 5, final_steps: 10, finalists: 1}
+  device: {runs: 10, warmup: 2}
+deployments:
+  - {name: a, device: {name: cpu-1t}}
+  - {name: b, classes: [0,3,7], device: {name: cpu-1t}}
+max_concurrent: 2
+resources: {cpus: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[RayNodes]:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the test cluster needs Linux (network namespaces, /proc)")
+    with ray_cluster(workers=1, cpus=1) as nodes:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n{nodes.describe()}")
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MODELTAILOR_CACHE for the module: the quick failure tests reuse the campaign's teacher."""
+    return tmp_path_factory.mktemp("cluster-cache")
+
+
+def campaign(
+    nodes: RayNodes | None, workdir: Path, cache: Path, *args: str, auth: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> tuple[int, str, str]:
+    """`modeltailor campaign --config tiny.yaml ARGS` on the head's host (or here, without
+    `nodes`), in `workdir`; (exit code, stdout, stderr)."""
+    config = workdir / "tiny.yaml"
+    config.write_text(TINY)
+    argv = [str(MODELTAILOR), "campaign", "--config", str(config), *args]
+    extra = {"MODELTAILOR_CACHE": str(cache), "COLUMNS": "200"}
+    if nodes is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | extra
+    else:
+        env = nodes.env(extra, auth=auth is None) | (auth or {})
+        argv = nodes.command(argv)
+    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_campaign_spreads_over_both_nodes_and_logs_to_mlflow(
+    cluster: RayNodes, tmp_path: Path, teacher_cache: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    out, db = tmp_path / "out", tmp_path / "mlflow.db"
+    code, stdout, stderr = campaign(
+        cluster, tmp_path, teacher_cache, "--out", str(out), "--address", cluster.address,
+        "--tracking-uri", f"sqlite:///{db}",
+    )
+    assert code == 0, f"{cluster.describe()}\nstdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}"
+
+    record = json.loads((out / "campaign.json").read_text())
+    assert record["ray"]["nodes"] == 2 and record["ray"]["node_cpus"] == 1
+    assert [(d["name"], d["state"]) for d in record["deployments"]] == [("a", "finished"), ("b", "finished")]
+    trials = {name: json.loads((out / name / "trial.json").read_text()) for name in ("a", "b")}
+    for name in ("a", "b"):
+        assert json.loads((out / name / "summary.json").read_text())["episodes"] == 3
+        assert (out / name / "model.onnx").stat().st_size > 0
+    nodes = {trial["node"] for trial in trials.values()}
+    assert len({node.split("/")[1] for node in nodes}) == 2, nodes  # two node ids: one trial per node
+    if cluster.mode == "netns":
+        assert {node.split("/")[0] for node in nodes} == set(cluster.node_ips), nodes
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    parent = client.get_run(record["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags.get("modeltailor.kind") == "campaign"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(run.info.run_id for run in children) == sorted(t["mlflow_run_id"] for t in trials.values())
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert "summary.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_unreachable_address_is_one_line(tmp_path: Path, teacher_cache: Path) -> None:
+    started = time.monotonic()
+    code, stdout, stderr = campaign(
+        None, tmp_path, teacher_cache, "--out", str(tmp_path / "out"), "--address", "127.0.0.1:1",
+        "--no-tracking",
+    )
+    assert code == 2, stdout + stderr
+    assert len(_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
+    assert "127.0.0.1:1" in stderr
+    assert time.monotonic() - started < 120
+
+
+def test_resources_beyond_every_node_is_one_line(cluster: RayNodes, tmp_path: Path, teacher_cache: Path) -> None:
+    code, stdout, stderr = campaign(
+        cluster, tmp_path, teacher_cache, "--out", str(tmp_path / "out"), "--address", cluster.address,
+        "--cpus", "4", "--no-tracking",
+    )
+    assert code == 2, stdout + stderr
+    assert len(_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
+    assert "resources.cpus" in stderr
+
+
+@pytest.mark.parametrize("auth", [
+    pytest.param({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, id="wrong-token"),
+    pytest.param({}, id="no-auth-mode"),
+])
+def test_client_without_the_token_is_refused_at_once(
+    cluster: RayNodes, tmp_path: Path, teacher_cache: Path, auth: dict[str, str]
+) -> None:
+    """The nodes really enforce the token: a client without it gets one line naming the variables,
+    in seconds (not after Ray's ~20 s of retries)."""
+    started = time.monotonic()
+    code, stdout, stderr = campaign(
+        cluster, tmp_path, teacher_cache, "--out", str(tmp_path / "out"), "--address", cluster.address,
+        "--no-tracking", auth=auth,
+    )
+    assert code == 2, stdout + stderr
+    assert len(_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
+    assert "RAY_AUTH_MODE=token" in stderr and "RAY_AUTH_TOKEN" in stderr
+    assert time.monotonic() - started < 60
