@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-fast lint bench mlflow-ui clean
+.PHONY: install demo campaign test test-fast lint bench mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP)
 
 demo: install  ## search the default deployment: ResNet-20 on digits, all classes, ORT CPU 1 thread
 	$(BIN)/modeltailor search --config examples/digits-resnet20.yaml --out $(DEMO_OUT)
+
+campaign: install  ## four deployments of the default model at once on a local Ray (examples/campaign-digits.yaml)
+	$(BIN)/modeltailor campaign --config examples/campaign-digits.yaml --out runs/campaign
 
 test: install  ## the full test suite (CI runs this)
 	$(BIN)/python -m pytest -q

@@ -85,6 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--search-runs", type=int, default=None, help="device.runs of every deployment (default: the YAML's)")
     parser.add_argument("--background-episodes", type=int, default=48, help="episodes of the background campaign")
     parser.add_argument("--wait-timeout", type=float, default=900.0, help="seconds to wait for the background to train")
+    parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for a quiet host before 'alone'")
     parser.add_argument("--parts", default="speed,fidelity", help="speed, fidelity or both")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 episodes, 10 final steps, 20 runs, 2 models")
     args = parser.parse_args()
@@ -336,21 +337,59 @@ def stop_background(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole host so far (/proc/stat; zeros where there is none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_since(start: tuple[int, int]) -> float:
+    """Fraction of the host's CPU time spent busy since `start` (every core together)."""
+    busy, total = cpu_ticks()
+    return (busy - start[0]) / (total - start[1]) if total > start[1] else float("nan")
+
+
+def host_busy(seconds: float = 2.0) -> float:
+    start = cpu_ticks()
+    time.sleep(seconds)
+    return busy_since(start)
+
+
+def settle(limit: float, quiet: float = 0.25) -> float:
+    """Wait (at most `limit` seconds) until the host is quiet, e.g. a stopped Ray gone; its busy fraction."""
+    deadline = time.perf_counter() + limit
+    busy = host_busy()
+    while busy > quiet and time.perf_counter() < deadline:
+        busy = host_busy()
+    return busy
+
+
 def during_campaign(args: argparse.Namespace, out: Path, models: dict[str, bytes]) -> dict[str, Any]:
     """The models measured while a background campaign trains; what the background did meanwhile."""
     proc = start_background(args, out)
     try:
         waited = wait_training(out, min(args.concurrent, 2), args.wait_timeout, proc)
         before = episode_lines(out)
-        started = time.perf_counter()
+        started, ticks = time.perf_counter(), cpu_ticks()
         stats = measure_all(models, args.runs)
-        seconds = time.perf_counter() - started
+        seconds, busy = time.perf_counter() - started, busy_since(ticks)
         after, alive = episode_lines(out), proc.poll() is None
     finally:
         stop_background(proc)
     progress = sum(after.values()) - sum(before.values())
     return {"stats": stats, "waited_seconds": round(waited, 1), "measure_seconds": round(seconds, 1),
+            "host_busy_during": busy,
             "background_episodes_during": progress, "background_alive_at_end": alive}
+
+
+def quietest(*passes: dict[str, dict[str, LatencyStats]]) -> dict[str, dict[str, LatencyStats]]:
+    """Per device and model, the pass with the lowest latency (load only ever adds time)."""
+    return {device: {model: min((p[device][model] for p in passes), key=lambda s: s.median_ms) for model in models}
+            for device, models in passes[0].items()}
 
 
 def ratio_rows(alone: dict[str, dict[str, LatencyStats]], loaded: dict[str, dict[str, LatencyStats]]
@@ -374,31 +413,42 @@ def summarize(rows: list[dict[str, Any]], key: str = "ratio") -> dict[str, float
 
 def fidelity_pass(args: argparse.Namespace, run_dir: Path, label: str, lock: str, models: dict[str, bytes],
                   teachers: list[Path]) -> dict[str, Any]:
-    """Alone, then during a background campaign, with MODELTAILOR_CORES_LOCK=`lock` for both."""
+    """Alone (before and after), then during a background campaign, MODELTAILOR_CORES_LOCK=`lock` for all."""
     cache = arm_cache(run_dir / "cache" / f"fidelity-{label}", teachers)
     with environment(arm_env(cache, lock)):
-        load_before = os.getloadavg()[0]
-        alone = measure_all(models, args.runs)
+        busy_before = settle(args.settle)
+        ticks = cpu_ticks()
+        before = measure_all(models, args.runs)
+        busy_alone = busy_since(ticks)
         loaded = during_campaign(args, run_dir / f"fidelity-{label}", models)
-    rows = ratio_rows(alone, loaded.pop("stats"))
-    result = {"lock": lock, "host_load_before_alone": load_before, **loaded, "rows": rows,
-              "summary": summarize(rows), "pooled_summary": summarize(rows, "pooled_ratio")}
+        settle(args.settle)
+        after = measure_all(models, args.runs)
+    rows = ratio_rows(quietest(before, after), loaded.pop("stats"))
+    medians = {"before": before, "after": after}
+    alone = {when: {d: {m: v.median_ms for m, v in ms.items()} for d, ms in s.items()} for when, s in medians.items()}
+    result = {"lock": lock, "host_busy_before_alone": busy_before, "host_busy_alone": busy_alone, **loaded,
+              "alone_ms": alone, "rows": rows, "summary": summarize(rows), "pooled_summary": summarize(rows, "pooled_ratio")}
     print_fidelity(label, result)
     return result
 
 
 def print_fidelity(label: str, result: dict[str, Any]) -> None:
-    print(f"\n-- core lock {label} ({cores.LOCK_ENV}={result['lock']}); 1-min load before 'alone': "
-          f"{result['host_load_before_alone']:.2f}; background trained {result['background_episodes_during']} "
-          f"episodes during the {result['measure_seconds']:.0f} s of measurements"
-          f"{'' if result['background_alive_at_end'] else ' (and ENDED before they did)'}")
+    print(f"\n-- core lock {label} ({cores.LOCK_ENV}={result['lock']}); host CPU busy (all cores): "
+          f"{result['host_busy_before_alone']:.0%} before 'alone', {result['host_busy_alone']:.0%} while timing alone, "
+          f"{result['host_busy_during']:.0%} while timing during the campaign ({result['measure_seconds']:.0f} s; "
+          f"the background finished {result['background_episodes_during']} episodes meanwhile"
+          f"{'' if result['background_alive_at_end'] else ' and ENDED before the measurements did'})")
+    if result["host_busy_before_alone"] > 0.25:
+        print("WARNING: the host was busy before the 'alone' measurements (other processes): the ratios mean little")
+    print("alone: the quieter of a measurement before the campaign and one after it")
     print(f"{'model':<18} {'device':<7} {'alone ms':>9} {'campaign ms':>11} {'ratio':>6} {'pooled':>7}")
     for r in result["rows"]:
         print(f"{r['model']:<18} {r['device']:<7} {r['alone_ms']:>9.3f} {r['campaign_ms']:>11.3f} "
               f"{r['ratio']:>6.2f} {r['pooled_ratio']:>7.2f}")
     s, p = result["summary"], result["pooled_summary"]
-    print(f"in-campaign/alone: median {s['median']:.3f}, worst {s['max']:.3f} (max |ratio-1| {s['max_abs_dev']:.3f}); "
-          f"pooled medians: median {p['median']:.3f}, worst {p['max']:.3f}")
+    print(f"in-campaign/alone: median {s['median']:.3f}, range {s['min']:.3f}-{s['max']:.3f}, "
+          f"max |ratio-1| {s['max_abs_dev']:.3f}; pooled medians: median {p['median']:.3f}, "
+          f"max |ratio-1| {p['max_abs_dev']:.3f}")
 
 
 def fidelity_part(args: argparse.Namespace, campaign: Campaign, run_dir: Path, teachers: list[Path],
@@ -453,8 +503,8 @@ def speed_notes(campaign: Campaign, sequential: Arm, parallel: Arm, out: Path) -
         f"measured {sequential.wall_seconds / parallel.wall_seconds:.2f}x",
         f"campaign time outside its trials: {overhead:.0f} s of {parallel.wall_seconds:.0f} s "
         "(Ray start, teachers, trial start-up, scheduling)",
-        f"the core lock: the trials' episode measurements held all cores alone for >= {held:.0f} s "
-        f"({held / parallel.wall_seconds:.0%} of the campaign's wall): measurements serialize and the other "
+        f"the core lock: the trials' episode measurements held all cores alone for >= {held:.1f} s "
+        f"({held / parallel.wall_seconds:.1%} of the campaign's wall): measurements serialize and the other "
         "trial's training waits meanwhile",
     ]
     return notes, numbers
@@ -463,9 +513,9 @@ def speed_notes(campaign: Campaign, sequential: Arm, parallel: Arm, out: Path) -
 def fidelity_notes(fidelity: dict[str, Any]) -> list[str]:
     on, off = fidelity["on"]["summary"], fidelity["off"]["summary"]
     return [
-        f"timed during a campaign, latency read {on['median']:.3f}x (worst {on['max']:.3f}x) its value alone with "
-        f"the core lock, {off['median']:.3f}x (worst {off['max']:.3f}x) without: the lock buys "
-        f"{off['max_abs_dev'] - on['max_abs_dev']:+.3f} of worst-case deviation",
+        f"timed during a campaign, latency read {on['median']:.3f}x its value alone (median; worst deviation "
+        f"{on['max_abs_dev']:.1%}) with the core lock, {off['median']:.3f}x (worst {off['max_abs_dev']:.1%}) "
+        f"without it: the lock takes {off['max_abs_dev'] - on['max_abs_dev']:+.1%} off the worst deviation",
     ]
 
 

@@ -26,6 +26,7 @@ import onnx
 import torch
 from torch import nn
 
+from modeltailor.cores import working
 from modeltailor.devices.session import run_onnx
 from modeltailor.errors import DeviceError, first_line
 
@@ -66,7 +67,7 @@ def export_onnx(
     training = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), working():  # CPU work: not while a model is timed
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 clone,

@@ -22,6 +22,7 @@ from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.quantization import conv_node_names, quantize_layers, quantize_onnx
 from modeltailor.compressors.units import ModelAnalysis
+from modeltailor.cores import working
 
 
 @dataclass
@@ -34,9 +35,10 @@ class PolicyApplier:
 
     def apply(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
         """The structurally compressed copy (skip, prune, low-rank); `model` is untouched."""
-        pruned = self.pruning.apply(model, policy, example)
-        ranks = policy.lowrank_ratios()
-        return self.lowrank.apply_ranks(pruned, ranks, example) if ranks else pruned
+        with working():  # CPU work: not while a model is timed
+            pruned = self.pruning.apply(model, policy, example)
+            ranks = policy.lowrank_ratios()
+            return self.lowrank.apply_ranks(pruned, ranks, example) if ranks else pruned
 
     def to_onnx(
         self,

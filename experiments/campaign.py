@@ -122,6 +122,7 @@ def run_campaign(
     Raises SearchInterrupted on Ctrl-C (finished deployments are kept; --resume runs the rest).
     """
     reporter = reporter or LogCampaignReporter()
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # README
     out_dir = out_dir.resolve()
     started = time.perf_counter()
     record = _prepare(campaign, out_dir, resume)

@@ -213,7 +213,7 @@ def _read_campaign(path: Path, where: str) -> dict[str, Any]:
 def _override(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
     try:
         set_dotted(data, dotted, value)
-    except (TypeError, AttributeError):
+    except (TypeError, AttributeError, ConfigError):
         raise ConfigError(
             f"{where}: cannot override '{dotted}': the file sets one of its parents to a value, not a mapping"
         ) from None

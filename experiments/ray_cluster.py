@@ -9,11 +9,11 @@ Token authentication (Ray 2.60), as tested on a real two-node cluster
 (tests/test_campaign_cluster.py):
 
 * a local ``ray.init`` turns it on by itself and writes a token to ``~/.ray/auth_token``;
-* ``ray start --head`` turns it on when ``RAY_AUTH_MODE=token`` is set, and also, silently, when
-  ``RAY_AUTH_MODE`` is unset but ``~/.ray/auth_token`` exists (left there by any earlier local
-  ``ray.init``); ``ray start --address`` (a worker node) and a client connecting with an explicit
-  address (``HOST:PORT``, ``RAY_ADDRESS``) never turn it on by themselves: they need
-  ``RAY_AUTH_MODE=token`` in their environment, whatever token file they have;
+* ``ray start --head`` turns it on when ``RAY_AUTH_MODE=token`` is set, and also (with a logged
+  warning) when ``RAY_AUTH_MODE`` is unset but ``~/.ray/auth_token`` exists, left there by any
+  earlier local ``ray.init``; ``ray start --address`` (a worker node) and a client connecting with
+  an explicit address (``HOST:PORT``, ``RAY_ADDRESS``) never turn it on by themselves: they need
+  ``RAY_AUTH_MODE=token`` in their environment, whatever token they have;
 * the token itself comes from ``RAY_AUTH_TOKEN`` (which wins), ``RAY_AUTH_TOKEN_PATH`` or
   ``~/.ray/auth_token``; it must be the same on every node and on the client. Nothing else is
   needed (no TLS, no extra flag to ``ray start``).

@@ -1,9 +1,10 @@
 """A real multi-node Ray cluster for tests: one `ray start --block` process per node.
 
 Where this process may create network namespaces (root, or CAP_NET_ADMIN), every node is a host of
-its own: a namespace with one end of a veth pair (10.213.0.1 the head, 10.213.0.2, ... the
-workers), so nodes and clients talk over a real network between distinct IP addresses, as on a
-real cluster; clients run on the head host (`RayNodes.command` wraps them in `ip netns exec`).
+its own: a network namespace (10.213.0.1 the head, 10.213.0.2, ... the workers, linked by veth
+pairs on a bridge in the head's namespace), so nodes and clients talk over a network between
+distinct IP addresses, as on a real cluster; the filesystem stays shared, as a campaign's --out
+must be. Clients run on the head's host (`RayNodes.command` wraps them in `ip netns exec`).
 Elsewhere (CI without the capability) the nodes share loopback, each on its own ports.
 
 Every node gets its own short ``--temp-dir`` (Ray's socket paths have a length limit, and a local
@@ -34,10 +35,11 @@ SUBNET = "10.213.0"
 OBJECT_STORE_BYTES = 128 * 1024**2
 START_TIMEOUT_S = 90.0
 DEFAULT_ROUTE = True
-"""Give each namespace a default route (through its veth), as real hosts have. Without one,
-``ray.util.get_node_ip_address()`` called before ``ray.init`` falls back to 127.0.0.1, and a
-service bound there (the campaign's mlflow server, see experiments/campaign.py `_node_ip`) is out
-of the other nodes' reach."""
+"""Give each namespace a default route (through its link), as most real hosts have. Without one,
+``ray.util.get_node_ip_address()`` called before ``ray.init`` (experiments/campaign.py `_node_ip`,
+where the campaign binds its mlflow server) falls back to 127.0.0.1, out of the other nodes' reach,
+and the worker node's deployment fails. Set it False once the campaign binds the server to
+``ray_cluster.node_ip_toward(address)`` (the route to the head), to cover such hosts."""
 
 NODE_ENV_DROP = ("RAY_ADDRESS", "MODELTAILOR_CACHE", "MODELTAILOR_TRACKING_URI", "MLFLOW_TRACKING_URI")
 
@@ -241,31 +243,45 @@ def _wait_nodes(nodes: RayNodes, count: int) -> None:
 
 
 def _stop(processes: list[subprocess.Popen[bytes]], namespaces: list[str]) -> None:
-    """SIGTERM, then SIGKILL, to exactly what was started here: each node's process tree and
-    session, and whatever still runs in the namespaces (clients, their workers and servers)."""
-    for signum, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        pids = _ours(processes, namespaces)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            for process in processes:
-                process.poll()
-            pids = {pid for pid in pids if _alive(pid)}
-            time.sleep(0.2)
-        if not pids:
-            break
+    """End exactly what was started here. SIGTERM to each node's `ray start --block` first: it
+    stops its node's processes in order, in ~3 s (SIGTERM to all of them at once leaves the head's
+    raylet, GCS and agents waiting on each other for 10 s and more). Then SIGTERM, and SIGKILL
+    after a grace period, to whatever is left of the nodes' process trees and sessions and, in
+    netns mode, in the namespaces (clients, their workers and servers)."""
+    before = _ours(processes, namespaces)
+    _end({p.pid for p in processes if p.poll() is None}, processes, others=before, grace_s=15.0)
+    _end(_ours(processes, namespaces) | {pid for pid in before if _alive(pid)}, processes, grace_s=3.0)
     for process in processes:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
 
 
+def _end(
+    pids: set[int], processes: list[subprocess.Popen[bytes]], others: set[int] | None = None,
+    grace_s: float = 8.0,
+) -> None:
+    """SIGTERM to `pids`, until they and `others` are gone or `grace_s` has passed; then SIGKILL."""
+    waiting = pids | (others or set())
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in pids if signum == signal.SIGTERM else waiting:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + wait_s
+        while waiting and time.monotonic() < deadline:
+            for process in processes:
+                process.poll()  # reap ours, or they stay zombies
+            waiting = {pid for pid in waiting if _alive(pid)}
+            time.sleep(0.1)
+        if not waiting:
+            return
+
+
 def _ours(processes: list[subprocess.Popen[bytes]], namespaces: list[str]) -> set[int]:
+    """The live processes of `processes`' trees and sessions, and of `namespaces`."""
     table = _process_table()
-    roots = {p.pid for p in processes if p.poll() is None}
     sessions = {p.pid for p in processes}  # start_new_session: each node's `ray start` leads one
-    pids = {pid for pid, (_, sid) in table.items() if sid in sessions} | roots
+    pids = {pid for pid, (_, sid) in table.items() if sid in sessions}
+    pids |= {p.pid for p in processes if p.poll() is None}
     for ns in namespaces:
         listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30)
         pids |= {int(word) for word in listed.stdout.split() if word.isdigit()}
