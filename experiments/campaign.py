@@ -30,7 +30,13 @@ from modeltailor.errors import ConfigError, ModelTailorError, SearchInterrupted,
 from modeltailor.experiments.campaign_spec import Campaign
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.episodes import EPISODES_FILE, load_episodes
-from modeltailor.experiments.ray_cluster import Cluster, check_fits, connected
+from modeltailor.experiments.ray_cluster import (
+    Cluster,
+    check_address,
+    check_fits,
+    connected,
+    node_ip_toward,
+)
 from modeltailor.experiments.search import RUN_FILE, check_out_dir
 from modeltailor.experiments.tracking import Tracker
 from modeltailor.experiments.tracking_server import serving
@@ -119,12 +125,16 @@ def run_campaign(
 ) -> CampaignRun:
     """Search every deployment of `campaign` into `out_dir`/<name>, at most `max_concurrent` at once.
 
-    Raises SearchInterrupted on Ctrl-C (finished deployments are kept; --resume runs the rest).
+    Nothing is written to `out_dir` until Ray accepted the campaign (address, token, resources),
+    so a rejected campaign can be rerun as it is. Raises SearchInterrupted on Ctrl-C (finished
+    deployments are kept; --resume runs the rest).
     """
     reporter = reporter or LogCampaignReporter()
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # README
     out_dir = out_dir.resolve()
     started = time.perf_counter()
+    if address is not None:
+        check_address(address)  # a wrong address or token fails in seconds, before any work
     record = _prepare(campaign, out_dir, resume)
     statuses = _statuses(campaign, out_dir)
     todo = [s.name for s in statuses if s.state != "finished"]
@@ -132,41 +142,52 @@ def run_campaign(
         reporter.message(f"resume: {len(statuses) - len(todo)} finished deployments kept, {len(todo)} to run")
     _prepare_teachers(campaign, statuses, reporter)
     tracking = campaign.tracking
-    base_uri = Tracker(tracking.uri, tracking.experiment).tracking_uri if tracking.enabled else None
+    record["tracking_uri"] = Tracker(tracking.uri, tracking.experiment).tracking_uri if tracking.enabled else None
     interrupted = False
-    cluster: Cluster | None = None
-    record["tracking_uri"] = base_uri
-    with _tracking_uri(base_uri, address, out_dir) as uri:
-        parent = _ParentRun(uri, tracking.experiment, campaign, record) if uri else None
-        try:
-            with connected(address, _forwarded_env(), num_cpus=None) as cluster:
-                reporter.message(
-                    f"Ray: {'local' if cluster.local else cluster.address}, {cluster.nodes} node(s), "
-                    f"{cluster.cpus:g} CPUs; {len(todo)} deployments, {campaign.spec.max_concurrent} at once"
-                )
-                check_fits(cluster, campaign.spec.resources.cpus, campaign.spec.resources.gpus)
-                record.update(_cluster_record(cluster))
+    with connected(address, _forwarded_env()) as cluster:
+        check_fits(cluster, campaign.spec.resources.cpus, campaign.spec.resources.gpus)
+        reporter.message(
+            f"Ray: {'local' if cluster.local else cluster.address}, {cluster.nodes} node(s), "
+            f"{cluster.cpus:g} CPUs; {len(todo)} deployments, {campaign.spec.max_concurrent} at once"
+        )
+        record.update(_cluster_record(cluster))
+        with _tracking_uri(record["tracking_uri"], address, out_dir) as uri:
+            parent = _ParentRun(uri, tracking.experiment, campaign, record) if uri else None
+            try:
                 _write_record(out_dir, record, statuses)
                 if todo:
                     _tune(campaign, out_dir, todo, statuses, uri, parent, reporter)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            statuses = _statuses(campaign, out_dir, interrupted=interrupted)
-            reporter.update(statuses)
-            wall = time.perf_counter() - started
-            record["wall_seconds"] = round(record.get("wall_seconds", 0.0) + wall, 3)
-            _write_record(out_dir, record, statuses)
-            _write_plot(out_dir, statuses)
-            if parent is not None:
-                parent.finish(out_dir, statuses, interrupted)
-    run = CampaignRun(out_dir, statuses, record.get("mlflow_run_id"), wall, interrupted, _cluster_record(cluster))
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                statuses = _finish(out_dir, campaign, record, parent, interrupted, started, reporter)
+    wall = time.perf_counter() - started
     if interrupted:
         raise SearchInterrupted(
             f"campaign interrupted: {sum(s.state == 'finished' for s in statuses)} of {len(statuses)} "
             f"deployments finished and kept in {out_dir}; rerun with --resume --out {out_dir} to run the rest"
         )
-    return run
+    return CampaignRun(out_dir, statuses, record.get("mlflow_run_id"), wall, interrupted, _cluster_record(cluster))
+
+
+def _finish(
+    out_dir: Path,
+    campaign: Campaign,
+    record: dict[str, Any],
+    parent: _ParentRun | None,
+    interrupted: bool,
+    started: float,
+    reporter: CampaignReporter,
+) -> list[DeploymentStatus]:
+    """The closing record: statuses from the trials' files, campaign.json, the plot, the parent run."""
+    statuses = _statuses(campaign, out_dir, interrupted=interrupted)
+    reporter.update(statuses)
+    record["wall_seconds"] = round(record.get("wall_seconds", 0.0) + time.perf_counter() - started, 3)
+    _write_record(out_dir, record, statuses)
+    _write_plot(out_dir, statuses)
+    if parent is not None:
+        parent.finish(out_dir, statuses, interrupted)
+    return statuses
 
 
 def _prepare(campaign: Campaign, out_dir: Path, resume: bool) -> dict[str, Any]:
@@ -251,15 +272,9 @@ def _tracking_uri(base_uri: str | None, address: str | None, out_dir: Path) -> I
     if base_uri is None:
         yield None
         return
-    host = "127.0.0.1" if address is None else _node_ip()
+    host = "127.0.0.1" if address is None else node_ip_toward(address)
     with serving(base_uri, host=host, log_file=out_dir / "mlflow-server.log") as uri:
         yield uri
-
-
-def _node_ip() -> str:
-    import ray
-
-    return str(ray.util.get_node_ip_address())
 
 
 def _forwarded_env() -> dict[str, str]:

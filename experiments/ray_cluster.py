@@ -88,6 +88,13 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         ) from None
 
 
+def check_address(address: str) -> None:
+    """ConfigError in seconds unless a Ray head answers at `address` and accepts our token."""
+    probe(address)
+    if _host_port(address) is not None and not address.startswith("ray://"):
+        check_token(address)
+
+
 @contextmanager
 def connected(
     address: str | None, env_vars: Mapping[str, str], num_cpus: int | None = None

@@ -56,6 +56,7 @@ def serving(tracking_uri: str, host: str = "127.0.0.1", log_file: Path | None = 
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
         "--artifacts-destination", (db.parent / ARTIFACTS_DIR).as_uri(),
         "--host", host, "--port", str(port), "--workers", "1",
+        "--allowed-hosts", f"{host}:{port},{host},localhost:{port},127.0.0.1:{port}",  # our address, even a public one
     ]
     output: Any = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(

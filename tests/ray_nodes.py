@@ -34,7 +34,7 @@ RAY = Path(sys.executable).parent / "ray"
 SUBNET = "10.213.0"
 OBJECT_STORE_BYTES = 128 * 1024**2
 START_TIMEOUT_S = 90.0
-DEFAULT_ROUTE = True
+DEFAULT_ROUTE = False
 """Give each namespace a default route (through its link), as most real hosts have. Without one,
 ``ray.util.get_node_ip_address()`` called before ``ray.init`` (experiments/campaign.py `_node_ip`,
 where the campaign binds its mlflow server) falls back to 127.0.0.1, out of the other nodes' reach,
