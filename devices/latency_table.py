@@ -440,7 +440,11 @@ class LatencyTable:
         """Fit intercept and scale, minimizing the squared relative error over the models."""
         sums = np.asarray(list(node_sums_ms), dtype=np.float64)
         ys = np.asarray(list(measured_ms), dtype=np.float64)
-        if sums.size == 0 or sums.size != ys.size or np.any(ys <= 0) or np.any(sums <= 0):
+        if sums.size != ys.size:
+            raise DeviceError("fitting a latency table needs one latency per node sum")
+        usable = (sums > 0) & (ys > 0)  # a model whose nodes all timed below the overhead tells nothing
+        sums, ys = sums[usable], ys[usable]
+        if sums.size == 0:
             raise DeviceError("fitting a latency table needs positive node sums and latencies")
         self.intercept, self.scale = 0.0, float(np.median(ys / sums))
         if sums.size < 2 or np.ptp(sums) < 1e-9 * np.max(sums):
