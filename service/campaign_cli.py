@@ -33,18 +33,20 @@ def status_table(statuses: list[Any], title: str = "campaign") -> Table:
 
 def result_table(statuses: list[Any]) -> Table:
     """The closing table: every deployment's chosen model against its baseline."""
-    table = Table(title="campaign results (test accuracy; latency measured on each device)")
-    for col in ("deployment", "device", "classes", "state", "accuracy", "drop (pts)", "latency ms",
-                "speedup", "memory", "objective met"):
-        table.add_column(col, justify="right")
+    table = Table(title="campaign results: test accuracy, drop in points, latency (ms) measured on each device")
+    widths = {"deployment": max((len(s.name) for s in statuses), default=4),
+              "classes": min(12, max((len(s.classes) for s in statuses), default=3))}
+    for col in ("deployment", "device", "classes", "acc", "drop", "ms", "speedup", "memory", "met"):
+        table.add_column(col, justify="right", no_wrap=col != "classes", min_width=widths.get(col))
     for s in statuses:
         r = s.result
         if r is None:
-            table.add_row(s.name, s.device, s.classes, s.state, *["-"] * 6)
+            style = STATE_STYLE.get(s.state, "")
+            table.add_row(s.name, s.device, s.classes, *["-"] * 5, f"[{style}]{s.state}[/{style}]")
             continue
         table.add_row(
-            s.name, s.device, s.classes, s.state, f"{r['accuracy']:.4f}", f"{r['accuracy_drop']:.2f}",
-            f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['memory_bytes'] / 1e6:.2f} MB",
+            s.name, s.device, s.classes, f"{r['accuracy']:.3f}", f"{r['accuracy_drop']:.2f}",
+            f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['memory_bytes'] / 1e6:.2f}MB",
             "yes" if r["objective_met"] else "[yellow]no[/yellow]",
         )
     return table
