@@ -86,25 +86,25 @@ def _flock(fd: int, mode: int) -> Iterator[None]:
 
 
 @contextmanager
-def _holding(kind: str) -> Iterator[bool]:
-    """Track what this thread holds; yields True when the caller must take the lock itself."""
-    current = getattr(_held, "kind", None)
-    if current is not None:
-        yield False
+def _claim() -> Iterator[Path | None]:
+    """The lock folder when this thread must take the lock itself; None when the protocol is off
+    or the thread already holds the cores (a nested timing or step)."""
+    directory = lock_dir()
+    if directory is None or getattr(_held, "cores", False):
+        yield None
         return
-    _held.kind = kind
+    _held.cores = True
     try:
-        yield True
+        yield directory
     finally:
-        _held.kind = None
+        _held.cores = False
 
 
 @contextmanager
 def timing() -> Iterator[None]:
     """Hold the host's cores alone while a model is timed (see the module docstring)."""
-    directory = lock_dir()
-    with _holding("timing") as take:
-        if directory is None or not take:
+    with _claim() as directory:
+        if directory is None:
             yield
             return
         with _lock_files(directory) as (gate, work), _flock(gate, fcntl.LOCK_EX), _flock(work, fcntl.LOCK_EX):
@@ -114,9 +114,8 @@ def timing() -> Iterator[None]:
 @contextmanager
 def working() -> Iterator[None]:
     """One step of CPU work that may share the cores with other work, but not with a timing."""
-    directory = lock_dir()
-    with _holding("working") as take:
-        if directory is None or not take:
+    with _claim() as directory:
+        if directory is None:
             yield
             return
         with _lock_files(directory) as (gate, work):

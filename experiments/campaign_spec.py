@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modeltailor.errors import ConfigError
@@ -114,7 +113,9 @@ def load_campaign(path: Path, overrides: dict[str, Any] | None = None) -> Campai
     if not path.is_file():
         raise ConfigError(f"campaign file '{path}' not found: pass a campaign YAML (see examples/campaign-digits.yaml)")
     where = f"campaign file '{path}'"
-    data = _read_campaign(path, where)
+    data = read_yaml(
+        path, where, expect="a mapping (name, base, deployments, ...): see examples/campaign-digits.yaml"
+    )
     deployment_overrides: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -189,25 +190,6 @@ def _deployment_file(path: Path, root: Path, where: str) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return _absolute_paths(data, full.parent)
-
-
-def _read_campaign(path: Path, where: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where} is not valid YAML{line}: fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where} cannot be read ({type(exc).__name__}): pass a readable campaign YAML") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{where} must hold a mapping (name, base, deployments, ...), not a {type(data).__name__}: "
-            "see examples/campaign-digits.yaml"
-        )
-    return data
 
 
 def _override(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:

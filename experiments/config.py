@@ -190,19 +190,23 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> D
         raise ConfigError(_one_line(exc, path)) from None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, where: str | None = None, expect: str = "a mapping of settings") -> dict[str, Any]:
+    """The mapping a YAML file holds; one-line ConfigErrors naming the file (``where``) otherwise."""
+    where = where or f"config file '{path}'"
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found: pass a deployment YAML (see examples/)")
+        raise ConfigError(f"{where} not found: pass a deployment YAML (see examples/)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}: fix the syntax") from None
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML{line}: fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read ({type(exc).__name__}): pass a readable YAML file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(f"{where} must hold {expect}, not {type(data).__name__}")
     return data
 
 
