@@ -29,6 +29,19 @@ class SearchInterrupted(ModelTailorError):
     """A search or campaign was interrupted (Ctrl-C, SIGTERM); finished work is kept for --resume."""
 
 
+class NotFoundError(ModelTailorError):
+    """Something a user named (a device in the registry, a model version, a job) does not exist."""
+
+
+class NoMatchError(ModelTailorError):
+    """A registry query that no registered version satisfies; ``closest`` holds the nearest candidates
+    (dicts of version, accuracy, latency_ms, memory_bytes) so callers can show them."""
+
+    def __init__(self, message: str, closest: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.closest = closest or []
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its type name if empty), at most ``limit`` chars."""
     text = str(exc).strip()
