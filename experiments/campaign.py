@@ -323,7 +323,7 @@ class _ParentRun:
             self.tracker.log_dict(campaign.spec.model_dump(mode="json"), "campaign_spec.yaml")
             record["mlflow_run_id"] = run_id
         record["experiment"], record["logged_through"] = experiment, self.tracker.tracking_uri
-        self.run_id = run_id
+        self.run_id, self.name = run_id, campaign.spec.name
 
     def finish(self, out_dir: Path, statuses: list[DeploymentStatus], interrupted: bool) -> None:
         try:
@@ -332,12 +332,39 @@ class _ParentRun:
             for name in (CAMPAIGN_FILE, PLOT_FILE):
                 if (out_dir / name).is_file():
                     self.tracker.log_artifact(out_dir / name)
+            self.tracker.set_description(campaign_description(self.name, statuses, self.tracker.experiment_id, self.run_id))
             if interrupted:
                 _kill_open_children(self.tracker, out_dir, statuses)
             status = "KILLED" if interrupted else ("FAILED" if counts["failed"] else "FINISHED")
             self.tracker.end_run(status)
         except ModelTailorError as exc:
             log.warning("campaign run %s could not be closed: %s", self.run_id, exc)
+
+
+def campaign_description(name: str, statuses: list[DeploymentStatus], experiment_id: str, run_id: str) -> str:
+    """The campaign run's description in the MLflow UI: its deployments side by side, each linked
+    to its run and registered version, and the campaign plot."""
+    rows = [
+        f"**campaign {name}**: {sum(s.state == 'finished' for s in statuses)} of {len(statuses)} deployments "
+        "finished.",
+        "",
+        "| deployment | device | classes | state | accuracy | latency (ms) | speedup | memory (bytes) | objective | "
+        "version |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for s in statuses:
+        r = s.result or {}
+        run = f"[{s.name}](#/experiments/{experiment_id}/runs/{s.mlflow_run_id})" if s.mlflow_run_id else s.name
+        version = r.get("registered_version")
+        model = f"modeltailor-{s.device}"
+        link = f"[{model} v{version}](#/models/{model}/versions/{version})" if version else "-"
+        numbers = (
+            f"{r['accuracy']:.4f} | {r['latency_ms']:.3f} | {r['speedup']:.2f}x | {r['memory_bytes']:,} | "
+            f"{'met' if r.get('objective_met') else 'not met'}" if r else "- | - | - | - | -"
+        )
+        rows.append(f"| {run} | {s.device} | {s.classes} | {s.state} | {numbers} | {link} |")
+    rows += ["", f"![accuracy vs speedup](get-artifact?path={PLOT_FILE}&run_uuid={run_id})"]
+    return "\n".join(rows)
 
 
 def _kill_open_children(tracker: Tracker, out_dir: Path, statuses: list[DeploymentStatus]) -> None:
@@ -482,11 +509,12 @@ def _search_deployment(
         return _failure(out, f"internal error: {first_line(exc)} (traceback in {out / 'error.txt'})", started)
     finally:
         reporter.close()
-    summary = run.summary
+    summary, registered = run.summary, run.extra.get("registered")
+    row = {**result_row(summary), "registered_version": registered.version if registered else None}
     return {
         "state": "interrupted" if run.result.interrupted else "finished", "error": None,
         "episodes_done": summary.episodes, "mlflow_run_id": summary.mlflow_run_id, "node": node,
-        "seconds": round(time.perf_counter() - started, 3), "result": result_row(summary),
+        "seconds": round(time.perf_counter() - started, 3), "result": row,
     }
 
 

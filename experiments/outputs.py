@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -140,3 +141,40 @@ def final_metrics(summary: SearchSummary) -> dict[str, float]:
         for key in ("accuracy", "latency_ms", "latency_p90_ms", "memory_bytes", "params"):
             metrics[f"{side}/{key}"] = float(getattr(entry, key))
     return metrics
+
+
+def run_description(summary: SearchSummary, run_id: str, experiment_id: str, registered: Any = None) -> str:
+    """The search run's description in the MLflow UI (markdown): the result table, the objective,
+    the registered version and its logged model, and the Pareto plot."""
+    b, c = summary.baseline, summary.best
+    config = summary.config
+    model = config.get("model", {}).get("factory") or config.get("model", {}).get("name")
+    classes = ",".join(map(str, summary.classes)) if summary.subset else "all"
+    limits = ", ".join(f"{k} {v:,.4g}" for k, v in summary.objective.limits().items())
+    met = "met" if summary.objective.met_at_final_measurement else "**not met**"
+    lines = [
+        f"**{summary.deployment}**: {model} on {config.get('data', {}).get('name')}, classes {classes}, "
+        f"device `{summary.device['name']}`, objective {summary.objective.name}"
+        + (f" ({limits})" if limits else "") + f": {met}",
+        "",
+        "| | test accuracy | latency (ms) | memory (bytes) | params |",
+        "|---|---:|---:|---:|---:|",
+        f"| baseline | {b.accuracy:.4f} | {b.latency_ms:.3f} | {b.memory_bytes:,} | {b.params:,} |",
+        f"| chosen | {c.accuracy:.4f} | {c.latency_ms:.3f} | {c.memory_bytes:,} | {c.params:,} |",
+        "",
+        f"{summary.speedup:.2f}x faster, {summary.memory_reduction:.2f}x less memory, accuracy drop "
+        f"{summary.accuracy_drop:+.2f} points; methods {', '.join(summary.methods) or 'none'}; "
+        f"{summary.episodes} episodes ({summary.searcher}), search {summary.search_seconds:.0f} s.",
+        "",
+    ]
+    if registered is not None:
+        name = f"modeltailor-{registered.device}"
+        lines.append(
+            f"Registered as [{name} version {registered.version}](#/models/{name}/versions/{registered.version})"
+            + (f", alias `{', '.join(registered.aliases)}`" if registered.aliases else "")
+            + (f"; logged model [{registered.model_id}](#/experiments/{experiment_id}/models/{registered.model_id})"
+               if registered.model_id else "") + "."
+        )
+        lines.append("")
+    lines.append(f"![Pareto front](get-artifact?path=pareto.png&run_uuid={run_id})")
+    return "\n".join(lines)

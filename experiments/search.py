@@ -36,7 +36,8 @@ from modeltailor.experiments.episodes import (
 )
 from modeltailor.experiments.finalize import FinalResult, finalize
 from modeltailor.experiments.objective import build_env, make_reward
-from modeltailor.experiments.outputs import RunInfo, write_outputs
+from modeltailor.experiments.outputs import RunInfo, run_description, write_outputs
+from modeltailor.experiments.registry import VersionInfo, register_search
 from modeltailor.experiments.tracking import Tracker, open_tracker
 from modeltailor.experiments.workbench import Workbench, build_workbench
 from modeltailor.results import EpisodeRecord, SearchResult, SearchSummary
@@ -106,6 +107,7 @@ def run_search(
         run_id = _start_tracking(tracker, config, bench, out_dir, previous if resume else None, parent_run_id)
     except KeyboardInterrupt:
         raise _interrupted(config, out_dir) from None
+    registered: VersionInfo | None = None
     try:
         result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter)
         final = finalize(
@@ -114,6 +116,9 @@ def run_search(
         )
         info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)
+        if tracker is not None and run_id is not None:
+            registered = None if result.interrupted else _register(tracker, out_dir, summary, reporter)
+            tracker.set_description(run_description(summary, run_id, tracker.experiment_id, registered))
     except (KeyboardInterrupt, SearchInterrupted):
         _end_tracking(tracker, "KILLED")
         raise _interrupted(config, out_dir) from None
@@ -121,7 +126,20 @@ def run_search(
         _end_tracking(tracker, "FAILED")
         raise
     _end_tracking(tracker, "KILLED" if result.interrupted else "FINISHED")
-    return SearchRun(summary, result, final, out_dir)
+    return SearchRun(summary, result, final, out_dir, extra={"registered": registered})
+
+
+def _register(tracker: Tracker, out_dir: Path, summary: SearchSummary, reporter: Reporter) -> VersionInfo | None:
+    """Register the chosen model (see experiments/registry.py); a failure is reported, not fatal:
+    the search's outputs are written and `modeltailor registry add OUT` registers them later."""
+    try:
+        version = register_search(tracker.tracking_uri, out_dir, summary)
+    except ModelTailorError as exc:
+        reporter.message(f"not registered ({exc}); run `modeltailor registry add {out_dir}` to retry")
+        return None
+    alias = f" ({', '.join(version.aliases)})" if version.aliases else " (the champion stays)"
+    reporter.message(f"registered as modeltailor-{version.device} version {version.version}{alias}")
+    return version
 
 
 def _baseline(bench: Workbench) -> Resources:

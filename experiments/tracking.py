@@ -35,6 +35,14 @@ ARTIFACTS_DIR = "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PROBE_TIMEOUT_S = 5.0
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"  # opens the experiment in the UI's model-training view, not GenAI
+EXPERIMENT_NOTE = (
+    "modeltailor searches: one run per deployment (its description holds the result table and the "
+    "Pareto plot), campaigns as parent runs comparing their deployments. The chosen models are in "
+    "the model registry as `modeltailor-<device>`, with a `champion-...` alias per deployment."
+)
 _QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.store.db.db_types")
 
 
@@ -184,7 +192,8 @@ class Tracker:
         if found is None:
             try:
                 return self._client.create_experiment(
-                    self.experiment, artifact_location=self.artifact_location()
+                    self.experiment, artifact_location=self.artifact_location(),
+                    tags={KIND_TAG: KIND, NOTE_TAG: EXPERIMENT_NOTE},
                 )
             except MlflowException:  # another process created it meanwhile
                 found = self._client.get_experiment_by_name(self.experiment)
@@ -192,6 +201,8 @@ class Tracker:
                     raise
         if found.lifecycle_stage == "deleted":
             self._client.restore_experiment(found.experiment_id)
+        if found.tags.get(KIND_TAG) != KIND:  # made before modeltailor set it, or by hand
+            self._client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
 
     # -- runs -------------------------------------------------------------------------------
@@ -315,6 +326,11 @@ class Tracker:
         if entities:
             with _mlflow_errors(self.tracking_uri):
                 self._client.log_batch(self._active(), tags=entities)
+
+    def set_description(self, markdown: str) -> None:
+        """The active run's description in the MLflow UI (markdown)."""
+        with _mlflow_errors(self.tracking_uri):
+            self._client.set_tag(self._active(), NOTE_TAG, markdown)
 
     def ui_hint(self) -> str:
         """A line telling users how to look at the runs."""

@@ -27,11 +27,14 @@ from modeltailor.experiments.config import DeploymentConfig, load_config
 from modeltailor.results import EpisodeRecord, SearchSummary
 from modeltailor.service.campaign_cli import campaign_command
 from modeltailor.service.devices_cli import device_server_command, devices_app
+from modeltailor.service.registry_cli import best_command, registry_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL auto-compression of CNNs, per deployment.")
 app.add_typer(devices_app, name="devices")
 app.command("device-server")(device_server_command)
 app.command("campaign")(campaign_command)
+app.command("best")(best_command)
+app.add_typer(registry_app, name="registry")
 app.command("device-agent", hidden=True, help="alias of device-server")(device_server_command)
 console = Console()
 err_console = Console(stderr=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +19,23 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MODELTAILOR_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MODELTAILOR_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real `mlflow server` on PostgreSQL (tests/pg_mlflow.py), shared by the whole session:
+    `.uri` (http://127.0.0.1:PORT), `.backend_uri` (postgresql://...), `.log_path` (the server's
+    log). Skips where PostgreSQL is missing, except in CI (`CI` or MODELTAILOR_REQUIRE_POSTGRES=1),
+    where that fails."""
+    from tests.pg_mlflow import mlflow_on_postgres, required, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        if required():
+            pytest.fail(f"PostgreSQL is required here (CI): {reason}", pytrace=False)
+        pytest.skip(reason)
+    with mlflow_on_postgres(tmp_path_factory.mktemp("mlflow-postgres")) as running:
+        yield running
 
 
 def synthetic_images(n: int, channels: int, size: int, classes: int, seed: int = 0):

@@ -19,6 +19,7 @@ import yaml
 from modeltailor.errors import ConfigError
 from modeltailor.experiments.campaign import CAMPAIGN_FILE, TRIAL_FILE, run_campaign
 from modeltailor.experiments.campaign_spec import load_campaign
+from modeltailor.experiments.registry import device_versions
 from modeltailor.results import SearchSummary
 
 pytestmark = pytest.mark.slow
@@ -88,6 +89,13 @@ def test_campaign_searches_every_deployment_and_reports_a_failing_one(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert {"campaign.json", "campaign.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "summary.json" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    # every finished deployment is a registered version, tagged with its campaign, linked from the parent run
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for name, device in (("all-1t", "cpu-1t"), ("c037-2t", "cpu-2t")):
+        (version,) = device_versions(uri, device)
+        assert version.campaign == "tiny" and version.deployment == name and version.aliases
+        assert json.loads((out / name / "trial.json").read_text())["result"]["registered_version"] == version.version
+        assert f"#/models/modeltailor-{device}/versions/{version.version}" in parent.data.tags["mlflow.note.content"]
 
 
 def test_an_existing_campaign_folder_needs_resume(tmp_path):

@@ -14,6 +14,7 @@ from modeltailor.compressors.distill import predict_logits
 from modeltailor.devices.session import run_onnx
 from modeltailor.experiments.apply import rebuild
 from modeltailor.experiments.config import load_config
+from modeltailor.experiments.registry import query_best
 from modeltailor.experiments.search import LogReporter, run_search
 from modeltailor.experiments.tracking import get_run_summary
 from modeltailor.results import SearchSummary
@@ -71,6 +72,14 @@ def test_search_writes_the_contract_and_tracks_it(tmp_path, tiny_config):
     assert tracked["tags"]["model"] == "resnet20" and tracked["status"] == "FINISHED"
     assert tracked["metrics"]["final/speedup"] == pytest.approx(summary["speedup"])
     assert run.result.best is not None
+    # registered: a version of the device's model, champion of its deployment, linked from the run's description
+    registered = run.extra["registered"]
+    assert registered.run_id == summary["mlflow_run_id"] and registered.device == "cpu-1t"
+    assert registered.latency_ms == summary["best"]["latency_ms"] and registered.aliases
+    note = tracked["tags"]["mlflow.note.content"]
+    assert f"versions/{registered.version}" in note and "pareto.png" in note and "| chosen |" in note
+    answer = query_best(tiny_config.tracking.uri, "cpu-1t")
+    assert answer.chosen.version == registered.version
 
 
 def test_apply_rebuilds_the_searched_model(tmp_path, tiny_config):
