@@ -231,3 +231,23 @@ def test_registry_add_registers_a_folder_once(tmp_path, store, monkeypatch, caps
     assert len(registry.device_versions(uri, "cpu-1t")) == 1
     code, err = run_main(monkeypatch, capsys, "registry", "add", str(tmp_path / "nope"), "--tracking-uri", uri)
     assert code == 2 and "is not a folder" in err
+
+
+def test_the_registry_works_through_a_real_server_on_postgresql(tmp_path, mlflow_postgres):
+    """The team setup: registration, champion moves, queries and downloads over HTTP, PostgreSQL behind."""
+    uri = mlflow_postgres.uri
+    tracker = Tracker(uri, f"registry-{tmp_path.name}")
+    device = {**DEVICE, "name": f"pg-{tmp_path.name[-12:].strip('_')}"}  # the session's server is shared
+    first = registry.register_search(uri, make_out(tmp_path / "1", tracker, "a", accuracy=0.90, latency_ms=0.2,
+                                                   device=device))
+    better = registry.register_search(uri, make_out(tmp_path / "2", tracker, "a", accuracy=0.95, latency_ms=0.2,
+                                                    device=device))
+    assert first.aliases == better.aliases and first.version != better.version  # the alias moved to the better
+    held = mlflow.MlflowClient(uri).get_model_version_by_alias(registry.model_name(device["name"]), better.aliases[0])
+    assert int(held.version) == better.version
+    assert registry.register_search(uri, tmp_path / "2" / "a").version == better.version
+    answer = registry.query_best(uri, device["name"], [0, 3, 7])
+    assert answer.chosen.version == better.version and answer.runners_up == []
+    files = registry.download_version(uri, device["name"], better.version, tmp_path / "dl")
+    assert files["model.onnx"].read_bytes() == (tmp_path / "2" / "a" / "model.onnx").read_bytes()
+    assert device["name"] in [d.device for d in registry.list_devices(uri)]
