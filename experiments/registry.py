@@ -292,11 +292,12 @@ def _tracking_uri_set(uri: str, experiment_id: str | None = None) -> Iterator[No
         experiment = fluent._active_experiment_id
         mlflow.set_tracking_uri(uri)
         if experiment_id is not None:
-            fluent._active_experiment_id = experiment_id  # the logged model goes to the run's experiment
+            setattr(fluent, "_active_experiment_id", experiment_id)  # the logged model: the run's experiment
         try:
             yield
         finally:
-            utils._tracking_uri, fluent._active_experiment_id = previous, experiment
+            utils._tracking_uri = previous
+            setattr(fluent, "_active_experiment_id", experiment)
             if variable is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
