@@ -38,7 +38,7 @@ from modeltailor.experiments.ray_cluster import (
     node_ip_toward,
 )
 from modeltailor.experiments.search import RUN_FILE, check_out_dir
-from modeltailor.experiments.tracking import Tracker
+from modeltailor.experiments.tracking import TRAINING_VIEW, Tracker
 from modeltailor.experiments.tracking_server import serving
 from modeltailor.storage import atomic_write, locked
 
@@ -354,7 +354,7 @@ def campaign_description(name: str, statuses: list[DeploymentStatus], experiment
     ]
     for s in statuses:
         r = s.result or {}
-        run = f"[{s.name}](#/experiments/{experiment_id}/runs/{s.mlflow_run_id})" if s.mlflow_run_id else s.name
+        run = f"[{s.name}](#/experiments/{experiment_id}/runs/{s.mlflow_run_id}{TRAINING_VIEW})" if s.mlflow_run_id else s.name
         version = r.get("registered_version")
         model = f"modeltailor-{s.device}"
         link = f"[{model} v{version}](#/models/{model}/versions/{version})" if version else "-"

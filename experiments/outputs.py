@@ -19,7 +19,7 @@ import torch
 from modeltailor.compressors.policy import Policy
 from modeltailor.experiments.finalize import FinalResult
 from modeltailor.experiments.plots import plot_pareto
-from modeltailor.experiments.tracking import Tracker
+from modeltailor.experiments.tracking import TRAINING_VIEW, Tracker
 from modeltailor.experiments.workbench import Workbench
 from modeltailor.results import (
     EpisodeRecord,
@@ -172,7 +172,7 @@ def run_description(summary: SearchSummary, run_id: str, experiment_id: str, reg
         lines.append(
             f"Registered as [{name} version {registered.version}](#/models/{name}/versions/{registered.version})"
             + (f", alias `{', '.join(registered.aliases)}`" if registered.aliases else "")
-            + (f"; logged model [{registered.model_id}](#/experiments/{experiment_id}/models/{registered.model_id})"
+            + (f"; logged model [{registered.model_id}](#/experiments/{experiment_id}/models/{registered.model_id}{TRAINING_VIEW})"
                if registered.model_id else "") + "."
         )
         lines.append("")

@@ -109,7 +109,7 @@ def plot_pareto(
         _draw_panel(ax, key, episodes, pareto, baseline, chosen)
     axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(f"Compression search: {len(episodes)} episodes, {len(pareto)} on the Pareto front")
-    fig.savefig(path, dpi=120, format="png")
+    fig.savefig(path, dpi=90, format="png")
     return path
 
 

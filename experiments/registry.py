@@ -244,8 +244,19 @@ def register_search(tracking_uri: str, out_dir: Path, summary: SearchSummary | N
             description=f"{summary.deployment}: accuracy {summary.best.accuracy:.4f}, "
             f"{summary.best.latency_ms:.3f} ms ({summary.speedup:.2f}x), {summary.best.memory_bytes:,} bytes",
         )
+        _link_logged_model(client, model_id, name, int(version.version))
         _crown_if_better(client, name, version, summary)
         return _info(client, client.get_model_version(name, version.version))
+
+
+def _link_logged_model(client: mlflow.MlflowClient, model_id: str, name: str, version: int) -> None:
+    """Tag the logged model with its registered version, as mlflow.register_model does, so the UI
+    shows the version beside the run's logged model."""
+    tag = "mlflow.modelVersions"
+    current = json.loads(client.get_logged_model(model_id).tags.get(tag) or "[]")
+    entry = {"name": name, "version": version}
+    if entry not in current:
+        client.set_logged_model_tags(model_id, {tag: json.dumps([*current, entry])})
 
 
 def _version_of_run(client: mlflow.MlflowClient, name: str, run_id: str) -> ModelVersion | None:
@@ -292,12 +303,12 @@ def _tracking_uri_set(uri: str, experiment_id: str | None = None) -> Iterator[No
         experiment = fluent._active_experiment_id
         mlflow.set_tracking_uri(uri)
         if experiment_id is not None:
-            setattr(fluent, "_active_experiment_id", experiment_id)  # the logged model: the run's experiment
+            fluent._active_experiment_id = experiment_id  # type: ignore[assignment]  # the run's experiment
         try:
             yield
         finally:
             utils._tracking_uri = previous
-            setattr(fluent, "_active_experiment_id", experiment)
+            fluent._active_experiment_id = experiment
             if variable is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
@@ -325,7 +336,7 @@ def _log_onnx_model(run_id: str, out_dir: Path, summary: SearchSummary) -> tuple
         outputs=Schema([TensorSpec(np.dtype(out.dtype), (-1, *out.shape[1:]), outputs[0].name)]),
     )
     info = mlflow.onnx.log_model(
-        model, name="model", run_id=run_id, signature=signature, input_example=example,
+        model, name=_slug(summary.deployment), run_id=run_id, signature=signature, input_example=example,
         onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
         pip_requirements=["onnx", "onnxruntime"], extra_files=[str(out_dir / "policy.json"),
                                                             str(out_dir / "summary.json")],

@@ -37,7 +37,10 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PROBE_TIMEOUT_S = 5.0
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 KIND_TAG = "mlflow.experimentKind"
-KIND = "custom_model_development"  # opens the experiment in the UI's model-training view, not GenAI
+KIND = "custom_model_development"  # the experiment is for model training (not GenAI)
+TRAINING_VIEW = "?workflowType=machine_learning"
+"""MLflow 3.17's UI ignores the kind tag (mlflow/mlflow#24498) and opens experiments in its GenAI
+view unless the link asks for the model-training view: every link we write or print carries this."""
 EXPERIMENT_NOTE = (
     "modeltailor searches: one run per deployment (its description holds the result table and the "
     "Pareto plot), campaigns as parent runs comparing their deployments. The chosen models are in "
@@ -335,8 +338,14 @@ class Tracker:
     def ui_hint(self) -> str:
         """A line telling users how to look at the runs."""
         if _is_http(self.tracking_uri):
-            return f"open {self.tracking_uri} in a browser to see the runs"
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+            return f"open {experiment_url(self.tracking_uri, self.experiment_id)} in a browser to see the runs"
+        return (f"mlflow ui --backend-store-uri {self.tracking_uri}, then open "
+                f"{experiment_url('http://127.0.0.1:5000', self.experiment_id)}")
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The experiment's page on an MLflow server, in the model-training view."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}{TRAINING_VIEW}"
 
 
 def open_tracker(config: DeploymentConfig) -> Tracker | None:

@@ -176,7 +176,9 @@ def test_default_tracking_uri_honors_env(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_ui_hint_names_the_backend_store(store: tuple[str, Path]):
     uri, _ = store
-    assert Tracker(uri).ui_hint() == f"mlflow ui --backend-store-uri {uri}"
+    tracker = Tracker(uri)
+    assert tracker.ui_hint() == (f"mlflow ui --backend-store-uri {uri}, then open "
+                                 f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}?workflowType=machine_learning")
 
 
 def test_flatten_params_dots_nested_keys():
