@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo campaign test test-fast lint bench mlflow-ui clean
+.PHONY: install demo campaign test test-fast lint bench mlflow-ui up down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ bench: install
 
 mlflow-ui: install  ## open the MLflow UI on the default store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+up:  ## the team stack (docker/compose.yaml): PostgreSQL, MLflow, Ray head + worker, the API, a device server
+	@docker compose version >/dev/null 2>&1 || { echo "make up: needs Docker with the compose plugin (\`docker compose version\` fails here)" >&2; exit 1; }
+	@test -f docker/.env || { echo "make up: docker/.env is missing: cp docker/.env.example docker/.env and fill in its secrets" >&2; exit 1; }
+	docker compose -f docker/compose.yaml --env-file docker/.env up -d --build
+
+down:  ## stop the team stack (its named volumes stay)
+	@docker compose version >/dev/null 2>&1 || { echo "make down: needs Docker with the compose plugin (\`docker compose version\` fails here)" >&2; exit 1; }
+	@test -f docker/.env || { echo "make down: docker/.env is missing (compose reads its secrets even to stop)" >&2; exit 1; }
+	docker compose -f docker/compose.yaml --env-file docker/.env down
 
 clean:
 	rm -rf runs mlflow.db mlartifacts .pytest_cache

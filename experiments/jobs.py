@@ -142,7 +142,7 @@ def validate(kind: JobKind, body: dict[str, Any]) -> Campaign:
         campaign = build_campaign(spec, Path("/nonexistent-api-root"))
     except ConfigError as exc:
         raise BodyError(_field_of(str(exc), kind), _message_of(str(exc)), named=True) from None
-    _check_devices(campaign, kind)
+    _check_deployments(campaign, kind)
     return campaign
 
 
@@ -197,17 +197,23 @@ def _check_name(name: str, field: str) -> None:
         raise BodyError(field, f"'{name[:40]}' must be 1-100 letters, digits, '.', '_' or '-' (it names folders)")
 
 
-def _check_devices(campaign: Campaign, kind: JobKind) -> None:
+def _check_deployments(campaign: Campaign, kind: JobKind) -> None:
+    """What can be checked without torch: class lists and device profiles."""
     from modeltailor.devices.profiles import get_spec
 
     for index, config in enumerate(campaign.deployments.values()):
-        field = "device.name" if kind == "search" else f"deployments[{index}].device.name"
+        at = "" if kind == "search" else f"deployments[{index}]."
+        if config.classes is not None and not config.classes:
+            raise BodyError(f"{at}classes", "the list is empty: list class ids or names, or leave it out for all")
+        negative = [c for c in config.classes or [] if isinstance(c, int) and c < 0]
+        if negative:
+            raise BodyError(f"{at}classes", f"class ids are 0 or more, got {negative[0]}")
         try:
             get_spec(config.device.name, config.device.profiles)
         except (DeviceError, ConfigError) as exc:
-            raise BodyError(field, str(exc)) from None
+            raise BodyError(f"{at}device.name", str(exc)) from None
         except (OSError, ValueError) as exc:  # an absolute profiles path the server cannot read
-            raise BodyError(field.replace("name", "profiles"), f"cannot be read: {type(exc).__name__}") from None
+            raise BodyError(f"{at}device.profiles", f"cannot be read: {type(exc).__name__}") from None
 
 
 TYPE_TAGS = {"int", "str", "float", "bool", "none", "list", "dict", "function-after", "function-before"}
@@ -366,8 +372,10 @@ class JobStore:
         ids = [p.name for p in self.root.iterdir() if JOB_ID.match(p.name) and (p / JOB_FILE).is_file()]
         statuses = []
         for job_id in ids:
-            with contextlib.suppress(NotFoundError):
+            try:
                 statuses.append(self.status(job_id, with_log=False))
+            except (NotFoundError, KeyError, TypeError, ValueError) as exc:  # a job.json edited by hand
+                log.warning("job %s is unreadable, left out: %s", job_id, exc)
         return sorted(statuses, key=lambda s: s.created, reverse=True)
 
     def active(self) -> list[str]:
@@ -378,8 +386,10 @@ class JobStore:
         child = self._children.get(job_id)
         if code is None and child is not None:
             code = child.poll()
+            if code is None:
+                return "running"
         cancelled = bool(record.get("cancel_requested"))
-        if code is None:
+        if code is None:  # not this process's child: a job an earlier API process started
             pid = record.get("pid")
             if pid is None:
                 return "queued"
@@ -461,7 +471,7 @@ class JobStore:
         if not JOB_ID.match(job_id):
             raise BodyError("job_id", f"'{job_id[:40]}' is not a job id (12 hex digits)")
         record = _read_json(self.root / job_id / JOB_FILE)
-        if record is None:
+        if record is None or not {"kind", "name", "created"} <= record.keys():
             raise NotFoundError(f"no job '{job_id}': GET /v1/jobs lists the jobs")
         return record
 

@@ -28,11 +28,13 @@ from modeltailor.results import EpisodeRecord, SearchSummary
 from modeltailor.service.campaign_cli import campaign_command
 from modeltailor.service.devices_cli import device_server_command, devices_app
 from modeltailor.service.registry_cli import best_command, registry_app
+from modeltailor.service.serve_cli import serve_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL auto-compression of CNNs, per deployment.")
 app.add_typer(devices_app, name="devices")
 app.command("device-server")(device_server_command)
 app.command("campaign")(campaign_command)
+app.command("serve")(serve_command)
 app.command("best")(best_command)
 app.add_typer(registry_app, name="registry")
 app.command("device-agent", hidden=True, help="alias of device-server")(device_server_command)
