@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import socket
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -113,12 +115,15 @@ def connected(
         }
     if address is not None:
         check_token(address)
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         # RayError: AuthenticationError ("token authentication is enabled but no token was found")
         where = f"--address '{address}'" if address else "a local Ray instance"
         raise ConfigError(f"cannot connect to {where}: {first_line(exc)}{_auth_hint(exc)}") from None
+    if handler is not None:  # ray.init installs its own SIGTERM handler (it aborts): keep the caller's
+        signal.signal(signal.SIGTERM, handler)
     try:
         yield _describe(address)
     finally:

@@ -157,7 +157,8 @@ def test_kill_9_then_resume_keeps_finished_and_continues_the_rest(tmp_path):
     assert {d["name"]: d["state"] for d in record["deployments"]} == {"quick": "finished", "long": "finished"}
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path, stop):
     path = write_campaign(tmp_path, [
         {"name": "first", "search": {"episodes": 30}},
         {"name": "second", "classes": [1, 2], "search": {"episodes": 30}},
@@ -165,7 +166,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
     out = tmp_path / "out"
     process = start_campaign(path, out)
     wait_for_episodes(out, ["first", "second"], 2, process)
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    if stop == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    else:
+        os.kill(process.pid, signal.SIGTERM)  # `kill PID`, `docker stop`: the campaign process alone
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
