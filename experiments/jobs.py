@@ -123,6 +123,9 @@ def campaign_data(kind: JobKind, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+FACTORIES_ENV = "MODELTAILOR_API_ALLOW_FACTORIES"
+
+
 def validate(kind: JobKind, body: dict[str, Any]) -> Campaign:
     """The campaign a body launches, validated with the CLI's models; BodyError names the field.
     API bodies may not name files (the server's): `base` and deployments are inline, paths absolute."""
@@ -182,7 +185,12 @@ def _check_tracking(tracking: Any, where: str) -> None:
 
 
 def _check_paths(data: dict[str, Any], where: str) -> None:
-    """Relative paths would resolve against the job's folder: the server's paths must be absolute."""
+    """Relative paths would resolve against the job's folder: the server's paths must be absolute.
+    A model factory imports code on the server: refused unless `serve --allow-factories`."""
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("factory") and os.environ.get(FACTORIES_ENV) != "1":
+        raise BodyError(f"{where}model.factory", "imports code on the server: use a zoo model (model.name), or "
+                        "start the server with --allow-factories")
     for section, key in PATH_KEYS:
         node = data.get(section)
         value = node.get(key) if isinstance(node, dict) else None

@@ -30,9 +30,9 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass

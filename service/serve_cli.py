@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.jobs import TOKEN_ENV
+from modeltailor.experiments.jobs import FACTORIES_ENV, TOKEN_ENV
 
 
 def read_token(token_file: Path | None) -> str:
@@ -44,6 +44,9 @@ def serve_command(
     max_jobs: Annotated[int, typer.Option(help="jobs running at once; more launches get 429 (0: queries only)")] = 4,
     token_file: Annotated[Path | None, typer.Option(help=f"file holding the token (default: ${TOKEN_ENV})")] = None,
     token_for_reads: Annotated[bool, typer.Option("--token-for-reads", help="require the token on reads too")] = False,
+    allow_factories: Annotated[
+        bool, typer.Option("--allow-factories", help="let launch bodies name model.factory (imports code on the server)")
+    ] = False,
 ) -> None:
     """Serve the HTTP API: launch searches and campaigns, query the best model per device (/docs)."""
     import uvicorn
@@ -55,6 +58,8 @@ def serve_command(
     if max_jobs < 0:
         raise ConfigError(f"--max-jobs must be 0 or more, got {max_jobs}")
     uri = normalize_tracking_uri(tracking_uri) if tracking_uri else default_tracking_uri()
+    if allow_factories:
+        os.environ[FACTORIES_ENV] = "1"
     app = create_app(jobs, uri, address, token, max_body_bytes, max_jobs, token_for_reads)
 
     class _Server(uvicorn.Server):

@@ -165,6 +165,7 @@ BAD_BODIES = {
                        "deployments[0].classes"),
     "a relative path": ("/v1/searches", {"model": {"weights": "w.pt"}}, 422, "model.weights"),
     "the tracking store": ("/v1/searches", {"tracking": {"uri": "file:///tmp/x"}}, 422, "tracking.uri"),
+    "code on the server": ("/v1/searches", {"model": {"factory": "os:system"}}, 422, "model.factory"),
     "a name that is a path": ("/v1/searches", {"name": "../escape"}, 422, "name"),
     "not an object": ("/v1/searches", [1, 2], 422, "body"),
     "no body": ("/v1/searches", None, 422, "body"),
