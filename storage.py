@@ -9,11 +9,13 @@ a teacher that another process is about to cache).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -42,3 +44,12 @@ def locked(path: Path, timeout_s: float = -1) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=timeout_s):
         yield
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's contents; None when it is missing, unreadable, partial or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

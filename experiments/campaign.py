@@ -40,7 +40,7 @@ from modeltailor.experiments.ray_cluster import (
 from modeltailor.experiments.search import RUN_FILE, check_out_dir
 from modeltailor.experiments.tracking import TRAINING_VIEW, Tracker
 from modeltailor.experiments.tracking_server import serving
-from modeltailor.storage import atomic_write, locked
+from modeltailor.storage import atomic_write, locked, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _statuses(campaign: Campaign, out_dir: Path, interrupted: bool = False) -> l
     statuses = []
     for name, config in campaign.deployments.items():
         status = DeploymentStatus.of(name, config)
-        trial = _read_json(out_dir / name / TRIAL_FILE)
+        trial = read_json_object(out_dir / name / TRIAL_FILE)
         if trial is not None:
             status.absorb(trial)
         if status.state != "finished":
@@ -231,14 +231,6 @@ def _statuses(campaign: Campaign, out_dir: Path, interrupted: bool = False) -> l
                 status.state = "interrupted"
         statuses.append(status)
     return statuses
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _prepare_teachers(campaign: Campaign, statuses: list[DeploymentStatus], reporter: CampaignReporter) -> None:
@@ -372,7 +364,7 @@ def _kill_open_children(tracker: Tracker, out_dir: Path, statuses: list[Deployme
     for status in statuses:
         if status.state == "finished":
             continue
-        run = _read_json(out_dir / status.name / RUN_FILE)
+        run = read_json_object(out_dir / status.name / RUN_FILE)
         if run and run.get("mlflow_run_id"):
             tracker.terminate(run["mlflow_run_id"], "KILLED")
 
@@ -539,7 +531,7 @@ def _record_trial(out: Path, update: dict[str, Any], only_if_not: str | None = N
     """Merge `update` into OUT/<deployment>/trial.json (atomically, under its lock)."""
     path = out / TRIAL_FILE
     with locked(path):
-        current = _read_json(path) or {}
+        current = read_json_object(path) or {}
         if only_if_not is not None and current.get("state") == only_if_not:
             return
         atomic_write(path, json.dumps({**current, **update}, indent=2, default=str) + "\n")

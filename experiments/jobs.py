@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, ValidationError
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, NotFoundError
 from modeltailor.experiments.campaign_spec import PATH_KEYS, Campaign, CampaignSpec, build_campaign
 from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.storage import atomic_write
+from modeltailor.storage import atomic_write, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -414,11 +414,11 @@ class JobStore:
 
     def _progress(self, job_id: str, record: dict[str, Any], state: JobState) -> list[DeploymentProgress]:
         out = self.root / job_id / OUT_DIR
-        final = {d.get("name"): d for d in (_read_json(out / CAMPAIGN_FILE) or {}).get("deployments", [])}
+        final = {d.get("name"): d for d in (read_json_object(out / CAMPAIGN_FILE) or {}).get("deployments", [])}
         rows = []
         for planned in record.get("deployments", []):
             row = DeploymentProgress.model_validate(planned)
-            merged = {**final.get(row.name, {}), **(_read_json(out / row.name / TRIAL_FILE) or {})}
+            merged = {**final.get(row.name, {}), **(read_json_object(out / row.name / TRIAL_FILE) or {})}
             for key in ("state", "error", "mlflow_run_id", "seconds", "result"):
                 if merged.get(key) is not None:
                     setattr(row, key, merged[key])
@@ -478,7 +478,7 @@ class JobStore:
     def _record(self, job_id: str) -> dict[str, Any]:
         if not JOB_ID.match(job_id):
             raise BodyError("job_id", f"'{job_id[:40]}' is not a job id (12 hex digits)")
-        record = _read_json(self.root / job_id / JOB_FILE)
+        record = read_json_object(self.root / job_id / JOB_FILE)
         if record is None or not {"kind", "name", "created"} <= record.keys():
             raise NotFoundError(f"no job '{job_id}': GET /v1/jobs lists the jobs")
         return record
@@ -496,14 +496,6 @@ def _planned(name: str, config: DeploymentConfig) -> dict[str, Any]:
     return {"name": name, "device": config.device.name, "classes": classes, "episodes": config.search.episodes}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _count_lines(path: Path) -> int:
     """Complete lines of an episodes.jsonl (a torn last line has no newline yet)."""
     try:
@@ -513,7 +505,7 @@ def _count_lines(path: Path) -> int:
 
 
 def _all_finished(out: Path) -> bool:
-    deployments = (_read_json(out / CAMPAIGN_FILE) or {}).get("deployments") or []
+    deployments = (read_json_object(out / CAMPAIGN_FILE) or {}).get("deployments") or []
     return bool(deployments) and all(d.get("state") == "finished" for d in deployments)
 
 

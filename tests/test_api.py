@@ -28,17 +28,10 @@ from tests.api_process import (
     mlflow_server,
     session_members,
 )
+from tests.test_campaign import BASE
 
 TOKEN = "api-test-token"
-TINY = {  # tests/test_campaign.py's tiny deployment: a width-0.5 ResNet-20 on 16x16 digits
-    "model": {"name": "resnet20", "kwargs": {"width": 0.5}},
-    "data": {"input_size": 16},
-    "train": {"epochs": 3},
-    "search": {"episodes": 3, "round_to": 2, "searcher": "random"},
-    "recovery": {"episode_steps": 5, "final_steps": 10, "finalists": 1},
-    "device": {"runs": 10, "warmup": 2},
-    "objective": {"kind": "tradeoff"},
-}
+TINY = BASE  # tests/test_campaign.py's tiny deployment: a width-0.5 ResNet-20 on 16x16 digits
 ROOT = Path(__file__).resolve().parents[1]
 
 
