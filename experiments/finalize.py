@@ -73,7 +73,13 @@ def finalize(
     reward: RewardFunction,
     final_device: Device,
     report: Callable[[str], None] = log.info,
+    judge: Callable[[Resources], RewardFunction] | None = None,
 ) -> FinalResult:
+    """Distill the finalists, pick one, export and measure it against the baseline, alternating.
+
+    `judge` rebuilds the objective's reward from the baseline timed alongside the chosen model, for
+    the verdict in `objective` (a budget given as a ratio is a ratio of *that* baseline, not of the
+    one measured once at the start, which load can skew); without it `reward` judges."""
     finalists = []
     base_res = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
     for i, record in enumerate(pick_finalists(records, bench.config.recovery.finalists)):
@@ -92,6 +98,8 @@ def finalize(
     parity, test_accuracy = check_onnx(bench, chosen)
     base_m, best_m = measure_pair(final_device, baseline_onnx, chosen.onnx_bytes)
     final_resources = Resources(test_accuracy, best_m.latency.median_ms, best_m.memory.total_bytes)
+    paired = Resources(bench.baseline.accuracy, base_m.latency.median_ms, base_m.memory.total_bytes)
+    verdict = judge(paired) if judge is not None else reward
     return FinalResult(
         chosen=chosen,
         finalists=finalists,
@@ -103,7 +111,7 @@ def finalize(
         baseline_test_accuracy=bench.test_accuracy(bench.base),
         baseline_test_accuracy_all_classes=bench.teacher_test_accuracy_all_classes(),
         onnx_parity=parity,
-        objective=describe_objective(reward, reward.feasible(final_resources)),
+        objective=describe_objective(verdict, verdict.feasible(final_resources)),
     )
 
 

@@ -113,6 +113,7 @@ def run_search(
         final = finalize(
             bench, result.episodes, make_reward(config, _baseline(bench), final=True),
             bench.device.uncached(), reporter.message,
+            judge=lambda paired: make_reward(config, paired, final=True),
         )
         info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)

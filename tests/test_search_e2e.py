@@ -67,6 +67,8 @@ def test_search_writes_the_contract_and_tracks_it(tmp_path, tiny_config):
     objective = summary["objective"]  # the default: 45% of the baseline's latency
     assert objective["reward"] == "BudgetReward" and objective["max_latency_ms"] > 0
     assert objective["met_at_final_measurement"] == (summary["best"]["latency_ms"] <= objective["max_latency_ms"])
+    # the ratio is of the baseline timed alongside the chosen model, not of the one timed at the start
+    assert objective["max_latency_ms"] == pytest.approx(0.45 * summary["baseline"]["latency_ms"])
     tracked = get_run_summary(tiny_config.tracking.uri, summary["mlflow_run_id"])
     assert {"summary.json", "policy.json", "model.onnx", "pareto.png"} <= set(tracked["artifacts"])
     assert tracked["tags"]["model"] == "resnet20" and tracked["status"] == "FINISHED"
