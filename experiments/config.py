@@ -104,6 +104,20 @@ def _default_methods() -> list[SearchMethod]:
     return ["prune"]
 
 
+class PPOConfig(_Strict):
+    """PPO's settings (stable-baselines3): episodes are short and their last step is the expensive one."""
+
+    episodes_per_rollout: int = Field(2, ge=1, le=64, description="episodes per PPO update (n_steps = units x this)")
+    n_epochs: int = Field(10, ge=1, le=100, description="passes over each rollout")
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    gamma: float = Field(1.0, ge=0, le=1, description="discount: 1, the episode's reward counts for every step")
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    ent_coef: float = Field(0.0, ge=0, le=1, description="entropy bonus")
+    clip_range: float = Field(0.2, gt=0, le=1)
+    log_std_init: float = Field(-0.7, ge=-5, le=2, description="initial log std of the action noise")
+    hidden: int = Field(64, ge=4, le=1024, description="width of the two hidden layers (policy and value)")
+
+
 class SearchConfig(_Strict):
     searcher: Literal["ppo", "random", "uniform"] = Field(
         "ppo", description="ppo (stable-baselines3), or a baseline: random, uniform"
@@ -121,6 +135,7 @@ class SearchConfig(_Strict):
     skip_blocks: bool = Field(
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
     )
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings (searcher: ppo)")
     importance: Literal["l1", "l2", "fpgm", "lamp", "activation", "taylor"] = Field(
         "l2",
         description="channel ranking: l1/l2 weight magnitude, fpgm, lamp, activation (DropNet: mean "

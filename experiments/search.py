@@ -178,7 +178,9 @@ def _interrupted(config: DeploymentConfig, out_dir: Path) -> SearchInterrupted:
 
 def _search(env: CompressionEnv, config: DeploymentConfig, done: int, out_dir: Path) -> SearchResult:
     """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
-    searcher = make_searcher(config.search.searcher, config.search.seed, out_dir / AGENT_CHECKPOINT)
+    searcher = make_searcher(
+        config.search.searcher, config.search.seed, out_dir / AGENT_CHECKPOINT, config.search.ppo.model_dump()
+    )
     episodes_file = out_dir / EPISODES_FILE
     try:
         result = searcher.search(env, max(0, config.search.episodes - done), done=done)

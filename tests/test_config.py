@@ -72,3 +72,18 @@ def test_cli_keeps_the_old_names():
     assert runner.invoke(app, ["device-server", "--help"]).exit_code == 0
     listed = runner.invoke(app, ["devices", "list", "--registry", "/nonexistent.yaml"])
     assert listed.exit_code != 0 and "nonexistent.yaml" in str(listed.exception or listed.output)
+
+
+def test_ppo_settings_come_from_the_yaml_and_default_to_the_searchers_own():
+    import dataclasses
+
+    from modeltailor.agent import PPOSettings, make_searcher
+
+    assert load_config(None).search.ppo.model_dump() == dataclasses.asdict(PPOSettings())
+    config = load_config(None, {"search.ppo.hidden": 32, "search.ppo.ent_coef": 0.01})
+    searcher = make_searcher("ppo", 0, None, config.search.ppo.model_dump())
+    assert searcher.settings.hidden == 32 and searcher.settings.ent_coef == 0.01  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"search.ppo.lr"):
+        load_config(None, {"search.ppo.lr": 0.1})
+    with pytest.raises(ConfigError, match=r"search.ppo.hidden"):
+        load_config(None, {"search.ppo.hidden": 0})

@@ -117,3 +117,12 @@ def test_resumed_uniform_sweep_continues_without_repeating(model):
     assert all(np.array_equal(a, b) for a, b in zip(resumed, uninterrupted[2 * units :], strict=True))
     first = {tuple(a) for a in uninterrupted[: 2 * units]}
     assert not first & {tuple(a) for a in resumed}
+
+
+def test_ppo_builds_the_network_its_settings_ask_for(model):
+    from modeltailor.agent import PPOSettings
+
+    env = make_env(model, ("prune",))
+    agent = PPOSearcher(seed=0, settings=PPOSettings(hidden=16, episodes_per_rollout=3)).build(env)
+    widths = [layer.out_features for layer in agent.policy.mlp_extractor.policy_net if hasattr(layer, "out_features")]
+    assert widths == [16, 16] and agent.n_steps == 3 * len(env.units)
