@@ -44,7 +44,7 @@ def lock_dir() -> Path | None:
         return None
     if setting:
         return Path(setting)
-    cache = os.environ.get("MODELTAILOR_CACHE") or Path.home() / ".cache" / "modeltailor"
+    cache = os.environ.get("MODELTAILOR_CACHE") or Path.home() / ".cache" / "modeltailor"  # = storage.cache_dir()
     return Path(cache) / "locks"
 
 

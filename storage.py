@@ -53,3 +53,8 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def cache_dir() -> Path:
+    """modeltailor's cache: MODELTAILOR_CACHE, else ~/.cache/modeltailor (teachers, locks, registry downloads)."""
+    return Path(os.environ.get("MODELTAILOR_CACHE") or Path.home() / ".cache" / "modeltailor")

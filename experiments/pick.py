@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modeltailor.compressors.policy import Policy
 from modeltailor.errors import ModelTailorError
+from modeltailor.experiments.registry import within_limits
 from modeltailor.experiments.tracking import default_tracking_uri, read_artifact_json
 from modeltailor.results import ParetoPoint, SearchSummary
 
@@ -36,12 +37,7 @@ def pick(
     min_accuracy: float | None = None,
 ) -> ParetoPoint:
     """The most accurate Pareto point within the limits (ties: the faster)."""
-    fits = [
-        p for p in summary.pareto
-        if (max_latency_ms is None or p.latency_ms <= max_latency_ms)
-        and (max_memory_bytes is None or p.memory_bytes <= max_memory_bytes)
-        and (min_accuracy is None or p.accuracy >= min_accuracy)
-    ]
+    fits = [p for p in summary.pareto if within_limits(p, max_latency_ms, max_memory_bytes, min_accuracy)]
     if not fits:
         fastest = min(summary.pareto, key=lambda p: p.latency_ms, default=None)
         hint = (

@@ -53,6 +53,7 @@ from modeltailor.experiments.tracking import (
     quiet_mlflow_logging,
 )
 from modeltailor.results import SearchSummary
+from modeltailor.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -499,8 +500,9 @@ def _unknown_device(client: mlflow.MlflowClient, device: str) -> str:
     return f"device '{device}' has no registered models; devices in the registry: {there}"
 
 
-def _fits(v: VersionInfo, max_latency_ms: float | None, max_memory_bytes: float | None,
-          min_accuracy: float | None) -> bool:
+def within_limits(v: Any, max_latency_ms: float | None, max_memory_bytes: float | None,
+                  min_accuracy: float | None) -> bool:
+    """Whether a result (anything with accuracy, latency_ms, memory_bytes) meets the limits given."""
     return ((max_latency_ms is None or v.latency_ms <= max_latency_ms)
             and (max_memory_bytes is None or v.memory_bytes <= max_memory_bytes)
             and (min_accuracy is None or v.accuracy >= min_accuracy))
@@ -549,7 +551,7 @@ def query_best(
             closest=[_brief(v) for v in versions[:5]],
         )
     limited = any(x is not None for x in (max_latency_ms, max_memory_bytes, min_accuracy))
-    fitting = [v for v in same_classes if _fits(v, max_latency_ms, max_memory_bytes, min_accuracy)]
+    fitting = [v for v in same_classes if within_limits(v, max_latency_ms, max_memory_bytes, min_accuracy)]
     if not fitting:
         closest = sorted(same_classes, key=lambda v: _miss(v, max_latency_ms, max_memory_bytes, min_accuracy))[:3]
         described = "; ".join(
@@ -612,7 +614,7 @@ def download_file(tracking_uri: str, device: str, version: int, filename: str) -
         if model_id is None:
             raise NotFoundError(f"version {version} of '{device}' has no logged model: it was not registered by modeltailor")
         inner = filename if filename == "model.onnx" else f"extra_files/{filename}"
-        path = _cache_dir() / model_id / inner
+        path = cache_dir() / "registry" / model_id / inner
         if not path.is_file():
             location = client.get_logged_model(model_id).artifact_location.rstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -620,11 +622,6 @@ def download_file(tracking_uri: str, device: str, version: int, filename: str) -
                 artifact_uri=f"{location}/{inner}", dst_path=str(path.parent), tracking_uri=uri
             )
     return path
-
-
-def _cache_dir() -> Path:
-    root = Path(os.environ.get("MODELTAILOR_CACHE", Path.home() / ".cache" / "modeltailor"))
-    return root / "registry"
 
 
 def download_version(tracking_uri: str, device: str, version: int, dest: Path) -> dict[str, Path]:

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,16 +24,11 @@ from modeltailor.cores import working
 from modeltailor.datasets import DataSplits
 from modeltailor.experiments.config import DeploymentConfig, TrainConfig
 from modeltailor.models import build_model, load_factory, load_weights
-from modeltailor.storage import atomic_write, locked
+from modeltailor.storage import atomic_write, cache_dir, locked
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, float], None]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MODELTAILOR_CACHE") or Path.home() / ".cache" / "modeltailor"
-    return Path(root)
 
 
 def build_student_shape(config: DeploymentConfig, splits: DataSplits) -> nn.Module:

@@ -37,8 +37,9 @@ from modeltailor.devices.profiles import get_device
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.errors import DataError, ModelLoadError, first_line
 from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.teacher import cache_dir, load_teacher
+from modeltailor.experiments.teacher import load_teacher
 from modeltailor.results import Outcome
+from modeltailor.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
