@@ -294,12 +294,12 @@ def main() -> None:
         _exit_interrupted("interrupted")
     except (typer.Abort, typer.Exit) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # click usage errors
+    except Exception as exc:  # usage errors (a bad flag value): click's, or typer's own vendored click's
         import click
 
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     finally:
         _forget_caught_interrupt()  # whatever status we exit with, not death by SIGINT

@@ -124,3 +124,9 @@ def test_fold_report_measures_what_folding_changes(tmp_path, monkeypatch, capsys
     assert report["unfolded"]["nodes"] > report["exported"]["nodes"]
     assert report["exported"]["ort"]["all"]["nodes"] < report["exported"]["ort"]["disable"]["nodes"]
     assert "layer folding" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [("search", "--episodes", "abc"), ("best", "--device", "cpu-1t", "--min-accuracy", "x")])
+def test_a_bad_flag_value_is_a_usage_line_not_a_traceback(monkeypatch, capsys, args):
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and "Invalid value" in err and "Traceback" not in err
