@@ -148,6 +148,29 @@ class CompressionEnv(gym.Env):
             "episode": record.episode,
         }
 
+    def evaluate(self, policy: Policy) -> EpisodeRecord:
+        """Evaluate a whole `policy` as given (no limiter), recorded as the next episode.
+
+        For one-shot searchers (greedy sensitivity, evolution) that propose complete policies; they
+        count the same evaluations as step-wise ones, one episode per policy. Units the policy
+        does not name keep everything.
+        """
+        given = {a.unit: a for a in policy.actions}
+        self.reset()
+        for unit in self.units:
+            action = given.get(unit.name)
+            self._keep[unit.name] = SKIP if action is not None and action.method == "skip" else (
+                action.keep if action is not None else 1.0
+            )
+            self._method[unit.name] = action.method if action is not None else "prune"
+            self._bits[unit.name] = action.bits if action is not None else 32
+        self._t = len(self.units)
+        return self._finish_episode()
+
+    def predicted_within(self, policy: Policy) -> bool:
+        """Whether the limiter predicts `policy` within the budget (always, without one)."""
+        return self.limiter.fits(self.analysis, policy.keep_ratios(), policy.lowrank_ratios())
+
     def policy(self) -> Policy:
         return Policy(
             tuple(

@@ -65,6 +65,11 @@ class ActionLimiter(Protocol):
         """Target MACs / model MACs, for the observation (1 without a limit)."""
         ...
 
+    def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
+        """Whether a whole policy (channel keep per pruned unit, 0 for a skipped block; rank ratio
+        per low-rank unit) is predicted within the limits."""
+        ...
+
     def record(self, outcome: Outcome) -> None:
         """Told about every evaluated policy at the end of its episode."""
         ...
@@ -78,6 +83,9 @@ class NoLimit:
 
     def budget_fraction(self, total_macs: float) -> float:
         return 1.0
+
+    def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
+        return True
 
     def record(self, outcome: Outcome) -> None:
         return None
@@ -117,6 +125,10 @@ class BudgetLimiter:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         return lo
+
+    def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
+        macs_cap, params_cap = self.caps()
+        return estimate_macs(analysis, keep, ranks) <= macs_cap and estimate_params(analysis, keep, ranks) <= params_cap
 
     def budget_fraction(self, total_macs: float) -> float:
         macs_cap, _ = self.caps()
