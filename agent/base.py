@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
@@ -52,3 +53,14 @@ def search_loop(
     except KeyboardInterrupt:
         return search_result(name, env.history[start:], interrupted=True)
     return search_result(name, env.history[start:])
+
+
+class EpisodeBudget(BaseCallback):
+    """Stops a stable-baselines3 learner once the env has recorded `episodes` more episodes."""
+
+    def __init__(self, env: CompressionEnv, episodes: int) -> None:
+        super().__init__()
+        self.env, self.target = env, len(env.history) + episodes
+
+    def _on_step(self) -> bool:
+        return len(self.env.history) < self.target

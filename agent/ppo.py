@@ -8,22 +8,35 @@ end), and a modest initial exploration noise so early episodes are not all clipp
 With a `checkpoint` path the agent checkpoint (network, optimizer, settings, observation layout) is
 saved there after every PPO update and when the search ends or is interrupted; a resumed search
 (`done > 0`) restores it and continues learning instead of replaying the first run's policies.
+
+With `warm_start` (another search's agent checkpoint) a fresh search starts from that network
+instead of a random one: the policy and value weights (and the learned action noise) are loaded, the
+optimizer starts afresh. The checkpoint's observation layout and network width must match.
+
+With `stats`, PPO's own training statistics (losses, entropy, KL, clip fraction, explained
+variance, action noise) are handed over after each update through stable-baselines3's logger,
+keyed `ppo/<name>` and stepped by the episodes finished so far.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger
 
+from modeltailor.agent.base import EpisodeBudget
 from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.features import OBS_LAYOUT
 from modeltailor.env.history import search_result
 from modeltailor.errors import ModelTailorError, first_line
 from modeltailor.results import SearchResult
@@ -45,17 +58,6 @@ class PPOSettings:
     hidden: int = 64
 
 
-class _EpisodeBudget(BaseCallback):
-    """Stops learning once the env has recorded `episodes` more episodes."""
-
-    def __init__(self, env: CompressionEnv, episodes: int) -> None:
-        super().__init__()
-        self.env, self.target = env, len(env.history) + episodes
-
-    def _on_step(self) -> bool:
-        return len(self.env.history) < self.target
-
-
 CHECKPOINT_FORMAT = 1
 
 
@@ -68,7 +70,7 @@ def agent_checkpoint(model: BaseAlgorithm, env: CompressionEnv, settings: PPOSet
         "settings": asdict(settings),
         "num_timesteps": int(model.num_timesteps),
         "episodes": len(env.history),
-        **_layout(env),
+        **checkpoint_layout(env),
     }
 
 
@@ -78,33 +80,68 @@ def save_checkpoint(path: Path, model: BaseAlgorithm, env: CompressionEnv, setti
     atomic_write(path, buffer.getvalue())
 
 
-def restore_checkpoint(path: Path, model: BaseAlgorithm, env: CompressionEnv) -> dict[str, Any]:
-    """Load the network and optimizer saved at `path` into `model`; its layout must match `env`'s."""
-    advice = "drop --resume or use another --out"
+RESUME_ADVICE = "drop --resume or use another --out"
+
+
+def read_checkpoint(path: Path, env: CompressionEnv, advice: str = RESUME_ADVICE) -> dict[str, Any]:
+    """The agent checkpoint at `path` (plain tensors, no pickle); its layout must match `env`'s."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise ModelTailorError(f"agent checkpoint '{path}' cannot be read ({exc.__class__.__name__}): {advice}") from None
-    layout = {key: state.get(key) for key in _layout(env)} if isinstance(state, dict) else None
-    if layout != _layout(env):
+    layout = {key: state.get(key) for key in checkpoint_layout(env)} if isinstance(state, dict) else None
+    if layout != checkpoint_layout(env):
         raise ModelTailorError(
-            f"agent checkpoint '{path}' was saved for layout {layout}, this search has {_layout(env)}: {advice}"
+            f"agent checkpoint '{path}' was saved for layout {layout}, this search has {checkpoint_layout(env)}: {advice}"
         )
+    return state
+
+
+def restore_checkpoint(
+    path: Path, model: BaseAlgorithm, env: CompressionEnv, advice: str = RESUME_ADVICE, optimizer: bool = True
+) -> dict[str, Any]:
+    """Load the network (and the optimizer) saved at `path` into `model`; its layout must match `env`'s."""
+    state = read_checkpoint(path, env, advice)
     try:
         model.policy.load_state_dict(state["policy"])
-        model.policy.optimizer.load_state_dict(state["optimizer"])
+        if optimizer:
+            model.policy.optimizer.load_state_dict(state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ModelTailorError(
             f"agent checkpoint '{path}' does not fit this PPO network ({first_line(exc)}): {advice}"
         ) from None
-    model.num_timesteps = int(state.get("num_timesteps", 0))
+    if optimizer:
+        model.num_timesteps = int(state.get("num_timesteps", 0))
     return state
 
 
-def _layout(env: CompressionEnv) -> dict[str, int]:
+def checkpoint_layout(env: CompressionEnv) -> dict[str, int]:
     obs, act = env.observation_space.shape, env.action_space.shape
     assert obs is not None and act is not None
-    return {"observation_size": int(obs[0]), "action_dims": int(act[0])}
+    return {"observation_layout": OBS_LAYOUT, "observation_size": int(obs[0]), "action_dims": int(act[0])}
+
+
+Stats = Callable[[dict[str, float], int], None]
+"""``stats(metrics, step)``: where PPO's training statistics go (e.g. MLflow)."""
+
+
+class _StatsWriter(KVWriter):
+    """stable-baselines3 logger output that hands the numeric `train/*` values to `stats`."""
+
+    def __init__(self, stats: Stats, env: CompressionEnv) -> None:
+        self.stats, self.env = stats, env
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        numbers = {
+            f"ppo/{key.split('/', 1)[1]}": float(value)
+            for key, value in key_values.items()
+            if key.startswith("train/") and isinstance(value, int | float | np.number)
+        }
+        if numbers:
+            self.stats(numbers, len(self.env.history))
+
+    def close(self) -> None:
+        return None
 
 
 class _SaveAfterUpdate(BaseCallback):
@@ -129,6 +166,8 @@ class PPOSearcher:
     settings: PPOSettings = None  # type: ignore[assignment]
     name: str = "ppo"
     checkpoint: Path | None = None
+    warm_start: Path | None = None
+    stats: Stats | None = None
 
     def __post_init__(self) -> None:
         self.settings = self.settings or PPOSettings()
@@ -162,7 +201,9 @@ class PPOSearcher:
         if episodes <= 0:
             return search_result(self.name, [])
         model = self.start(env, done)
-        callbacks: list[BaseCallback] = [_EpisodeBudget(env, episodes)]
+        if self.stats is not None:
+            model.set_logger(Logger(folder=None, output_formats=[_StatsWriter(self.stats, env)]))
+        callbacks: list[BaseCallback] = [EpisodeBudget(env, episodes)]
         if self.checkpoint is not None:
             callbacks.append(_SaveAfterUpdate(self.checkpoint, env, self.settings))
         try:
@@ -172,16 +213,31 @@ class PPOSearcher:
         except KeyboardInterrupt:
             self._save(model, env)
             return search_result(self.name, env.history[start:], interrupted=True)
+        model.logger.dump(model.num_timesteps)  # the last update's statistics
         self._save(model, env)
         return search_result(self.name, env.history[start:])
 
     def start(self, env: CompressionEnv, done: int) -> PPO:
-        """A fresh agent, or (resuming after `done` episodes) the checkpoint's, with new noise."""
+        """A fresh agent (warm-started when asked), or (resuming after `done` episodes) the
+        checkpoint's, with new noise."""
         model = self.build(env, seed=self.seed + done)
         if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
             state = restore_checkpoint(self.checkpoint, model, env)
             log.info("PPO resumes from %s (saved after %s episodes)", self.checkpoint, state.get("episodes"))
+        elif self.warm_start is not None:
+            self._warm(model, env, self.warm_start)
         return model
+
+    def _warm(self, model: PPO, env: CompressionEnv, path: Path) -> None:
+        advice = "set search.warm_start to a search with the same methods and search.ppo.hidden, or drop it"
+        state = read_checkpoint(path, env, advice)
+        hidden = (state.get("settings") or {}).get("hidden")
+        if hidden != self.settings.hidden:
+            raise ModelTailorError(
+                f"agent checkpoint '{path}' has hidden={hidden}, this search search.ppo.hidden={self.settings.hidden}: {advice}"
+            )
+        restore_checkpoint(path, model, env, advice, optimizer=False)
+        log.info("PPO warm-starts from %s (trained for %s episodes)", path, state.get("episodes"))
 
     def _save(self, model: PPO, env: CompressionEnv) -> None:
         if self.checkpoint is not None:

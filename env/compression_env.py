@@ -27,7 +27,7 @@ import numpy as np
 
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import ModelAnalysis, Unit
-from modeltailor.env.features import OBS_SIZE, DeploymentFeatures, observe
+from modeltailor.env.features import OBS_SIZE, DeploymentContext, DeploymentFeatures, observe
 from modeltailor.env.limiter import ActionLimiter, NoLimit, Trial
 from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.results import EpisodeRecord, Outcome
@@ -80,6 +80,7 @@ class CompressionEnv(gym.Env):
         class_fraction: float = 1.0,
         lowrank_units: frozenset[str] = frozenset(),
         int8: bool = False,
+        context: DeploymentContext | None = None,
     ) -> None:
         super().__init__()
         self.analysis = analysis
@@ -89,6 +90,7 @@ class CompressionEnv(gym.Env):
         self.range = action_range
         self.limiter: ActionLimiter = limiter if limiter is not None else NoLimit()
         self.class_fraction = class_fraction
+        self.context = context or DeploymentContext(class_fraction=class_fraction)
         self.units = analysis.units
         self.lowrank_units = frozenset(lowrank_units)
         self.int8 = int8
@@ -134,7 +136,7 @@ class CompressionEnv(gym.Env):
             self.class_fraction,
             self.limiter.budget_fraction(self.analysis.total_macs),
             self.range.skip_fraction > 0,
-            self.lowrank_units, self.int8,
+            self.lowrank_units, self.int8, self.context,
         )
         obs = observe(self.analysis, unit, self._keep, self._previous, features)
         return np.clip(obs, -1.0, 2.0).astype(np.float32)

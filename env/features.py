@@ -20,6 +20,16 @@ Layout (all roughly in [0, 1]):
 | 17 | 1 if the unit's residual block can be skipped whole |
 | 18 | 1 if the unit's root layer can be factorized (low-rank) |
 | 19 | 1 if int8 is offered on this device |
+| 20-22 | objective one-hot: budget, accuracy, tradeoff |
+| 23 | latency budget / baseline latency (1 without one) |
+| 24 | memory budget / baseline memory (1 without one) |
+| 25 | accuracy objective: allowed drop in points / 10 (0 otherwise) |
+| 26 | device: measured ms per GMAC of the baseline, (log10 + 1) / 4 |
+| 27 | device: fixed cost per inference (a one-node model) / baseline latency |
+
+Rows 16 and 20-27 describe the deployment (`DeploymentFeatures`), so one agent can serve many
+deployments and a warm start can find the nearest one (`deployment_vector`). `OBS_LAYOUT` names
+this layout: an agent checkpoint saved under another one is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +42,36 @@ import numpy as np
 
 from modeltailor.compressors.units import UNIT_KINDS, ModelAnalysis, Unit, estimate_macs
 
-OBS_SIZE = 20
+OBS_SIZE = 28
+OBS_LAYOUT = 2
+"""Version of the layout above; 1 was rows 0-19 only."""
+OBJECTIVES: tuple[str, ...] = ("budget", "accuracy", "tradeoff")
+
+
+@dataclass(frozen=True)
+class DeploymentContext:
+    """What kind of deployment the env is in: fixed for a whole search."""
+
+    class_fraction: float = 1.0
+    objective: str = "tradeoff"
+    latency_ratio: float = 1.0
+    memory_ratio: float = 1.0
+    accuracy_drop_points: float = 0.0
+    ms_per_gmac: float = 10.0
+    overhead_share: float = 0.0
+
+    def vector(self) -> list[float]:
+        """The deployment's rows of the observation (16 and 20-27), in that order."""
+        onehot = [1.0 if self.objective == o else 0.0 for o in OBJECTIVES]
+        return [
+            self.class_fraction,
+            *onehot,
+            min(self.latency_ratio, 2.0),
+            min(self.memory_ratio, 2.0),
+            min(self.accuracy_drop_points / 10, 2.0),
+            float(np.clip((math.log10(max(self.ms_per_gmac, 1e-6)) + 1) / 4, 0.0, 2.0)),
+            float(np.clip(self.overhead_share, 0.0, 2.0)),
+        ]
 
 
 @dataclass(frozen=True)
@@ -42,6 +81,7 @@ class DeploymentFeatures:
     skip_allowed: bool = False
     lowrank_units: frozenset[str] = frozenset()
     int8: bool = False
+    context: DeploymentContext | None = None
 
 
 def observe(
@@ -69,6 +109,8 @@ def observe(
     obs[17] = 1.0 if unit.block is not None and deployment.skip_allowed else 0.0
     obs[18] = 1.0 if unit.name in deployment.lowrank_units else 0.0
     obs[19] = 1.0 if deployment.int8 else 0.0
+    context = deployment.context or DeploymentContext(class_fraction=deployment.class_fraction)
+    obs[20:28] = context.vector()[1:]
     return obs
 
 

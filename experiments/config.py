@@ -119,8 +119,11 @@ class PPOConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    searcher: Literal["ppo", "random", "uniform"] = Field(
-        "ppo", description="ppo (stable-baselines3), or a baseline: random, uniform"
+    searcher: Literal["ppo", "random", "uniform", "greedy", "evolution", "ddpg"] = Field(
+        "ppo",
+        description="ppo or ddpg (stable-baselines3; ddpg is AMC's agent), or a baseline: random, uniform, "
+        "greedy (each unit's sensitivity alone, then tolerance-based allocations; prune/skip only), "
+        "evolution (regularized aging evolution)",
     )
     episodes: int = Field(48, ge=1, description="episodes (policies evaluated) in the search")
     seed: int = 0
@@ -136,6 +139,11 @@ class SearchConfig(_Strict):
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
     )
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings (searcher: ppo)")
+    warm_start: str | None = Field(
+        None,
+        description="searcher ppo: start from another search's agent: its --out folder or agent checkpoint "
+        "file, its MLflow run id, or auto (the most similar finished deployment of the same model and data)",
+    )
     importance: Literal["l1", "l2", "fpgm", "lamp", "activation", "taylor"] = Field(
         "l2",
         description="channel ranking: l1/l2 weight magnitude, fpgm, lamp, activation (DropNet: mean "
@@ -151,6 +159,10 @@ class SearchConfig(_Strict):
     def _range(self) -> SearchConfig:
         if self.min_keep >= self.max_keep:
             raise ValueError(f"min_keep ({self.min_keep}) must be below max_keep ({self.max_keep})")
+        if self.warm_start is not None and self.searcher != "ppo":
+            raise ValueError(f"warm_start needs searcher: ppo (this search uses {self.searcher}); drop warm_start")
+        if self.warm_start is not None and not self.warm_start.strip():
+            raise ValueError("warm_start is empty: give a folder, a checkpoint file, an MLflow run id, or auto")
         return self
 
 

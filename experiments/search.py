@@ -39,6 +39,7 @@ from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.outputs import RunInfo, run_description, write_outputs
 from modeltailor.experiments.registry import VersionInfo, register_search
 from modeltailor.experiments.tracking import Tracker, open_tracker
+from modeltailor.experiments.warm_start import CHECKPOINT_FILE, FROM_TAG, publish_agent, resolve_warm_start
 from modeltailor.experiments.workbench import Workbench, build_workbench
 from modeltailor.results import EpisodeRecord, SearchResult, SearchSummary
 from modeltailor.storage import atomic_write
@@ -76,7 +77,7 @@ class SearchRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-AGENT_CHECKPOINT = "agent_checkpoint.pt"
+AGENT_CHECKPOINT = CHECKPOINT_FILE
 """The PPO agent checkpoint (network, optimizer, settings), what `--resume` continues from."""
 RUN_FILE = "run.json"
 """The MLflow run of the search (id, tracking URI, experiment), continued by `--resume`."""
@@ -161,9 +162,11 @@ def _run_searcher(
     attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
     reporter.start(max(0, config.search.episodes - len(previous)))
     started = time.perf_counter()
-    result = _search(env, config, len(previous), out_dir)
+    result = _search(env, config, len(previous), out_dir, tracker, reporter)
     if not result.episodes:
         raise KeyboardInterrupt
+    if tracker is not None:
+        publish_agent(tracker, config, env, out_dir / AGENT_CHECKPOINT)
     return result, time.perf_counter() - started
 
 
@@ -176,10 +179,22 @@ def _interrupted(config: DeploymentConfig, out_dir: Path) -> SearchInterrupted:
     )
 
 
-def _search(env: CompressionEnv, config: DeploymentConfig, done: int, out_dir: Path) -> SearchResult:
+def _search(
+    env: CompressionEnv, config: DeploymentConfig, done: int, out_dir: Path, tracker: Tracker | None,
+    reporter: Reporter,
+) -> SearchResult:
     """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
+    warm = None if done else resolve_warm_start(config, env, tracker, exclude_run=tracker.run_id if tracker else None)
+    if config.search.warm_start == "auto" and warm is None and not done:
+        reporter.message("warm start (auto): no finished search of this model and data to start from; starting cold")
+    if warm is not None:
+        reporter.message(warm.note)
+        if tracker is not None:
+            tracker.set_tags({FROM_TAG: warm.source})
     searcher = make_searcher(
-        config.search.searcher, config.search.seed, out_dir / AGENT_CHECKPOINT, config.search.ppo.model_dump()
+        config.search.searcher, config.search.seed, out_dir / AGENT_CHECKPOINT, config.search.ppo.model_dump(),
+        warm_start=warm.path if warm is not None else None,
+        stats=tracker.log_metrics if tracker is not None else None,
     )
     episodes_file = out_dir / EPISODES_FILE
     try:

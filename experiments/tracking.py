@@ -330,6 +330,29 @@ class Tracker:
             with _mlflow_errors(self.tracking_uri):
                 self._client.log_batch(self._active(), tags=entities)
 
+    def finished_runs(self, tags: Mapping[str, str], max_results: int = 500) -> list[Any]:
+        """FINISHED runs of this experiment carrying every tag in `tags`, newest first."""
+        clauses = [f"tags.`{k}` = '{v.replace(chr(39), '')}'" for k, v in tags.items()]
+        clauses.append("attributes.status = 'FINISHED'")
+        with _mlflow_errors(self.tracking_uri):
+            return list(self._client.search_runs(
+                [self.experiment_id], " and ".join(clauses), max_results=max_results,
+                order_by=["attributes.start_time DESC"],
+            ))
+
+    def get_run(self, run_id: str) -> Any:
+        """The run `run_id` of this store; a ModelTailorError naming it when there is none."""
+        try:
+            return self._client.get_run(run_id)
+        except MlflowException:
+            raise ModelTailorError(f"run '{run_id}' is not in the tracking store {self.tracking_uri}") from None
+
+    def download_artifact(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Download one artifact of a run into the folder `dst`; its local path."""
+        dst.mkdir(parents=True, exist_ok=True)
+        with _mlflow_errors(self.tracking_uri):
+            return Path(self._client.download_artifacts(run_id, artifact_path, str(dst)))
+
     def set_description(self, markdown: str) -> None:
         """The active run's description in the MLflow UI (markdown)."""
         with _mlflow_errors(self.tracking_uri):

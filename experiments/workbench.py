@@ -59,6 +59,8 @@ class Workbench:
     device: Device
     evaluator: PolicyEvaluator
     baseline: Outcome
+    overhead_ms: float = 0.0
+    """Latency of a one-node model on the device: its fixed cost per inference."""
 
     @property
     def example(self) -> torch.Tensor:
@@ -107,8 +109,9 @@ def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
     return CachedDevice(device, path=cache_dir() / LATENCY_CACHE)
 
 
-def probe_device(device: Device) -> None:
-    """Measure a one-node model: an unreachable agent or a wrong token fails here, before training."""
+def probe_device(device: Device) -> float:
+    """Measure a one-node model: an unreachable agent or a wrong token fails here, before training.
+    Returns its median latency (ms), the device's fixed cost per inference."""
     from onnx import TensorProto, helper
 
     value = helper.make_tensor_value_info
@@ -117,7 +120,8 @@ def probe_device(device: Device) -> None:
         [value("input", TensorProto.FLOAT, [1, 1, 2, 2])], [value("logits", TensorProto.FLOAT, [1, 1, 2, 2])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    device.uncached().measure(model.SerializeToString())  # past any cache: it must reach the device
+    # past any cache: it must reach the device
+    return float(device.uncached().measure(model.SerializeToString()).latency.median_ms)
 
 
 def load_deployment_data(config: DeploymentConfig) -> tuple[DataSplits, DataSplits, list[int] | None]:
@@ -140,7 +144,7 @@ def build_workbench(
     """Everything a search needs; on `device` when given (e.g. a campaign's), else the config's."""
     if device is None:
         device = build_device(config)
-    probe_device(device)  # fail fast on an unknown or unreachable device, before any training
+    overhead_ms = probe_device(device)  # fail fast on an unknown or unreachable device, before any training
     report(f"loading data '{config.data.name}'")
     full, splits, classes = load_deployment_data(config)
     report("loading the teacher (trains and caches a zoo model on first use)")
@@ -155,7 +159,8 @@ def build_workbench(
     report(f"measuring the baseline on '{config.device.name}'")
     baseline = _baseline(evaluator, teacher, base, input_shape)
     return Workbench(
-        config, splits, teacher, base, source, classes, input_shape, analysis, device, evaluator, baseline
+        config, splits, teacher, base, source, classes, input_shape, analysis, device, evaluator, baseline,
+        overhead_ms,
     )
 
 

@@ -17,6 +17,7 @@ from modeltailor.experiments.config import load_config
 from modeltailor.experiments.registry import query_best
 from modeltailor.experiments.search import LogReporter, run_search
 from modeltailor.experiments.tracking import get_run_summary
+from modeltailor.experiments.warm_start import FROM_TAG
 from modeltailor.results import SearchSummary
 from tests.test_summary import key_paths, sample_summary
 
@@ -104,6 +105,23 @@ class InterruptAfter(LogReporter):
         self.left -= 1
         if self.left == 0:
             raise KeyboardInterrupt
+
+
+def test_agent_is_logged_and_warm_starts_the_next_deployment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELTAILOR_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = run_search(load_config(None, {**TINY, "tracking.uri": uri}), tmp_path / "first").summary
+    tracked = get_run_summary(uri, first.mlflow_run_id)
+    assert "agent/agent_checkpoint.pt" in tracked["artifacts"]
+    assert {"ppo/approx_kl", "ppo/entropy_loss", "ppo/value_loss"} <= tracked["metrics"].keys()
+    assert FROM_TAG not in tracked["tags"]  # nothing to start from: cold
+    messages: list[str] = []
+    reporter = LogReporter()
+    reporter.message = messages.append  # type: ignore[method-assign]
+    later = {**TINY, "tracking.uri": uri, "classes": [0, 3, 7], "search.warm_start": "auto"}
+    second = run_search(load_config(None, later), tmp_path / "second", reporter).summary
+    assert get_run_summary(uri, second.mlflow_run_id)["tags"][FROM_TAG] == first.mlflow_run_id
+    assert any(m.startswith("warm start (auto) from the agent of") for m in messages)
 
 
 @pytest.mark.parametrize("agent", ["ppo", "random"])

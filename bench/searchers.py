@@ -1,0 +1,222 @@
+"""Benchmark: every searcher side by side on the same env, action space and episode budget.
+
+Three deployments of the default model (ResNet-20 on digits, ORT CPU): all classes under latency
+budgets of 30% and 50% of the baseline, and classes 0, 3, 7 under the accuracy objective (fastest
+model within 1 point). For each deployment the workbench (teacher, data, units, baseline) is built
+once; each seed then runs every searcher in turn on a fresh env. The evaluator's cache is shared
+within a deployment: an architecture is compressed, recovered (the deployment's fixed seed) and
+measured once, and every searcher that reaches it gets the same numbers; every episode still counts
+against its searcher's budget. Deterministic searchers (uniform, greedy) therefore give the same
+result for every seed.
+
+Per searcher (mean and spread over seeds): the best validation accuracy within the budget (or the
+best speedup meeting the accuracy floor), the fraction of episodes that met the budget / floor, and
+the episodes until the search was within 0.5 points (or 5% of latency) of its own final best.
+
+Usage: python bench/searchers.py [--episodes 48] [--seeds 0,1,2] [--episode-steps 40]
+       [--searchers ppo,random,uniform,greedy,evolution] [--deployments all-30,all-50,c037-accuracy]
+       [--out runs/bench/searchers.json]
+Writes every episode to --out (JSON) so bench/warm_start.py can compare against the same runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modeltailor.agent import make_searcher
+from modeltailor.env.reward import Resources
+from modeltailor.experiments.config import DeploymentConfig, load_config
+from modeltailor.experiments.objective import build_env, make_reward
+from modeltailor.experiments.workbench import Workbench, build_workbench
+from modeltailor.results import EpisodeRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "examples" / "digits-resnet20.yaml"
+ACCURACY = {"objective": {"kind": "accuracy", "max_accuracy_drop": 1.0, "minimize": "latency"}}
+DEPLOYMENTS: dict[str, dict[str, Any]] = {
+    "all-30": {"objective.max_latency_ratio": 0.30},
+    "all-50": {"objective.max_latency_ratio": 0.50},
+    "c037-accuracy": {"classes": [0, 3, 7], **ACCURACY},
+}
+"""The benchmark's deployments: overrides of examples/digits-resnet20.yaml."""
+NEAR_POINTS = 0.5  # budget kind: within 0.5 accuracy points of the final best
+NEAR_LATENCY = 0.05  # accuracy kind: within 5% of the final best latency
+
+
+@dataclass
+class Deployment:
+    name: str
+    config: DeploymentConfig
+    bench: Workbench
+    baseline: Resources
+
+    @property
+    def kind(self) -> str:
+        return self.config.objective.kind
+
+
+def deployment_config(overrides: dict[str, Any], episode_steps: int | None, config: Path = DEFAULT_CONFIG,
+                      ) -> DeploymentConfig:
+    flat: dict[str, Any] = {"tracking.enabled": False}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    if episode_steps is not None:
+        flat["recovery.episode_steps"] = episode_steps
+    return load_config(config, flat)
+
+
+def build_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None) -> Deployment:
+    config = deployment_config(overrides, episode_steps)
+    bench = build_workbench(config, lambda _m: None)
+    b = bench.baseline
+    return Deployment(name, config, bench, Resources(b.accuracy, b.latency_ms, b.memory_bytes))
+
+
+def run_searcher(d: Deployment, name: str, seed: int, episodes: int, **kwargs: Any) -> list[EpisodeRecord]:
+    env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
+    make_searcher(name, seed, **kwargs).search(env, episodes)
+    return env.history
+
+
+def score(d: Deployment, record: EpisodeRecord) -> float:
+    """What the deployment asks for: accuracy (budget kind) or speedup (accuracy kind)."""
+    return record.accuracy if d.kind == "budget" else d.baseline.latency_ms / record.latency_ms
+
+
+def trajectory(d: Deployment, records: list[EpisodeRecord]) -> list[float | None]:
+    """Best score among feasible episodes so far, after each episode (None before the first)."""
+    best: float | None = None
+    out: list[float | None] = []
+    for r in records:
+        if r.feasible:
+            best = score(d, r) if best is None else max(best, score(d, r))
+        out.append(best)
+    return out
+
+
+def near(d: Deployment, value: float | None, target: float) -> bool:
+    if value is None:
+        return False
+    if d.kind == "budget":
+        return value >= target - NEAR_POINTS / 100
+    return d.baseline.latency_ms / value <= (1 + NEAR_LATENCY) * d.baseline.latency_ms / target
+
+
+def episodes_to_reach(d: Deployment, curve: list[float | None], target: float | None) -> int | None:
+    """1-based episode at which the curve came near `target` (None: never)."""
+    if target is None:
+        return None
+    return next((i + 1 for i, v in enumerate(curve) if near(d, v, target)), None)
+
+
+def summarize_run(d: Deployment, records: list[EpisodeRecord]) -> dict[str, Any]:
+    curve = trajectory(d, records)
+    final = curve[-1] if curve else None
+    best = max((r for r in records if r.feasible), key=lambda r: score(d, r), default=None)
+    return {
+        "best": final,
+        "best_latency_ms": best.latency_ms if best else None,
+        "best_accuracy": best.accuracy if best else None,
+        "feasible": sum(r.feasible for r in records) / max(len(records), 1),
+        "to_near_best": episodes_to_reach(d, curve, final),
+        "curve": curve,
+        "episodes": [
+            {"accuracy": r.accuracy, "latency_ms": r.latency_ms, "feasible": r.feasible, "cached": r.cached}
+            for r in records
+        ],
+    }
+
+
+def fmt(values: list[float | None], kind: str) -> str:
+    """mean ± spread over seeds: points for accuracy, x for speedup; '-' when a seed found none."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return "none"
+    scale, unit, digits = (100, "", 2) if kind == "budget" else (1, "x", 2)
+    mean = statistics.fmean(found) * scale
+    spread = (statistics.pstdev(found) * scale) if len(found) > 1 else 0.0
+    missing = f" ({len(values) - len(found)} none)" if len(found) < len(values) else ""
+    return f"{mean:.{digits}f}{unit} ± {spread:.{digits}f}{missing}"
+
+
+def table(results: dict[str, dict[str, list[dict[str, Any]]]], deployments: dict[str, Deployment]) -> str:
+    lines = [
+        "| deployment | searcher | best (mean ± sd over seeds) | within budget / floor | episodes to near best (median) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for dname, by_searcher in results.items():
+        d = deployments[dname]
+        what = "val acc % within budget" if d.kind == "budget" else "speedup at the floor"
+        for sname, runs in by_searcher.items():
+            reach = [r["to_near_best"] for r in runs if r["to_near_best"] is not None]
+            feasible = statistics.fmean(r["feasible"] for r in runs)
+            median = f"{statistics.median(reach):.0f}" if reach else "-"
+            lines.append(
+                f"| {dname} ({what}) | {sname} | {fmt([r['best'] for r in runs], d.kind)} | "
+                f"{feasible:.0%} | {median} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=48)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--searchers", default="ppo,random,uniform,greedy,evolution")
+    parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
+    parser.add_argument("--episode-steps", type=int, default=None,
+                        help="distillation steps per episode (default: the config's, 40)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    searchers = args.searchers.split(",")
+    started = time.perf_counter()
+    deployments: dict[str, Deployment] = {}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for dname in args.deployments.split(","):
+        d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps)
+        reward = make_reward(d.config, d.baseline)
+        print(f"\n{dname}: baseline val acc {d.baseline.accuracy:.4f}, {d.baseline.latency_ms:.3f} ms; {reward}",
+              flush=True)
+        results[dname] = {s: [] for s in searchers}
+        for seed in seeds:
+            for sname in searchers:
+                t0 = time.perf_counter()
+                run = summarize_run(d, run_searcher(d, sname, seed, args.episodes))
+                run["seed"], run["seconds"] = seed, time.perf_counter() - t0
+                results[dname][sname].append(run)
+                print(f"  seed {seed} {sname:<9} best {run['best']}  feasible {run['feasible']:.0%}  "
+                      f"near best at {run['to_near_best']}  ({run['seconds']:.0f} s)", flush=True)
+        save(args, results, deployments, started)
+    print()
+    print(table(results, deployments))
+    print(f"\n{args.episodes} episodes, seeds {args.seeds}, episode recovery "
+          f"{next(iter(deployments.values())).config.recovery.episode_steps} steps, "
+          f"{time.perf_counter() - started:.0f} s in all")
+
+
+def save(args: argparse.Namespace, results: dict, deployments: dict[str, Deployment], started: float) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        name: {"kind": d.kind, "baseline": vars(d.baseline), "overrides": DEPLOYMENTS[name],
+               "episode_steps": d.config.recovery.episode_steps}
+        for name, d in deployments.items()
+    }
+    data = {"episodes": args.episodes, "seeds": args.seeds, "deployments": meta, "results": results,
+            "seconds": time.perf_counter() - started}
+    args.out.write_text(json.dumps(data, indent=1))
+
+
+if __name__ == "__main__":
+    main()

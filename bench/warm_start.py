@@ -1,0 +1,143 @@
+"""Benchmark: PPO warm-started from earlier deployments against cold PPO and the best baseline.
+
+Source deployments (where the agent checkpoints come from) are searched first with PPO and their
+agents logged to a fresh MLflow store (SQLite, under --out), exactly as `modeltailor search` logs
+them. Each held-out deployment (bench/searchers.py's three: other class subsets, budgets and device
+profile than the sources) is then searched with `search.warm_start: auto`, which picks the nearest
+source in that store; the cold PPO runs and the baselines come from bench/searchers.py's output
+(--searchers-json, same episodes, seeds and recovery) or, if it is missing, are run here.
+
+Reports per held-out deployment: the source `auto` chose, best within budget (or speedup at the
+floor) after N episodes for warm PPO, cold PPO and the best baseline (mean ± sd over seeds), and
+the episodes warm PPO needed to reach the cold search's final best (same seed), against the
+episodes the cold search needed.
+
+Usage: python bench/warm_start.py [--episodes 48] [--seeds 0,1,2] [--episode-steps 40]
+       [--searchers-json runs/bench/searchers.json] [--out runs/bench/warm_start]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from searchers import (  # bench/searchers.py, beside this file
+    DEPLOYMENTS,
+    ROOT,
+    build_deployment,
+    episodes_to_reach,
+    fmt,
+    run_searcher,
+    summarize_run,
+)
+
+from modeltailor.agent.ppo import PPOSearcher
+from modeltailor.experiments.objective import build_env, make_reward
+from modeltailor.experiments.tracking import Tracker
+from modeltailor.experiments.warm_start import publish_agent, resolve_warm_start
+
+SOURCES: dict[str, dict[str, Any]] = {
+    "src-all-45-cpu2t": {"objective.max_latency_ratio": 0.45, "device.name": "cpu-2t"},
+    "src-c01234-40": {"objective.max_latency_ratio": 0.40, "classes": [0, 1, 2, 3, 4]},
+    "src-all-accuracy2-cpu2t": {
+        "objective": {"kind": "accuracy", "max_accuracy_drop": 2.0, "minimize": "latency"}, "device.name": "cpu-2t",
+    },
+}
+"""Where the checkpoints come from: none shares a class subset, budget and profile with a target."""
+
+
+def train_sources(args: argparse.Namespace, tracker: Tracker) -> None:
+    for name, overrides in SOURCES.items():
+        d = build_deployment(name, overrides, args.episode_steps)
+        d.config = d.config.model_copy(update={"search": d.config.search.model_copy(update={"warm_start": None})})
+        checkpoint = args.out / name / "agent_checkpoint.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
+        t0 = time.perf_counter()
+        PPOSearcher(seed=0, checkpoint=checkpoint).search(env, args.episodes)
+        with tracker.run(name, tags={"device": d.config.device.name}):
+            publish_agent(tracker, d.config, env, checkpoint)
+        run = summarize_run(d, env.history)
+        print(f"source {name}: PPO best {run['best']}, feasible {run['feasible']:.0%} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def load_cold(path: Path, args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]] | None:
+    """bench/searchers.py's results when they match this run's settings; else None."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    steps = {m["episode_steps"] for m in data["deployments"].values()}
+    wanted = args.episode_steps if args.episode_steps is not None else 40
+    if data["episodes"] != args.episodes or data["seeds"] != args.seeds or steps != {wanted}:
+        print(f"{path} was run with other settings: running cold PPO here", flush=True)
+        return None
+    return data["results"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=48)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--episode-steps", type=int, default=None)
+    parser.add_argument("--searchers-json", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "warm_start")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "mlflow.db").unlink(missing_ok=True)
+    tracker = Tracker(f"sqlite:///{args.out.resolve()}/mlflow.db", experiment="warm-start-bench")
+    train_sources(args, tracker)
+    cold_results = load_cold(args.searchers_json, args)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows, report = [], {}
+    for tname, overrides in DEPLOYMENTS.items():
+        d = build_deployment(tname, {**overrides, "search.warm_start": "auto"}, args.episode_steps)
+        probe = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
+        warm = resolve_warm_start(d.config, probe, tracker)
+        assert warm is not None, "the sources were just logged"
+        source = next(r.info.run_name for r in tracker.finished_runs({}) if r.info.run_id == warm.run_id)
+        if cold_results is not None:
+            cold, baselines = cold_results[tname]["ppo"], {k: v for k, v in cold_results[tname].items() if k != "ppo"}
+        else:
+            cold = [summarize_run(d, run_searcher(d, "ppo", seed, args.episodes)) for seed in seeds]
+            baselines = {}
+        warm_runs = [summarize_run(d, run_searcher(d, "ppo", seed, args.episodes, warm_start=warm.path))
+                     for seed in seeds]
+        reach_warm, reach_cold = [], []
+        for w, c in zip(warm_runs, cold, strict=True):
+            reach_warm.append(episodes_to_reach(d, w["curve"], c["best"]))
+            reach_cold.append(episodes_to_reach(d, c["curve"], c["best"]))
+        best_name, best_runs = max(
+            baselines.items(), key=lambda kv: statistics.fmean(r["best"] or 0 for r in kv[1]), default=(None, None)
+        )
+        rows.append((tname, source, warm_runs, cold, best_name, best_runs, reach_warm, reach_cold, d.kind))
+        report[tname] = {"source": source, "warm": warm_runs, "reach_warm": reach_warm, "reach_cold": reach_cold}
+        print(f"{tname}: warm from {source}: best {[r['best'] for r in warm_runs]}, reached cold's final best at "
+              f"{reach_warm} vs cold {reach_cold}", flush=True)
+    (args.out / "warm_start.json").write_text(json.dumps(report, indent=1))
+    print()
+    print("| held-out deployment | warm start from | warm PPO | cold PPO | best baseline | episodes to cold's final best: warm / cold (median) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for tname, source, warm_runs, cold, best_name, best_runs, reach_warm, reach_cold, kind in rows:
+        baseline = f"{best_name} {fmt([r['best'] for r in best_runs], kind)}" if best_runs else "-"
+        print(f"| {tname} | {source} | {fmt([r['best'] for r in warm_runs], kind)} | "
+              f"{fmt([r['best'] for r in cold], kind)} | {baseline} | {median(reach_warm, args.episodes)} / {median(reach_cold, args.episodes)} |")
+    print(f"\n{args.episodes} episodes, seeds {args.seeds}, {time.perf_counter() - started:.0f} s in all "
+          f"('>{args.episodes}': the median search never got there)")
+
+
+def median(values: list[int | None], episodes: int) -> str:
+    """Median episodes; a search that never got there counts as beyond the budget (">N")."""
+    m = statistics.median([v if v is not None else episodes + 1 for v in values])
+    return f">{episodes}" if m > episodes else f"{m:.0f}"
+
+
+if __name__ == "__main__":
+    main()
