@@ -1,10 +1,15 @@
 """Action limits, handed to the env: how large a keep ratio a unit may still take.
 
 `BudgetLimiter` caps each action AMC-style: even if every later unit were compressed as hard as
-allowed, the predicted latency / memory of the model must stay within the budget (scaled by a
-safety factor). The predictions come from `LinearCostModel`s of latency in MACs and memory in
-parameters, refitted on every measured outcome the env reports. `NoLimit` is for objectives without
-a budget. The env knows only the `ActionLimiter` protocol, never which objective or reward is used.
+allowed, the predicted latency / memory of the model must stay within the budget. Memory comes
+from a `LinearCostModel` in parameters (times a fixed safety factor). Latency comes from a
+`StageLatencyModel` (per-stage padded MACs and activations, channels rounded as the compressor
+rounds them), kept within budget / (1 + margin), the margin being a high quantile of its own
+leave-one-out errors: as close to the budget as this device's predictions allow. Without one, the
+plain AMC way: a `LinearCostModel` of latency in total MACs times the fixed safety factor. Every
+cost model is refitted on each fresh measurement the env reports. `NoLimit` is for objectives
+without a budget. The env knows only the `ActionLimiter` protocol, never which objective or
+reward is used.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
-from modeltailor.env.cost_model import LinearCostModel
+from modeltailor.env.cost_model import LinearCostModel, StageLatencyModel
 from modeltailor.results import Outcome
 
 UNLIMITED = float("inf")
@@ -42,18 +47,19 @@ class Trial:
     keep: Mapping[str, float]
     ranks: Mapping[str, float]
 
-    def _settings(self, keep: float) -> tuple[dict[str, float], dict[str, float]]:
+    def settings(self, keep: float) -> tuple[dict[str, float], dict[str, float]]:
+        """(channel keep per pruned unit, rank ratio per low-rank unit) with this unit at `keep`."""
         if self.method == "lowrank":
             return dict(self.keep), {**self.ranks, self.unit: keep}
         return {**self.keep, self.unit: keep}, dict(self.ranks)
 
     def macs(self, keep: float) -> float:
         """Estimated model MACs with this unit at `keep`."""
-        return estimate_macs(self.analysis, *self._settings(keep))
+        return estimate_macs(self.analysis, *self.settings(keep))
 
     def params(self, keep: float) -> float:
         """Estimated model parameters with this unit at `keep`."""
-        return estimate_params(self.analysis, *self._settings(keep))
+        return estimate_params(self.analysis, *self.settings(keep))
 
 
 class ActionLimiter(Protocol):
@@ -91,17 +97,43 @@ class NoLimit:
         return None
 
 
+BACK_OFF = 1e-3
+"""A cap found among rounded channel counts is returned this far inside its step, so that the
+policy's 4-decimal keep ratio cannot round it onto the next channel count."""
+
+
 @dataclass
 class BudgetLimiter:
-    """Caps actions so the predicted latency and memory stay within `budget` times `safety`."""
+    """Caps actions so the predicted latency and memory stay within `budget`.
+
+    Latency: by `predictor` within budget / (1 + its margin) when given, else by `latency_model`
+    (latency in total MACs) within budget * `safety`; memory: by `memory_model` (bytes in
+    parameters) within budget * `safety`.
+    """
 
     budget: Budget
     latency_model: LinearCostModel = field(default_factory=LinearCostModel)
     memory_model: LinearCostModel = field(default_factory=LinearCostModel)
     safety: float = 0.97
+    predictor: StageLatencyModel | None = None
+    _fraction: tuple[int, float] | None = field(default=None, init=False, repr=False)
+
+    def latency_target(self) -> float | None:
+        """The predicted latency (ms) a policy may reach; None without a latency budget."""
+        if self.budget.max_latency_ms is None:
+            return None
+        if self.predictor is not None:
+            return self.predictor.target(self.budget.max_latency_ms)
+        return self.budget.max_latency_ms * self.safety
+
+    def predicted_latency(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> float:
+        """The latency (ms) the limiter predicts for a policy; it steers actions, never reported."""
+        if self.predictor is not None:
+            return self.predictor.predict(keep, ranks)
+        return self.latency_model.predict(estimate_macs(analysis, keep, ranks))
 
     def caps(self) -> tuple[float, float]:
-        """(MACs cap, params cap) the budgets imply through the fitted cost models."""
+        """(MACs cap of the MACs line, params cap) the budgets imply through the linear models."""
         macs_cap = params_cap = UNLIMITED
         if self.budget.max_latency_ms is not None:
             macs_cap = self.latency_model.inverse(self.budget.max_latency_ms * self.safety)
@@ -110,33 +142,64 @@ class BudgetLimiter:
         return macs_cap, params_cap
 
     def max_keep(self, trial: Trial, lo: float, hi: float) -> float | None:
-        macs_cap, params_cap = self.caps()
-        if macs_cap == UNLIMITED and params_cap == UNLIMITED:
+        if self.budget.max_latency_ms is None and self.budget.max_memory_bytes is None:
             return hi
 
         def fits(keep: float) -> bool:
-            return trial.macs(keep) <= macs_cap and trial.params(keep) <= params_cap
+            return self.fits(trial.analysis, *trial.settings(keep))
 
         if fits(hi):
             return hi
         if not fits(lo):
             return None
+        low = lo
         for _ in range(20):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
+        return max(low, lo - BACK_OFF) if self.predictor is not None else lo
 
     def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
         macs_cap, params_cap = self.caps()
-        return estimate_macs(analysis, keep, ranks) <= macs_cap and estimate_params(analysis, keep, ranks) <= params_cap
+        if estimate_params(analysis, keep, ranks) > params_cap:
+            return False
+        if self.predictor is None:
+            return estimate_macs(analysis, keep, ranks) <= macs_cap
+        assert analysis.total_macs == self.predictor.analysis.total_macs, "the predictor is for another model"
+        target = self.latency_target()
+        return target is None or self.predictor.predict(keep, ranks) <= target
 
     def budget_fraction(self, total_macs: float) -> float:
-        macs_cap, _ = self.caps()
-        return float(min(1.0, macs_cap / max(total_macs, 1)))
+        """Target MACs / model MACs: with a predictor, the MACs of the largest uniformly pruned
+        model predicted within the latency budget (recomputed after each refit)."""
+        target = self.latency_target()
+        if self.predictor is None or target is None:
+            macs_cap, _ = self.caps()
+            return float(min(1.0, macs_cap / max(total_macs, 1)))
+        version = len(self.predictor.points)
+        if self._fraction is None or self._fraction[0] != version:
+            self._fraction = (version, self._uniform_macs(self.predictor, target))
+        return float(min(1.0, self._fraction[1] / max(total_macs, 1)))
+
+    @staticmethod
+    def _uniform_macs(predictor: StageLatencyModel, target: float) -> float:
+        analysis = predictor.analysis
+
+        def uniform(keep: float) -> dict[str, float]:
+            return {u.name: keep for u in analysis.units}
+
+        lo, hi = 0.0, 1.0
+        if predictor.predict(uniform(hi)) <= target:
+            return float(analysis.total_macs)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if predictor.predict(uniform(mid)) <= target else (lo, mid)
+        return estimate_macs(analysis, uniform(lo))
 
     def record(self, outcome: Outcome) -> None:
-        """A fresh measurement adds a point to both cost models; a cached one was counted before."""
+        """A fresh measurement adds a point to every cost model; a cached one was counted before."""
         if outcome.cached:
             return
         self.latency_model.add(outcome.macs, outcome.latency_ms)
         self.memory_model.add(outcome.params, outcome.memory_bytes)
+        if self.predictor is not None:
+            self.predictor.add_outcome(outcome.kept_channels, outcome.macs, outcome.latency_ms)

@@ -3,16 +3,20 @@
 ``make_reward`` turns the objective into a reward function (the search's, with an accuracy floor
 relaxed by ``search_slack``, or the final one); ``build_env`` builds the CompressionEnv with its
 action limiter: for a budget, a ``BudgetLimiter`` whose cost models are seeded by the baseline and
-the most compressed model, after checking that the budget is reachable at all. Both read the
+the most compressed model, after checking that the budget is reachable at all, and for a latency
+budget also by a few random policies measured without recovery (``calibration_policies``). Both read the
 absolute budget from ``objective_budget``, so the reward and the limiter hold the same numbers.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from modeltailor.compressors.pipeline import lowrank_units
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
-from modeltailor.env.cost_model import LinearCostModel
+from modeltailor.env.cost_model import StageLatencyModel
+from modeltailor.env.features import DeploymentContext
 from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit
 from modeltailor.env.reward import (
     AccuracyFloorReward,
@@ -90,25 +94,84 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
             lowrank_units(bench.analysis, bench.base, s.round_to) if "lowrank" in s.methods else ()
         ),
         int8="int8" in s.methods,
+        context=deployment_context(bench, baseline),
     )
+
+
+def deployment_context(bench: Workbench, baseline: Resources) -> DeploymentContext:
+    """What the agent is told about the deployment: classes, objective, budget as ratios, device."""
+    o = bench.config.objective
+    budget = objective_budget(bench.config, baseline)
+    classes = len(bench.classes) if bench.classes else bench.splits.num_classes
+    latency = budget.max_latency_ms if budget is not None and budget.max_latency_ms is not None else None
+    memory = budget.max_memory_bytes if budget is not None and budget.max_memory_bytes is not None else None
+    drop = o.max_accuracy_drop if o.kind == "accuracy" and o.min_accuracy is None else 0.0
+    if o.kind == "accuracy" and o.min_accuracy is not None:
+        drop = max(0.0, (baseline.accuracy - o.min_accuracy) * 100)
+    return DeploymentContext(
+        class_fraction=classes / bench.splits.num_classes,
+        objective=o.kind,
+        latency_ratio=latency / baseline.latency_ms if latency is not None else 1.0,
+        memory_ratio=memory / baseline.memory_bytes if memory is not None else 1.0,
+        accuracy_drop_points=drop,
+        ms_per_gmac=baseline.latency_ms / max(bench.baseline.macs / 1e9, 1e-9),
+        overhead_share=bench.overhead_ms / max(baseline.latency_ms, 1e-9),
+    )
+
+
+CALIBRATION_POLICIES = 24
+"""Random policies measured (compressed and exported, no recovery) to fit the latency predictor
+before the search: with the baseline and the fastest model, more than two points per weight of
+ResNet-20's three stages; about 0.3 s each there."""
 
 
 def build_limiter(bench: Workbench, budget: Budget | None) -> ActionLimiter:
-    """A BudgetLimiter with cost models seeded by the baseline and the most compressed model
-    (after checking that the budget is reachable), or NoLimit without a budget."""
+    """A BudgetLimiter seeded by the baseline and the most compressed model (after checking that
+    the budget is reachable), or NoLimit without a budget. Under a latency budget its latency
+    predictor (`StageLatencyModel`) is also fitted on `CALIBRATION_POLICIES` random policies,
+    each compressed and measured without recovery."""
     if budget is None:
         return NoLimit()
     s = bench.config.search
-    latency_model, memory_model = LinearCostModel(), LinearCostModel()
-    latency_model.add(bench.baseline.macs, bench.baseline.latency_ms)
-    memory_model.add(bench.baseline.params, bench.baseline.memory_bytes)
-    calib = bench.evaluator.measure(
-        bench.evaluator.compress(_fastest(bench, s.min_keep, s.skip_blocks))
-    )
-    check_budget_reachable(budget, calib, s.min_keep)
-    latency_model.add(calib.macs, calib.latency_ms)
-    memory_model.add(calib.params, calib.memory_bytes)
-    return BudgetLimiter(budget, latency_model, memory_model)
+    fastest = measure_fastest(bench)
+    check_budget_reachable(budget, fastest, s.min_keep)
+    if budget.max_latency_ms is None:
+        limiter = BudgetLimiter(budget)
+        calibration: list[Outcome] = []
+    else:
+        limiter = BudgetLimiter(budget, predictor=StageLatencyModel(bench.analysis, round_to=s.round_to))
+        calibration = [
+            bench.evaluator.measure(bench.evaluator.compress(policy))
+            for policy in calibration_policies(bench, CALIBRATION_POLICIES)
+        ]
+    for outcome in (bench.baseline, fastest, *calibration):
+        limiter.record(outcome)
+    return limiter
+
+
+def measure_fastest(bench: Workbench) -> Outcome:
+    """The most compressed model this search can build (see `_fastest`), measured without recovery."""
+    s = bench.config.search
+    return bench.evaluator.measure(bench.evaluator.compress(_fastest(bench, s.min_keep, s.skip_blocks)))
+
+
+def calibration_policies(bench: Workbench, count: int) -> list[Policy]:
+    """`count` random pruning policies spread from mild to hard (seeded by search.seed): each draws
+    an upper keep ratio, then every unit's keep below it; a skippable unit's block is removed
+    with probability 0.2 when the search may skip blocks."""
+    s = bench.config.search
+    rng = np.random.default_rng(s.seed)
+    policies = []
+    for _ in range(count):
+        top = rng.uniform(s.min_keep, s.max_keep)
+        actions = []
+        for unit in bench.analysis.units:
+            keep = float(rng.uniform(s.min_keep, top))
+            skip = s.skip_blocks and unit.block is not None and rng.random() < 0.2
+            action = UnitAction(unit=unit.name, method="skip", keep=0.0) if skip else UnitAction(unit.name, keep=round(keep, 4))
+            actions.append(action)
+        policies.append(Policy(tuple(actions)))
+    return policies
 
 
 def _fastest(bench: Workbench, keep: float, skip: bool) -> Policy:

@@ -39,7 +39,12 @@ from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.outputs import RunInfo, run_description, write_outputs
 from modeltailor.experiments.registry import VersionInfo, register_search
 from modeltailor.experiments.tracking import Tracker, open_tracker
-from modeltailor.experiments.warm_start import CHECKPOINT_FILE, FROM_TAG, publish_agent, resolve_warm_start
+from modeltailor.experiments.warm_start import (
+    CHECKPOINT_FILE,
+    FROM_TAG,
+    publish_agent,
+    resolve_warm_start,
+)
 from modeltailor.experiments.workbench import Workbench, build_workbench
 from modeltailor.results import EpisodeRecord, SearchResult, SearchSummary
 from modeltailor.storage import atomic_write

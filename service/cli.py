@@ -78,7 +78,10 @@ def search(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/search"),
     episodes: Annotated[int | None, typer.Option(help="override search.episodes")] = None,
     searcher: Annotated[
-        str | None, typer.Option("--searcher", "--agent", help="override search.searcher: ppo, random, uniform")
+        str | None, typer.Option("--searcher", "--agent", help="override search.searcher: ppo, random, uniform, greedy, evolution, ddpg")
+    ] = None,
+    warm_start: Annotated[
+        str | None, typer.Option(help="override search.warm_start: a PPO search's --out folder, its MLflow run id, or auto")
     ] = None,
     device: Annotated[str | None, typer.Option(help="override device.name")] = None,
     classes: Annotated[str | None, typer.Option(help="override classes: ids or names, e.g. '0,3,7'")] = None,
@@ -95,7 +98,7 @@ def search(
         "search.episodes": episodes, "search.searcher": searcher, "device.name": device,
         "classes": _parse_classes(classes), "search.seed": seed, "tracking.uri": tracking_uri,
         "search.methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-        "tracking.enabled": False if no_tracking else None,
+        "tracking.enabled": False if no_tracking else None, "search.warm_start": warm_start,
     }
     cfg = load_config(config, overrides)
     reporter = RichReporter()
