@@ -42,6 +42,7 @@ from modeltailor.experiments.tracking import Tracker, open_tracker
 from modeltailor.experiments.warm_start import (
     CHECKPOINT_FILE,
     FROM_TAG,
+    check_warm_start,
     publish_agent,
     resolve_warm_start,
 )
@@ -109,6 +110,7 @@ def run_search(
     previous = prepare_out_dir(config, out_dir, resume)
     try:
         tracker = tracker if tracker is not None else open_tracker(config)  # unreachable: before training
+        check_warm_start(config, tracker)  # a missing checkpoint: before training
         bench = build_workbench(config, reporter.message, device=device)
         run_id = _start_tracking(tracker, config, bench, out_dir, previous if resume else None, parent_run_id)
     except KeyboardInterrupt:

@@ -72,6 +72,17 @@ def publish_agent(tracker: Tracker, config: DeploymentConfig, env: CompressionEn
     tracker.set_tags(agent_tags(config, env))
 
 
+def check_warm_start(config: DeploymentConfig, tracker: Tracker | None) -> None:
+    """Fail before any training on a `search.warm_start` that cannot name a checkpoint."""
+    wanted = config.search.warm_start
+    if not wanted or wanted == "auto":
+        return
+    if RUN_ID.match(wanted) and not Path(wanted).exists():
+        _from_run(wanted, tracker)
+    else:
+        _from_path(Path(wanted))
+
+
 def resolve_warm_start(
     config: DeploymentConfig, env: CompressionEnv, tracker: Tracker | None, exclude_run: str | None = None
 ) -> WarmStart | None:

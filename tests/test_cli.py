@@ -42,13 +42,17 @@ def cases(tmp_path):
         "unknown class name": ("classes: ['3', 'seven']\n", "unknown class name 'seven'"),
         "malformed yaml": ("search: {episodes: [1,\n", "not valid YAML"),
         "unknown key": ("search: {agents: ppo}\n", "unknown key 'search.agents'"),
+        "warm start without ppo": ("search: {searcher: random, warm_start: auto}\n", "warm_start needs searcher: ppo"),
+        "warm start from nothing": ("search: {warm_start: /no/such/run}\n", "'/no/such/run' is neither an agent"),
+        "warm start from a run without tracking": (f"search: {{warm_start: '{'a' * 32}'}}\n", "tracking is disabled"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
     ["missing weights", "factory import", "state dict misfit", "unknown data set", "unknown device",
-     "class out of range", "empty class list", "unknown class name", "malformed yaml", "unknown key"],
+     "class out of range", "empty class list", "unknown class name", "malformed yaml", "unknown key",
+     "warm start without ppo", "warm start from nothing", "warm start from a run without tracking"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
     text, fragment = cases(tmp_path)[case]
