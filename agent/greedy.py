@@ -14,9 +14,12 @@ Phase 2 (allocations): for a tolerance tau each unit takes its most compressed s
 is <= tau; between probed ratios the drop is interpolated linearly (anchored at 0 for
 ``max_keep``) on a 0.05 grid, so tau moves the allocation in small steps. The tolerances worth
 trying are the distinct drops of those settings. Under a budget (the all-``max_keep`` reference is
-not predicted within it) the smallest tau whose allocation ``env.predicted_within`` is found by
-bisection and evaluated, then its neighbours towards larger tau (all predicted within: a larger tau
-compresses more), re-checked every episode as the limiter's cost models learn. Without a budget
+not predicted within it) the allocations come first from the marginal greedy
+(`marginal_allocation`: compress, one grid step at a time, the unit with the smallest drop per
+MACs saved until the policy is predicted within the budget, then give back what still fits), once
+per exponent in ``ALPHAS``; then the tolerance allocations from the smallest tau that
+``env.predicted_within`` (found by bisection) towards larger tau, all re-checked every episode as
+the limiter's cost models learn. Without a budget
 (accuracy and trade-off objectives) the tolerances are swept from small to large, spread evenly
 over the phase-2 episodes. Once every allocation was tried, uniform policies from ``max_keep``
 down to ``min_keep`` follow (under a budget, only those predicted within; if nothing at all is,
@@ -42,7 +45,7 @@ import numpy as np
 
 from modeltailor.agent.base import SearchResult, search_loop
 from modeltailor.compressors.policy import Policy, UnitAction
-from modeltailor.compressors.units import unit_macs
+from modeltailor.compressors.units import estimate_macs, unit_macs
 from modeltailor.env.compression_env import SKIP, CompressionEnv
 from modeltailor.results import EpisodeRecord
 
@@ -205,10 +208,66 @@ class _Allocations:
             yield from (allocation(env, settings, t) for t in taus)
             yield from uniform_policies(env)
             return
+        fitting = [p for alpha in ALPHAS if (p := marginal_allocation(env, settings, alpha)) is not None]
         first = smallest_fitting(len(taus), lambda i: env.predicted_within(allocation(env, settings, taus[i])))
-        fitting = [allocation(env, settings, t) for t in taus[first:]]
+        fitting += [allocation(env, settings, t) for t in taus[first:]]
         fitting += [p for p in uniform_policies(env) if env.predicted_within(p)]
         yield from fitting or [lowest_policy(env)]
+
+
+ALPHAS = (1.0, 0.5, 2.0, 0.0, 1.5, 3.0)
+"""Exponents of the MACs saved in the marginal score (drop / saved ** alpha), one allocation each:
+1 is drop per MAC; lower favours small drops, higher favours large savings."""
+
+
+def marginal_allocation(env: CompressionEnv, settings: dict[str, list[Setting]], alpha: float) -> Policy | None:
+    """Under a budget: from every unit at max_keep, repeatedly take the one-step compression with
+    the smallest drop per share of MACs saved (``drop / saved ** alpha``) until the policy is
+    predicted within the budget, then give back, one step at a time, whatever still fits (the
+    largest drop recovered per MAC first). None if even the most compressed settings do not fit."""
+    total = max(env.analysis.total_macs, 1)
+    state = {u: len(options) for u, options in settings.items()}  # len(options): at max_keep
+
+    def policy_of(at: dict[str, int]) -> Policy:
+        actions = reference_actions(env)
+        for unit, i in at.items():
+            if i < len(settings[unit]):
+                chosen = settings[unit][i]
+                actions[unit] = UnitAction(unit, chosen.method, chosen.keep)
+        return Policy(tuple(actions.values()))
+
+    def macs(at: dict[str, int]) -> float:
+        policy = policy_of(at)
+        return estimate_macs(env.analysis, policy.keep_ratios(), policy.lowrank_ratios()) / total
+
+    def drop(unit: str, i: int) -> float:
+        return settings[unit][i].drop if i < len(settings[unit]) else 0.0
+
+    current = macs(state)
+    while not env.predicted_within(policy_of(state)):
+        moves = []
+        for unit, i in state.items():
+            if i == 0:
+                continue
+            after = macs({**state, unit: i - 1})
+            if after < current:
+                cost = max(drop(unit, i - 1) - drop(unit, i), 0.0) + 1e-6
+                moves.append((cost / (current - after) ** alpha, unit, after))
+        if not moves:
+            return None
+        _, unit, current = min(moves)
+        state[unit] -= 1
+    while True:  # give back what the budget still allows
+        back = []
+        for unit, i in state.items():
+            if i < len(settings[unit]) and env.predicted_within(policy_of({**state, unit: i + 1})):
+                gain = max(drop(unit, i) - drop(unit, i + 1), 0.0) + 1e-6
+                back.append((-gain / max(macs({**state, unit: i + 1}) - current, 1e-9), unit))
+        if not back:
+            return policy_of(state)
+        _, unit = min(back)
+        state[unit] += 1
+        current = macs(state)
 
 
 def lowest_policy(env: CompressionEnv) -> Policy:

@@ -5,8 +5,9 @@ budgets of 30% and 50% of the baseline, and classes 0, 3, 7 under the accuracy o
 model within 1 point). For each deployment the workbench (teacher, data, units, baseline) is built
 once; each seed then runs every searcher in turn on a fresh env. The evaluator's cache is shared
 within a deployment: an architecture is compressed, recovered (the deployment's fixed seed) and
-measured once, and every searcher that reaches it gets the same numbers; every episode still counts
-against its searcher's budget. Deterministic searchers (uniform, greedy) therefore give the same
+measured once, and every searcher that reaches it gets the same numbers (and its budget limiter
+learns from it as from a fresh measurement); every episode still counts against its searcher's
+budget. Deterministic searchers (uniform, greedy) therefore give the same
 result for every seed.
 
 Per searcher (mean and spread over seeds): the best validation accuracy within the budget (or the
@@ -26,16 +27,18 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from modeltailor.agent import make_searcher
+from modeltailor.compressors.policy import Policy
 from modeltailor.env.reward import Resources
 from modeltailor.experiments.config import DeploymentConfig, load_config
 from modeltailor.experiments.objective import build_env, make_reward
 from modeltailor.experiments.workbench import Workbench, build_workbench
-from modeltailor.results import EpisodeRecord
+from modeltailor.results import EpisodeRecord, Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "examples" / "digits-resnet20.yaml"
@@ -82,8 +85,24 @@ def build_deployment(name: str, overrides: dict[str, Any], episode_steps: int | 
     return Deployment(name, config, bench, Resources(b.accuracy, b.latency_ms, b.memory_bytes))
 
 
+class FirstSight:
+    """The deployment's shared evaluator as one search sees it: an architecture another search
+    measured is new to this one (fresh, so its limiter learns from it), as in a search of its own."""
+
+    def __init__(self, evaluator: Callable[[Policy], Outcome]) -> None:
+        self.evaluator, self.seen = evaluator, set[str]()
+
+    def __call__(self, policy: Policy) -> Outcome:
+        outcome = self.evaluator(policy)
+        if outcome.architecture in self.seen:
+            return outcome
+        self.seen.add(outcome.architecture)
+        return replace(outcome, cached=False)
+
+
 def run_searcher(d: Deployment, name: str, seed: int, episodes: int, **kwargs: Any) -> list[EpisodeRecord]:
     env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
+    env.evaluator = FirstSight(env.evaluator)
     make_searcher(name, seed, **kwargs).search(env, episodes)
     return env.history
 

@@ -11,6 +11,7 @@ so there is something to optimize and a budget's cost model stays exact.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from modeltailor.agent import (
 )
 from modeltailor.agent.base import run_episode
 from modeltailor.agent.evolution import realized_genome
-from modeltailor.agent.greedy import phase2_episodes
+from modeltailor.agent.greedy import Setting, marginal_allocation, phase2_episodes
 from modeltailor.compressors.pipeline import lowrank_units
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.units import (
@@ -324,6 +325,26 @@ def test_greedy_allocations_are_predicted_within_the_budget(model):
     assert len(allocations) == 8 and all(allocations)
     assert all(r.latency_ms <= 0.1 for r in env.history[-8:])
     assert all(len(compressed_units(env, r.policy)) > 1 for r in env.history[-8:])
+
+
+def test_greedy_marginal_allocation_fits_and_leaves_no_slack(model):
+    env = make_env(model, ("prune",), modelled=True, limiter=budget_limiter(model[0], 0.1))
+    keeps = [round(k, 2) for k in np.arange(0.25, 1.0, 0.05)]
+    sensitive = env.units[0].name  # dropping its channels costs ten times as much as any other's
+    settings = {
+        u.name: [Setting("prune", k, (10.0 if u.name == sensitive else 1.0) * (1.0 - k)) for k in keeps]
+        for u in env.units
+    }
+    policy = marginal_allocation(env, settings, 1.0)
+    assert policy is not None and env.predicted_within(policy)
+    keep = {a.unit: a.keep for a in policy.actions}
+    raised = [
+        Policy(tuple(replace(a, keep=round(a.keep + 0.05, 2)) if a.unit == unit else a for a in policy.actions))
+        for unit, k in keep.items() if k < 1.0
+    ]
+    assert raised and not any(env.predicted_within(p) for p in raised)  # no slack left
+    others = [k for unit, k in keep.items() if unit != sensitive]
+    assert keep[sensitive] >= max(others) - 1e-9  # the sensitive unit gives up the least
 
 
 def test_evolution_ages_out_the_oldest(model):
