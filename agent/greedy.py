@@ -52,6 +52,9 @@ from modeltailor.results import EpisodeRecord
 log = logging.getLogger(__name__)
 
 GRID = 0.05  # keep-ratio step of the interpolated settings between probed ratios
+UNPROBED_SKIP = 2.0
+"""A skippable unit whose skip was not probed (short budgets) may still be skipped by an allocation,
+at twice its worst probed drop (plus a point): a tight budget may need removing blocks."""
 Actions = tuple[UnitAction, ...]
 
 
@@ -154,6 +157,8 @@ def unit_settings(env: CompressionEnv, unit: str, drops: dict[Probe, float]) -> 
     then keep ratios from the lowest probed one up to max_keep on the grid, drops interpolated."""
     pruned = sorted((p.keep, d) for p, d in drops.items() if p.unit == unit and p.method == "prune")
     settings = [Setting("skip", SKIP, d) for p, d in drops.items() if p.unit == unit and p.method == "skip"]
+    if not settings and pruned and skippable(env, unit):  # not probed: assumed worse than its worst probe
+        settings = [Setting("skip", SKIP, UNPROBED_SKIP * max(d for _, d in pruned) + 0.01)]
     if pruned:
         top = env.range.max_keep
         xs, ys = [k for k, _ in pruned] + [top], [d for _, d in pruned] + [0.0]

@@ -168,20 +168,20 @@ def fmt(values: list[float | None], kind: str) -> str:
     return f"{mean:.{digits}f}{unit} ± {spread:.{digits}f}{missing}"
 
 
-def table(results: dict[str, dict[str, list[dict[str, Any]]]], deployments: dict[str, Deployment]) -> str:
+def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, str]) -> str:
     lines = [
         "| deployment | searcher | best (mean ± sd over seeds) | within budget / floor | episodes to near best (median) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for dname, by_searcher in results.items():
-        d = deployments[dname]
-        what = "val acc % within budget" if d.kind == "budget" else "speedup at the floor"
+        kind = kinds[dname]
+        what = "val acc % within budget" if kind == "budget" else "speedup at the floor"
         for sname, runs in by_searcher.items():
             reach = [r["to_near_best"] for r in runs if r["to_near_best"] is not None]
             feasible = statistics.fmean(r["feasible"] for r in runs)
             median = f"{statistics.median(reach):.0f}" if reach else "-"
             lines.append(
-                f"| {dname} ({what}) | {sname} | {fmt([r['best'] for r in runs], d.kind)} | "
+                f"| {dname} ({what}) | {sname} | {fmt([r['best'] for r in runs], kind)} | "
                 f"{feasible:.0%} | {median} |"
             )
     return "\n".join(lines)
@@ -196,19 +196,23 @@ def main() -> None:
     parser.add_argument("--episode-steps", type=int, default=None,
                         help="distillation steps per episode (default: the config's, 40)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other searchers' runs already in --out (same settings) and add or replace these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
     searchers = args.searchers.split(",")
     started = time.perf_counter()
     deployments: dict[str, Deployment] = {}
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    earlier = earlier_runs(args) if args.merge else {}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {name: dict(runs) for name, runs in earlier.items()}
     for dname in args.deployments.split(","):
         d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps)
         reward = make_reward(d.config, d.baseline)
         print(f"\n{dname}: baseline val acc {d.baseline.accuracy:.4f}, {d.baseline.latency_ms:.3f} ms; {reward}",
               flush=True)
-        results[dname] = {s: [] for s in searchers}
+        kept = {k: v for k, v in earlier.get(dname, {}).items() if k not in searchers}
+        results[dname] = {**kept, **{s: [] for s in searchers}}
         for seed in seeds:
             for sname in searchers:
                 t0 = time.perf_counter()
@@ -219,15 +223,30 @@ def main() -> None:
                       f"near best at {run['to_near_best']}  ({run['seconds']:.0f} s)", flush=True)
         save(args, results, deployments, started)
     print()
-    print(table(results, deployments))
+    kinds = {name: m["kind"] for name, m in json.loads(args.out.read_text())["deployments"].items()}
+    print(table(results, kinds))
     print(f"\n{args.episodes} episodes, seeds {args.seeds}, episode recovery "
           f"{next(iter(deployments.values())).config.recovery.episode_steps} steps, "
           f"{time.perf_counter() - started:.0f} s in all")
 
 
+def earlier_runs(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """--merge: the runs already in --out, if they were made with this run's settings."""
+    if not args.out.is_file():
+        return {}
+    data = json.loads(args.out.read_text())
+    steps = {m["episode_steps"] for m in data["deployments"].values()}
+    if data["episodes"] != args.episodes or data["seeds"] != args.seeds or (
+        args.episode_steps is not None and steps != {args.episode_steps}
+    ):
+        raise SystemExit(f"--merge: {args.out} was run with other episodes, seeds or episode steps")
+    return data["results"]
+
+
 def save(args: argparse.Namespace, results: dict, deployments: dict[str, Deployment], started: float) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
+    meta = json.loads(args.out.read_text())["deployments"] if args.merge and args.out.is_file() else {}
+    meta |= {
         name: {"kind": d.kind, "baseline": vars(d.baseline), "overrides": DEPLOYMENTS[name],
                "episode_steps": d.config.recovery.episode_steps}
         for name, d in deployments.items()
