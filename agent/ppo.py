@@ -10,8 +10,8 @@ saved there after every PPO update and when the search ends or is interrupted; a
 (`done > 0`) restores it and continues learning instead of replaying the first run's policies.
 
 With `warm_start` (another search's agent checkpoint) a fresh search starts from that network
-instead of a random one: the policy and value weights (and the learned action noise) are loaded, the
-optimizer starts afresh. The checkpoint's observation layout and network width must match.
+instead of a random one: the policy and value weights (and the learned action noise, unless
+`warm_noise` is "reset") are loaded, the optimizer starts afresh. The checkpoint's observation layout and network width must match.
 
 With `stats`, PPO's own training statistics (losses, entropy, KL, clip fraction, explained
 variance, action noise) are handed over after each update through stable-baselines3's logger,
@@ -56,6 +56,7 @@ class PPOSettings:
     clip_range: float = 0.2
     log_std_init: float = -0.7
     hidden: int = 64
+    warm_noise: str = "keep"  # a warm start keeps the checkpoint's action noise, or resets it to log_std_init
 
 
 CHECKPOINT_FORMAT = 1
@@ -237,6 +238,9 @@ class PPOSearcher:
                 f"agent checkpoint '{path}' has hidden={hidden}, this search search.ppo.hidden={self.settings.hidden}: {advice}"
             )
         restore_checkpoint(path, model, env, advice, optimizer=False)
+        if self.settings.warm_noise == "reset":  # the checkpoint's policy, explored afresh
+            with torch.no_grad():
+                model.policy.log_std.fill_(self.settings.log_std_init)
         log.info("PPO warm-starts from %s (trained for %s episodes)", path, state.get("episodes"))
 
     def _save(self, model: PPO, env: CompressionEnv) -> None:

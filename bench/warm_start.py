@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--episode-steps", type=int, default=None)
     parser.add_argument("--searchers-json", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "warm_start")
+    parser.add_argument("--warm-noise", choices=["keep", "reset"], default="keep",
+                        help="search.ppo.warm_noise of the warm-started searches")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
@@ -108,7 +110,8 @@ def main() -> None:
         else:
             cold = [summarize_run(d, run_searcher(d, "ppo", seed, args.episodes)) for seed in seeds]
             baselines = {}
-        warm_runs = [summarize_run(d, run_searcher(d, "ppo", seed, args.episodes, warm_start=warm.path))
+        warm_runs = [summarize_run(d, run_searcher(d, "ppo", seed, args.episodes, warm_start=warm.path,
+                                               ppo={"warm_noise": args.warm_noise}))
                      for seed in seeds]
         reach_warm, reach_cold = [], []
         for w, c in zip(warm_runs, cold, strict=True):

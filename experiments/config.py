@@ -116,6 +116,9 @@ class PPOConfig(_Strict):
     clip_range: float = Field(0.2, gt=0, le=1)
     log_std_init: float = Field(-0.7, ge=-5, le=2, description="initial log std of the action noise")
     hidden: int = Field(64, ge=4, le=1024, description="width of the two hidden layers (policy and value)")
+    warm_noise: Literal["keep", "reset"] = Field(
+        "keep", description="with search.warm_start: keep the checkpoint's learned action noise, or reset it to log_std_init"
+    )
 
 
 class SearchConfig(_Strict):

@@ -160,3 +160,20 @@ def test_warm_start_by_path_and_by_run(model, tmp_path):
 def test_warm_start_needs_ppo(tmp_path):
     with pytest.raises(ConfigError, match="warm_start needs searcher: ppo"):
         config_for(tmp_path, warm_start="auto", searcher="random")
+
+
+def test_warm_start_can_reset_the_action_noise(model, tmp_path):
+    env = make_env(model, PRUNE)
+    path = tmp_path / "agent_checkpoint.pt"
+    trained(env, path)
+    saved = torch.load(path, weights_only=True)["policy"]
+    kept = PPOSearcher(warm_start=path).start(make_env(model, PRUNE), done=0)
+    reset = PPOSearcher(warm_start=path)
+    reset.settings = dataclasses.replace(reset.settings, warm_noise="reset")
+    fresh = reset.start(make_env(model, PRUNE), done=0)
+    assert not torch.allclose(saved["log_std"], torch.full_like(saved["log_std"], reset.settings.log_std_init))
+    assert torch.equal(kept.policy.log_std, saved["log_std"])
+    assert torch.allclose(fresh.policy.log_std, torch.full_like(saved["log_std"], reset.settings.log_std_init))
+    obs = torch.as_tensor(observations(env))
+    assert torch.allclose(kept.policy.get_distribution(obs).distribution.mean,
+                          fresh.policy.get_distribution(obs).distribution.mean)
