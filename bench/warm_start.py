@@ -87,15 +87,21 @@ def main() -> None:
     parser.add_argument("--episode-steps", type=int, default=None)
     parser.add_argument("--searchers-json", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "warm_start")
+    parser.add_argument("--keep-sources", action="store_true",
+                        help="reuse the sources an earlier run logged under --out instead of searching them again")
     parser.add_argument("--warm-noise", choices=["keep", "reset"], default="keep",
                         help="search.ppo.warm_noise of the warm-started searches")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mlflow.db").unlink(missing_ok=True)
-    tracker = Tracker(f"sqlite:///{args.out.resolve()}/mlflow.db", experiment="warm-start-bench")
-    train_sources(args, tracker)
+    store = args.out / "mlflow.db"
+    reuse = args.keep_sources and store.is_file()
+    if not reuse:
+        store.unlink(missing_ok=True)
+    tracker = Tracker(f"sqlite:///{store.resolve()}", experiment="warm-start-bench")
+    if not reuse:
+        train_sources(args, tracker)
     cold_results = load_cold(args.searchers_json, args)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, report = [], {}
@@ -124,7 +130,7 @@ def main() -> None:
         report[tname] = {"source": source, "warm": warm_runs, "reach_warm": reach_warm, "reach_cold": reach_cold}
         print(f"{tname}: warm from {source}: best {[r['best'] for r in warm_runs]}, reached cold's final best at "
               f"{reach_warm} vs cold {reach_cold}", flush=True)
-    (args.out / "warm_start.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"warm_start-{args.warm_noise}.json").write_text(json.dumps(report, indent=1))
     print()
     print("| held-out deployment | warm start from | warm PPO | cold PPO | best baseline | episodes to cold's final best: warm / cold (median) |")
     print("| --- | --- | --- | --- | --- | --- |")
