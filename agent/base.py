@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -64,3 +64,14 @@ class EpisodeBudget(BaseCallback):
 
     def _on_step(self) -> bool:
         return len(self.env.history) < self.target
+
+
+def learn_episodes(model: Any, env: CompressionEnv, episodes: int, callbacks: list[BaseCallback]) -> bool:
+    """Let a stable-baselines3 learner play `episodes` more episodes; False if Ctrl-C stopped it."""
+    total = (episodes + 1) * len(env.units) * 2  # an upper bound: the episode budget stops learning
+    try:
+        model.learn(total_timesteps=total, callback=[EpisodeBudget(env, episodes), *callbacks],
+                    reset_num_timesteps=False)
+    except KeyboardInterrupt:
+        return False
+    return True

@@ -20,7 +20,7 @@ import torch
 from stable_baselines3 import DDPG
 from stable_baselines3.common.noise import ActionNoise
 
-from modeltailor.agent.base import EpisodeBudget
+from modeltailor.agent.base import learn_episodes
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
 from modeltailor.results import SearchResult
@@ -99,9 +99,5 @@ class DDPGSearcher:
         if episodes <= 0:
             return search_result(self.name, [])
         model = self.build(env, seed=self.seed + done)
-        total = (episodes + 1) * len(env.units) * 2  # an upper bound: the budget callback stops it
-        try:
-            model.learn(total_timesteps=total, callback=EpisodeBudget(env, episodes))
-        except KeyboardInterrupt:
-            return search_result(self.name, env.history[start:], interrupted=True)
-        return search_result(self.name, env.history[start:])
+        finished = learn_episodes(model, env, episodes, [])
+        return search_result(self.name, env.history[start:], interrupted=not finished)

@@ -34,7 +34,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 
-from modeltailor.agent.base import EpisodeBudget
+from modeltailor.agent.base import learn_episodes
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.features import OBS_LAYOUT
 from modeltailor.env.history import search_result
@@ -204,14 +204,10 @@ class PPOSearcher:
         model = self.start(env, done)
         if self.stats is not None:
             model.set_logger(Logger(folder=None, output_formats=[_StatsWriter(self.stats, env)]))
-        callbacks: list[BaseCallback] = [EpisodeBudget(env, episodes)]
+        callbacks: list[BaseCallback] = []
         if self.checkpoint is not None:
             callbacks.append(_SaveAfterUpdate(self.checkpoint, env, self.settings))
-        try:
-            # the budget stops learning at the episode budget; total_timesteps is an upper bound
-            total = (episodes + 1) * len(env.units) * 2
-            model.learn(total_timesteps=total, callback=callbacks, reset_num_timesteps=False)
-        except KeyboardInterrupt:
+        if not learn_episodes(model, env, episodes, callbacks):
             self._save(model, env)
             return search_result(self.name, env.history[start:], interrupted=True)
         model.logger.dump(model.num_timesteps)  # the last update's statistics
