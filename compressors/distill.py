@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeltailor.compute import autocast
 from modeltailor.cores import working
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class DistillConfig:
     alpha: float = 0.7
     weight_decay: float = 5e-4
     seed: int = 0
+    device: str = "cpu"  # torch device the student trains on (it comes back on the CPU)
+    precision: str = "fp32"  # fp32 or bf16 (autocast of the forward pass; the loss stays float32)
 
 
 class TeacherLogits:
@@ -127,6 +130,8 @@ def distill(
     if config.steps <= 0:
         return student.eval()
     generator = torch.Generator().manual_seed(config.seed)
+    device = torch.device(config.device)
+    student.to(device)
     optimizer = torch.optim.SGD(
         student.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True
     )
@@ -143,13 +148,16 @@ def distill(
         idx = order[cursor : cursor + config.batch_size]
         cursor += config.batch_size
         with working():
+            with autocast(device, config.precision):
+                logits = student(teacher.inputs[idx].to(device))
             loss = distillation_loss(
-                student(teacher.inputs[idx]), teacher.logits[idx], labels[idx], config.temperature, config.alpha
+                logits.float(), teacher.logits[idx].to(device), labels[idx].to(device),
+                config.temperature, config.alpha,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
         if on_step is not None:
-            on_step(step, float(loss))
-    return student.eval()
+            on_step(step, loss.item())
+    return student.cpu().eval()

@@ -30,6 +30,7 @@ class DataSplits:
     classes: list[int] = field(default_factory=list)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    flip: bool = False  # a horizontal flip keeps the class (natural images, not digits)
 
     @property
     def num_classes(self) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from modeltailor.datasets.archive import is_split_folder, read_split_source
 from modeltailor.datasets.base import (
     DataSplits,
     check_classes,
@@ -29,11 +31,34 @@ from modeltailor.errors import DataError
 
 log = logging.getLogger(__name__)
 
+CIFAR10_CLASSES = 10
+
+
+def read_cifar10_any(root: Path | None, input_size: int) -> RawData:
+    """CIFAR-10 from its image archive (.tar.gz of train/, test/), that folder, or the python batches."""
+    if root is None or not (root.is_file() or is_split_folder(root)):
+        return read_cifar10(root, input_size)
+    raw = read_split_source(root, "cifar10")
+    if len(raw.class_names) != CIFAR10_CLASSES:
+        raise DataError(
+            f"data root '{root}' holds {len(raw.class_names)} classes, CIFAR-10 has {CIFAR10_CLASSES}: "
+            "pass the CIFAR-10 archive, or use data set 'imagefolder' for other image sets"
+        )
+    return replace(raw, flip=True)
+
+
+def read_imagefolder_any(root: Path | None, input_size: int) -> RawData:
+    """An image folder root/<class>/*; with train/ and test/ folders (or as an archive), their split."""
+    if root is not None and (root.is_file() or is_split_folder(root)):
+        return read_split_source(root, "imagefolder")
+    return read_imagefolder(root, input_size)
+
+
 READERS: dict[str, Callable[[Path | None, int], RawData]] = {
     "digits": read_digits,
-    "cifar10": read_cifar10,
+    "cifar10": read_cifar10_any,
     "cifar100": read_cifar100,
-    "imagefolder": read_imagefolder,
+    "imagefolder": read_imagefolder_any,
 }
 DATASETS: tuple[str, ...] = tuple(READERS)
 
@@ -79,6 +104,7 @@ def load_dataset(
         classes=ids,
         mean=mean,
         std=std,
+        flip=raw.flip,
     )
 
 

@@ -30,6 +30,7 @@ class RawData:
     scale: float
     test_x: np.ndarray | None = None
     test_y: np.ndarray | None = None
+    flip: bool = False  # natural images: a horizontal flip is a valid augmentation
 
 
 def read_digits(root: Path | None, input_size: int) -> RawData:
@@ -118,7 +119,10 @@ def _cifar_dir(root: Path | None, folder: str, name: str) -> Path:
             "(the CIFAR python version)"
         )
     if not root.is_dir():
-        raise DataError(f"root folder '{root}' for data set '{name}' not found")
+        raise DataError(
+            f"data root '{root}' for data set '{name}' not found: pass the image archive (.tar.gz of "
+            f"train/ and test/), its extracted folder, or the folder holding '{folder}'"
+        )
     return root / folder if (root / folder).is_dir() else root
 
 
@@ -131,7 +135,7 @@ def read_cifar10(root: Path | None, input_size: int) -> RawData:
     test_x, test_y = _images_labels(base / "test_batch", "labels", len(names), name)
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    return RawData(x, y, names, 1.0 / 255.0, test_x, test_y)
+    return RawData(x, y, names, 1.0 / 255.0, test_x, test_y, flip=True)
 
 
 def read_cifar100(root: Path | None, input_size: int) -> RawData:
@@ -141,7 +145,7 @@ def read_cifar100(root: Path | None, input_size: int) -> RawData:
     names = _names(base / "meta", "fine_label_names", name)
     x, y = _images_labels(base / "train", "fine_labels", len(names), name)
     test_x, test_y = _images_labels(base / "test", "fine_labels", len(names), name)
-    return RawData(x, y, names, 1.0 / 255.0, test_x, test_y)
+    return RawData(x, y, names, 1.0 / 255.0, test_x, test_y, flip=True)
 
 
 # -------------------------------------------------------------------------------------- image folder
@@ -153,7 +157,10 @@ def read_imagefolder(root: Path | None, input_size: int) -> RawData:
     if root is None:
         raise DataError(f"data set '{name}' needs a root folder laid out as root/<class_name>/*.png")
     if not root.is_dir():
-        raise DataError(f"root folder '{root}' for data set '{name}' not found")
+        raise DataError(
+            f"data root '{root}' for data set '{name}' not found: pass a folder of <class_name>/ images, "
+            "a folder with train/ and test/, or its .tar.gz archive"
+        )
     folders = {d.name: _image_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
     folders = {k: v for k, v in folders.items() if v}
     if len(folders) < 2:

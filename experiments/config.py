@@ -42,7 +42,7 @@ _RENAMED_IN = {"agent": ("search",), "registry": ("device",)}
 
 
 class ModelConfig(_Strict):
-    name: str | None = Field("resnet20", description="built-in zoo model: resnet20, vgg, mobilenetv2, shufflenet")
+    name: str | None = Field("resnet20", description="built-in zoo model: resnet20, resnet56, vgg, mobilenetv2, shufflenet")
     factory: str | None = Field(None, description="bring your own: 'package.module:factory' (overrides name)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory or zoo model")
     weights: Path | None = Field(None, description="state-dict file (torch.save); zoo models default to a cached teacher")
@@ -178,6 +178,11 @@ class RecoveryConfig(_Strict):
     final_lr: float = Field(0.02, gt=0)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term vs cross-entropy")
+    val_samples: int | None = Field(
+        None, ge=10,
+        description="validation images the search scores every policy on (baseline, episodes, finalists): "
+        "a fixed random sample of the val split; default all. Test accuracy always uses the whole test split",
+    )
 
 
 class TrainConfig(_Strict):
@@ -185,6 +190,17 @@ class TrainConfig(_Strict):
     batch_size: int = 64
     lr: float = 0.05
     seed: int = 0
+
+
+class ComputeConfig(_Strict):
+    """Where torch trains and distils; latency is still measured on the device profile."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch device for teacher training and distillation: auto (CUDA when there is a GPU), cpu, cuda"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32, or bf16 autocast for training and distillation (~1.7x faster on CPUs with AVX-512 BF16)"
+    )
 
 
 class TrackingConfig(_Strict):
@@ -205,6 +221,7 @@ class DeploymentConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

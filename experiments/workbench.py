@@ -24,6 +24,7 @@ from modeltailor.compressors.lowrank import LowRankCompressor
 from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.pruning import DATA_DRIVEN, ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
+from modeltailor.compute import torch_device
 from modeltailor.datasets import (
     DataSplits,
     load_dataset,
@@ -93,6 +94,8 @@ def recovery_config(config: DeploymentConfig, final: bool = False) -> DistillCon
         temperature=r.temperature,
         alpha=r.alpha,
         seed=config.search.seed,
+        device=str(torch_device(config.compute.device)),
+        precision=config.compute.precision,
     )
 
 
@@ -164,6 +167,16 @@ def build_workbench(
     )
 
 
+def scoring_sample(
+    x: torch.Tensor, y: torch.Tensor, samples: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `samples` of a seeded shuffle of (x, y): a fixed random sample (all when None or more)."""
+    if samples is None or samples >= len(y):
+        return x, y
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:samples]
+    return x[order], y[order]
+
+
 def _split_labels(splits: DataSplits, split: str, classes: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = getattr(splits, split).tensors
     return x, (remap_labels(y, classes) if classes else y)
@@ -178,7 +191,7 @@ def _evaluator(
     device: Device,
 ) -> PolicyEvaluator:
     train_x, train_y = _split_labels(splits, "train", classes)
-    val_x, val_y = _split_labels(splits, "val", classes)
+    val_x, val_y = scoring_sample(*_split_labels(splits, "val", classes), config.recovery.val_samples, config.data.seed)
     return PolicyEvaluator(
         teacher=base,
         compressor=make_applier(config.search.importance, config.search.round_to, train_x, train_y),

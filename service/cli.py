@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,9 +124,14 @@ def train(config: ConfigOpt = None) -> None:
 
     cfg = load_config(config)
     full, _, _ = load_deployment_data(cfg)
+    start = time.perf_counter()
     teacher, source = load_teacher(cfg, full, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"))
-    x, y = full.val.tensors
-    console.print(f"teacher: {source}\nvalidation accuracy (all classes): {accuracy(teacher, x, y):.4f}")
+    seconds = time.perf_counter() - start
+    val, test = (accuracy(teacher, *split.tensors) for split in (full.val, full.test))
+    console.print(
+        f"teacher: {source} ({seconds:.0f} s)\n"
+        f"accuracy (all classes): validation {val:.4f}, test {test:.4f}"
+    )
 
 
 @app.command()

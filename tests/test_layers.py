@@ -1,6 +1,6 @@
 """The rooms of the package and the one direction of imports between them (DESIGN.md).
 
-errors  <-  storage, cores  <-  models, datasets, devices  <-  compressors  <-  results  <-  env  <-  agent
+errors  <-  storage, cores, compute  <-  models, datasets, devices  <-  compressors  <-  results  <-  env  <-  agent
 <-  experiments  <-  service. A module may import its own room and lower rooms only; rooms on
 the same level (models, datasets, devices) do not import each other. Every import statement is
 parsed, including ones inside functions and under TYPE_CHECKING.
@@ -22,6 +22,7 @@ LEVELS: dict[str, int] = {
     "errors": -1,  # the base every room may raise
     "storage": 0,
     "cores": 0,
+    "compute": 0,
     "models": 1,
     "datasets": 1,
     "devices": 1,

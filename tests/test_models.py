@@ -80,7 +80,7 @@ def test_zoo_depthwise_layers() -> None:
 
 
 def test_build_model_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'x': choose one of resnet20, vgg, mobilenetv2, shufflenet"):
+    with pytest.raises(ConfigError, match="unknown model 'x': choose one of resnet20, resnet56, vgg, mobilenetv2, shufflenet"):
         build_model("x")
     with pytest.raises(ConfigError, match="no option 'depth'"):
         build_model("vgg", depth=3)

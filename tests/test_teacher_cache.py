@@ -19,10 +19,10 @@ def test_two_searches_train_the_teacher_once(monkeypatch):
     trained = []
     real_train = teacher_module.train_model
 
-    def slow_train(model, splits, config, progress=None):
+    def slow_train(model, splits, config, progress=None, compute=None):
         trained.append(threading.current_thread().name)
         time.sleep(0.5)  # the other search arrives while this one trains
-        return real_train(model, splits, config, progress)
+        return real_train(model, splits, config, progress, compute)
 
     monkeypatch.setattr(teacher_module, "train_model", slow_train)
     results: dict[str, tuple[torch.nn.Module, str]] = {}

@@ -1,0 +1,250 @@
+"""Benchmark: modeltailor on CIFAR-10 against what a user would do instead, in one run.
+
+Against one teacher (the zoo model trained once on CIFAR-10 and cached) and one device profile:
+  (a) Torch-Pruning used the way its README shows: one ratio for every layer (uniform) or one
+      global ratio, L2 magnitude importance, channels rounded to `search.round_to`, the classifier
+      left alone; each then recovered with modeltailor's final distillation budget
+      (`recovery.final_steps`, same lr, batch, temperature, precision);
+  (b) ONNX Runtime static int8 (QDQ, per-channel, calibrated on training images) of the whole teacher;
+  (c) modeltailor's search under latency budgets of 50% and 30% of the teacher's;
+  (d) modeltailor's fastest model within 1 point of the teacher (objective kind accuracy);
+  (e) the same for a class subset (default automobile, ship, truck) against its own restricted
+      baseline (the teacher with its head narrowed to the subset).
+At the end every model's ONNX export is timed in alternating rounds on the device (no cache), so
+all latencies share the machine's load; accuracies are on the whole official test split (the
+subset's test images for (e)). Searches resume from their --out folders when rerun.
+
+Usage: python bench/cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz [--model resnet20]
+[--episodes 96] [--ratios 0.2 0.3 0.4 0.5 0.6] [--budgets 0.5 0.3] [--subset automobile ship truck]
+[--skip tp int8 budget fastest subset] [--out runs/bench-cifar10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+
+from modeltailor.compressors.distill import distill, recalibrate_batchnorm
+from modeltailor.compressors.export import export_onnx
+from modeltailor.compressors.pruning import count_params
+from modeltailor.compressors.quantization import onnx_accuracy, quantize_onnx
+from modeltailor.compressors.units import analyze_model, classifier_layers
+from modeltailor.experiments.config import DeploymentConfig, load_config
+from modeltailor.experiments.search import run_search
+from modeltailor.experiments.workbench import Workbench, build_workbench, recovery_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION_IMAGES = 256
+
+
+@dataclass
+class Row:
+    name: str
+    group: str  # "teacher", "torch-pruning", "ort-int8", "modeltailor", "subset"
+    accuracy: float
+    baseline_accuracy: float
+    macs: int
+    params: int
+    seconds: float  # search (modeltailor) or pruning + fine-tuning (torch-pruning) or quantization
+    onnx: bytes
+    latency_ms: float = 0.0
+    latency_p90_ms: float = 0.0
+    memory_bytes: int = 0
+    baseline_latency_ms: float = 0.0
+    note: str = ""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="cifar10-jpeg.tar.gz or its extracted folder")
+    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "cifar10-resnet20.yaml")
+    parser.add_argument("--model", default=None, help="zoo model (default: the config's)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the config's)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6],
+                        help="Torch-Pruning ratios (fraction of channels removed)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3], help="latency budgets (ratios)")
+    parser.add_argument("--subset", nargs="+", default=["automobile", "ship", "truck"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["tp", "int8", "budget", "fastest", "subset"])
+    parser.add_argument("--repeats", type=int, default=5, help="alternating timing rounds at the end")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-cifar10"))
+    return parser.parse_args()
+
+
+def deployment(args: argparse.Namespace, **overrides: Any) -> DeploymentConfig:
+    values: dict[str, Any] = {"data.root": str(args.data), "tracking.enabled": False}
+    if args.model:
+        values["model.name"] = args.model
+    if args.episodes:
+        values["search.episodes"] = args.episodes
+    values.update(overrides)
+    return load_config(args.config, values)
+
+
+def torch_pruning_row(bench: Workbench, mode: str, ratio: float) -> Row:
+    """Prune the teacher the Torch-Pruning README way, then give it modeltailor's final recovery."""
+    started = time.perf_counter()
+    model = copy.deepcopy(bench.base).eval()
+    pruner = tp.pruner.BasePruner(
+        model,
+        bench.example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        global_pruning=mode == "global",
+        ignored_layers=classifier_layers(model),
+        round_to=bench.config.search.round_to,
+    )
+    pruner.step()
+    train_x, train_y = bench.evaluator.data.train_x, bench.evaluator.data.train_y
+    recalibrate_batchnorm(model, train_x)
+    distill(model, bench.evaluator.teacher_logits, train_y, recovery_config(bench.config, final=True))
+    seconds = time.perf_counter() - started
+    return Row(
+        f"torch-pruning {mode} {ratio:.0%}", "torch-pruning", bench.test_accuracy(model),
+        bench.test_accuracy(bench.base), analyze_model(model, bench.example).total_macs, count_params(model),
+        seconds, export_onnx(model, bench.input_shape[1:]),
+    )
+
+
+def int8_row(bench: Workbench) -> Row:
+    started = time.perf_counter()
+    calibration = bench.evaluator.data.train_x[:CALIBRATION_IMAGES]
+    onnx_bytes = quantize_onnx(export_onnx(bench.base, bench.input_shape[1:]), calibration)
+    seconds = time.perf_counter() - started
+    test_x, test_y = bench.labels("test")
+    return Row(
+        "ORT static int8 (whole teacher)", "ort-int8", onnx_accuracy(onnx_bytes, test_x, test_y),
+        bench.test_accuracy(bench.base), bench.analysis.total_macs, count_params(bench.base), seconds, onnx_bytes,
+        note="int8 MACs",
+    )
+
+
+def search_row(name: str, group: str, config: DeploymentConfig, out: Path) -> Row:
+    """A modeltailor search (resumed when its folder holds a finished or interrupted one)."""
+    run = run_search(config, out, resume=(out / "episodes.jsonl").is_file())
+    s = run.summary
+    onnx_bytes = (out / "model.onnx").read_bytes()
+    return Row(
+        name, group, s.best.accuracy, s.baseline.accuracy, int(s.best.macs), int(s.best.params),
+        s.search_seconds, onnx_bytes, note=f"{s.episodes} episodes, {','.join(s.policy.methods)}",
+    )
+
+
+def teacher_row(bench: Workbench, name: str = "teacher", group: str = "teacher") -> Row:
+    acc = bench.test_accuracy(bench.base)
+    return Row(
+        name, group, acc, acc, bench.analysis.total_macs, count_params(bench.base), 0.0,
+        export_onnx(bench.base, bench.input_shape[1:]),
+    )
+
+
+def time_all(bench: Workbench, rows: list[Row], repeats: int) -> None:
+    """Time every model's ONNX export in alternating rounds on the device (past its cache)."""
+    device = bench.device.uncached()
+    measured = device.measure_alternately({i: row.onnx for i, row in enumerate(rows)}, repeats=repeats)
+    for i, row in enumerate(rows):
+        m = measured[i]
+        row.latency_ms, row.latency_p90_ms = m.latency.median_ms, m.latency.p90_ms
+        row.memory_bytes = m.memory.total_bytes
+
+
+def print_table(rows: list[Row]) -> list[str]:
+    header = (
+        f"| {'model':<34} | test acc | drop (pt) | latency ms | p90 ms | speedup | memory MB | MMACs "
+        f"| params k | time s | note |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(11)) + "|"]
+    for row in rows:
+        lines.append(
+            f"| {row.name:<34} | {row.accuracy:.4f} | {100 * (row.baseline_accuracy - row.accuracy):+.2f} "
+            f"| {row.latency_ms:.3f} | {row.latency_p90_ms:.3f} | {row.baseline_latency_ms / row.latency_ms:.2f}x "
+            f"| {row.memory_bytes / 1e6:.3f} | {row.macs / 1e6:.1f} | {row.params / 1e3:.0f} | {row.seconds:.0f} "
+            f"| {row.note} |"
+        )
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def equal_latency(rows: list[Row]) -> list[str]:
+    """For each modeltailor model: the most accurate Torch-Pruning model at most as slow as it."""
+    lines = []
+    pruned = [r for r in rows if r.group == "torch-pruning"]
+    for row in (r for r in rows if r.group == "modeltailor"):
+        rivals = [r for r in pruned if r.latency_ms <= row.latency_ms * 1.02]
+        if not rivals:
+            lines.append(f"{row.name}: no Torch-Pruning model is as fast ({row.latency_ms:.3f} ms)")
+            continue
+        best = max(rivals, key=lambda r: r.accuracy)
+        lines.append(
+            f"{row.name} ({row.latency_ms:.3f} ms, {row.accuracy:.4f}) vs {best.name} ({best.latency_ms:.3f} ms, "
+            f"{best.accuracy:.4f}): {100 * (row.accuracy - best.accuracy):+.2f} points"
+        )
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    started = time.perf_counter()
+    config = deployment(args)
+    print(f"teacher and data: {config.model.name} on {args.data}", flush=True)
+    bench = build_workbench(config, report=lambda m: print(m, flush=True))
+    rows = [teacher_row(bench)]
+    if "int8" not in args.skip:
+        rows.append(int8_row(bench))
+        print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
+    if "tp" not in args.skip:
+        for mode in ("uniform", "global"):
+            for ratio in args.ratios:
+                rows.append(torch_pruning_row(bench, mode, ratio))
+                print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
+    if "budget" not in args.skip:
+        for budget in args.budgets:
+            cfg = deployment(args, **{"objective.kind": "budget", "objective.max_latency_ratio": budget})
+            rows.append(search_row(f"modeltailor budget {budget:.0%}", "modeltailor", cfg, args.out / f"budget-{budget}"))
+            print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
+    if "fastest" not in args.skip:
+        cfg = deployment(args, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0})
+        rows.append(search_row("modeltailor fastest within 1 pt", "modeltailor", cfg, args.out / "fastest"))
+        print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
+    subset_rows: list[Row] = []
+    if "subset" not in args.skip:
+        subset = deployment(args, classes=args.subset)
+        sub_bench = build_workbench(subset, report=lambda m: print(m, flush=True))
+        subset_rows.append(teacher_row(sub_bench, f"teacher on {'/'.join(args.subset)}", "subset-teacher"))
+        cfg = deployment(
+            args, classes=args.subset, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0}
+        )
+        subset_rows.append(search_row(f"modeltailor {len(args.subset)}-class fastest within 1 pt", "subset", cfg,
+                                      args.out / "subset-fastest"))
+    print("timing every model in alternating rounds ...", flush=True)
+    time_all(bench, rows + subset_rows, args.repeats)
+    for row in rows:
+        row.baseline_latency_ms = rows[0].latency_ms
+    for row in subset_rows:
+        row.baseline_latency_ms = subset_rows[0].latency_ms
+    print(
+        f"\n{config.model.name} on CIFAR-10 ({args.data.name}), device {config.device.name}, "
+        f"recovery {config.recovery.final_steps} steps for every pruned model, "
+        f"{config.search.episodes} episodes per search, total {time.perf_counter() - started:.0f} s\n"
+    )
+    lines = print_table(rows + subset_rows) + [""] + equal_latency(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    records = [{k: v for k, v in asdict(r).items() if k != "onnx"} for r in rows + subset_rows]
+    (args.out / "results.json").write_text(json.dumps(records, indent=2))
+    print(f"\nwritten: {args.out / 'table.md'}, {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
