@@ -15,8 +15,8 @@ all latencies share the machine's load; accuracies are on the whole official tes
 subset's test images for (e)). Searches resume from their --out folders when rerun.
 
 Usage: python bench/cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz [--model resnet20]
-[--episodes 96] [--ratios 0.2 0.3 0.4 0.5 0.6] [--budgets 0.5 0.3] [--subset automobile ship truck]
-[--skip tp int8 budget fastest subset] [--out runs/bench-cifar10]
+[--episodes 96] [--main-episodes 96] [--ratios 0.2 0.3 0.4 0.5 0.6] [--budgets 0.5 0.3] [--subset automobile ship truck]
+[--skip tp int8 budget fastest subset] [--set recovery.final_steps=400 ...] [--out runs/bench-cifar10]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
+import yaml
 
 from modeltailor.compressors.distill import distill, recalibrate_batchnorm
 from modeltailor.compressors.export import export_onnx
@@ -65,26 +66,36 @@ class Row:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="cifar10-jpeg.tar.gz or its extracted folder")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="cifar10-jpeg.tar.gz or its extracted folder (default: the config's data.root)")
     parser.add_argument("--config", type=Path, default=ROOT / "examples" / "cifar10-resnet20.yaml")
     parser.add_argument("--model", default=None, help="zoo model (default: the config's)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the config's)")
+    parser.add_argument("--main-episodes", type=int, default=None,
+                        help="episodes of the first budget's search, the headline deployment (default: --episodes)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6],
                         help="Torch-Pruning ratios (fraction of channels removed)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3], help="latency budgets (ratios)")
     parser.add_argument("--subset", nargs="+", default=["automobile", "ship", "truck"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["tp", "int8", "budget", "fastest", "subset"])
     parser.add_argument("--repeats", type=int, default=5, help="alternating timing rounds at the end")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every deployment, e.g. recovery.final_steps=400")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-cifar10"))
     return parser.parse_args()
 
 
 def deployment(args: argparse.Namespace, **overrides: Any) -> DeploymentConfig:
-    values: dict[str, Any] = {"data.root": str(args.data), "tracking.enabled": False}
+    values: dict[str, Any] = {"tracking.enabled": False}
+    if args.data is not None:
+        values["data.root"] = str(args.data)
     if args.model:
         values["model.name"] = args.model
     if args.episodes:
         values["search.episodes"] = args.episodes
+    for item in args.set:
+        key, _, value = item.partition("=")
+        values[key] = yaml.safe_load(value)
     values.update(overrides)
     return load_config(args.config, values)
 
@@ -134,7 +145,7 @@ def search_row(name: str, group: str, config: DeploymentConfig, out: Path) -> Ro
     onnx_bytes = (out / "model.onnx").read_bytes()
     return Row(
         name, group, s.best.accuracy, s.baseline.accuracy, int(s.best.macs), int(s.best.params),
-        s.search_seconds, onnx_bytes, note=f"{s.episodes} episodes, {','.join(s.policy.methods)}",
+        s.search_seconds, onnx_bytes, note=f"{s.episodes} episodes, {s.search_seconds / max(1, s.episodes):.1f} s each; {','.join(s.methods)}",
     )
 
 
@@ -196,7 +207,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     config = deployment(args)
-    print(f"teacher and data: {config.model.name} on {args.data}", flush=True)
+    print(f"teacher and data: {config.model.name} on {config.data.name} ({config.data.root})", flush=True)
     bench = build_workbench(config, report=lambda m: print(m, flush=True))
     rows = [teacher_row(bench)]
     if "int8" not in args.skip:
@@ -208,8 +219,9 @@ def main() -> None:
                 rows.append(torch_pruning_row(bench, mode, ratio))
                 print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     if "budget" not in args.skip:
-        for budget in args.budgets:
-            cfg = deployment(args, **{"objective.kind": "budget", "objective.max_latency_ratio": budget})
+        for i, budget in enumerate(args.budgets):
+            episodes = {"search.episodes": args.main_episodes} if i == 0 and args.main_episodes else {}
+            cfg = deployment(args, **{"objective.kind": "budget", "objective.max_latency_ratio": budget, **episodes})
             rows.append(search_row(f"modeltailor budget {budget:.0%}", "modeltailor", cfg, args.out / f"budget-{budget}"))
             print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     if "fastest" not in args.skip:
@@ -233,7 +245,7 @@ def main() -> None:
     for row in subset_rows:
         row.baseline_latency_ms = subset_rows[0].latency_ms
     print(
-        f"\n{config.model.name} on CIFAR-10 ({args.data.name}), device {config.device.name}, "
+        f"\n{config.model.name} on {config.data.name} ({config.data.root}), device {config.device.name}, "
         f"recovery {config.recovery.final_steps} steps for every pruned model, "
         f"{config.search.episodes} episodes per search, total {time.perf_counter() - started:.0f} s\n"
     )

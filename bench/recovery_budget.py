@@ -80,8 +80,8 @@ def main() -> None:
     bench = build_workbench(cfg, report=lambda message: print(message, flush=True))
     base = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
     recorder = Recorder(bench.evaluator)
-    env = build_env(replace(bench, evaluator=recorder), make_reward(cfg, base), base)  # type: ignore[arg-type]
-    env.evaluator = recorder
+    env = build_env(bench, make_reward(cfg, base), base)
+    env.evaluator = recorder  # type: ignore[assignment]
     policies = sample_policies(env, recorder, args.policies, args.seed)
     val_x, val_y = bench.evaluator.data.score_x, bench.evaluator.data.score_y
     short, long = recovery_config(cfg), recovery_config(cfg, final=True)

@@ -411,3 +411,14 @@ def test_flip_for_cifar10_archive_not_for_digits(archive: Path) -> None:
     assert load_dataset("cifar10", root=archive, val_fraction=VAL_FRACTION).flip is True
     assert read_split_source(archive, "cifar10").flip is False  # the raw reader is neutral; cifar10 sets it
     assert load_dataset("digits").flip is False
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet56", "mobilenetv2"])
+def test_cifar10_examples_validate_and_name_the_archive(model: str) -> None:
+    from modeltailor.experiments.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"cifar10-{model}.yaml"
+    config = load_config(path)
+    assert config.model.name == model
+    assert config.data.name == "cifar10" and str(config.data.root).endswith("cifar10-jpeg.tar.gz")
+    assert config.compute.precision == "bf16" and config.compute.device == "auto"
