@@ -57,6 +57,7 @@ def read_split_source(root: Path, name: str) -> RawData:
         start = time.perf_counter()
         images = _archive_images(root, name) if root.is_file() else _folder_images(root)
         raw = _assemble(images, root, name)
+        assert raw.test_x is not None and raw.test_y is not None
         buffer = io.BytesIO()
         np.savez(
             buffer, version=np.int64(CACHE_VERSION), x=raw.x, y=raw.y, test_x=raw.test_x, test_y=raw.test_y,

@@ -127,7 +127,7 @@ def train(config: ConfigOpt = None) -> None:
     start = time.perf_counter()
     teacher, source = load_teacher(cfg, full, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"))
     seconds = time.perf_counter() - start
-    val, test = (accuracy(teacher, *split.tensors) for split in (full.val, full.test))
+    val, test = (accuracy(teacher, split.tensors[0], split.tensors[1]) for split in (full.val, full.test))
     console.print(
         f"teacher: {source} ({seconds:.0f} s)\n"
         f"accuracy (all classes): validation {val:.4f}, test {test:.4f}"
