@@ -26,6 +26,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from modeltailor.compressors.units import analyze_model, classifier_layers
 from modeltailor.experiments.config import DeploymentConfig, load_config
 from modeltailor.experiments.search import run_search
 from modeltailor.experiments.workbench import Workbench, build_workbench, recovery_config
+from modeltailor.results import SearchSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION_IMAGES = 256
@@ -75,6 +77,8 @@ def parse_args() -> argparse.Namespace:
                         help="episodes of the first budget's search, the headline deployment (default: --episodes)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6],
                         help="Torch-Pruning ratios (fraction of channels removed)")
+    parser.add_argument("--modes", nargs="+", default=["uniform", "global"], choices=["uniform", "global"],
+                        help="Torch-Pruning ratio modes")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3], help="latency budgets (ratios)")
     parser.add_argument("--subset", nargs="+", default=["automobile", "ship", "truck"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["tp", "int8", "budget", "fastest", "subset"])
@@ -98,6 +102,18 @@ def deployment(args: argparse.Namespace, **overrides: Any) -> DeploymentConfig:
         values[key] = yaml.safe_load(value)
     values.update(overrides)
     return load_config(args.config, values)
+
+
+def cached_row(folder: Path, make: Callable[[], Row]) -> Row:
+    """`make()`'s row, kept in `folder` (row.json + model.onnx) and reused when the bench is rerun."""
+    meta, onnx_file = folder / "row.json", folder / "model.onnx"
+    if meta.is_file() and onnx_file.is_file():
+        return Row(**json.loads(meta.read_text()), onnx=onnx_file.read_bytes())
+    row = make()
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_file.write_bytes(row.onnx)
+    meta.write_text(json.dumps({k: v for k, v in asdict(row).items() if k != "onnx"}))
+    return row
 
 
 def torch_pruning_row(bench: Workbench, mode: str, ratio: float) -> Row:
@@ -139,9 +155,12 @@ def int8_row(bench: Workbench) -> Row:
 
 
 def search_row(name: str, group: str, config: DeploymentConfig, out: Path) -> Row:
-    """A modeltailor search (resumed when its folder holds a finished or interrupted one)."""
-    run = run_search(config, out, resume=(out / "episodes.jsonl").is_file())
-    s = run.summary
+    """A modeltailor search: reused when its folder holds a finished one, resumed when interrupted."""
+    done = out / "summary.json"
+    if done.is_file() and (out / "model.onnx").is_file():
+        s = SearchSummary.model_validate_json(done.read_text())
+    else:
+        s = run_search(config, out, resume=(out / "episodes.jsonl").is_file()).summary
     onnx_bytes = (out / "model.onnx").read_bytes()
     return Row(
         name, group, s.best.accuracy, s.baseline.accuracy, int(s.best.macs), int(s.best.params),
@@ -214,9 +233,10 @@ def main() -> None:
         rows.append(int8_row(bench))
         print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     if "tp" not in args.skip:
-        for mode in ("uniform", "global"):
+        for mode in args.modes:
             for ratio in args.ratios:
-                rows.append(torch_pruning_row(bench, mode, ratio))
+                folder = args.out / f"torch-pruning-{mode}-{ratio}"
+                rows.append(cached_row(folder, lambda: torch_pruning_row(bench, mode, ratio)))  # noqa: B023
                 print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     if "budget" not in args.skip:
         for i, budget in enumerate(args.budgets):
