@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import kendalltau, spearmanr
 
 from modeltailor.compressors.distill import distill, predict_logits, recalibrate_batchnorm
@@ -113,11 +112,10 @@ def main() -> None:
         recalibrate_batchnorm(student, bench.evaluator.data.train_x)
         distill(student, bench.evaluator.teacher_logits, bench.evaluator.data.train_y, long)
         final.append(float((predict_logits(student, val_x).argmax(1) == val_y).float().mean()))
-        macs = sum(1 for _ in policy.skipped())
         print(
             f"policy {i + 1}/{len(policies)}: long {final[-1]:.4f}; short "
             + " ".join(f"{s}:{scores[(s, samples[-1])][-1]:.4f}" for s in args.steps)
-            + f"; {macs} blocks skipped",
+            + f"; {len(policy.skipped())} blocks skipped",
             flush=True,
         )
     top3 = set(np.argsort(final)[-3:])
@@ -128,7 +126,6 @@ def main() -> None:
         hit = "yes" if int(np.argmax(values)) in top3 else "no"
         print(f"{steps:>5} {n:>8} {rho:>8.3f} {tau:>8.3f} {hit:>16} {np.median(seconds[(steps, n)]):>9.2f}")
     print(f"long recovery val accuracy: min {min(final):.4f}, median {np.median(final):.4f}, max {max(final):.4f}")
-    torch.set_num_threads(torch.get_num_threads())
 
 
 if __name__ == "__main__":
