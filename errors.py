@@ -25,6 +25,10 @@ class CompressionError(ModelTailorError):
     """A policy cannot be applied to a model (unknown unit, bad amount)."""
 
 
+class EpisodeFailed(CompressionError):
+    """One episode's policy could not be built, recovered or exported; the search records it as failed."""
+
+
 class SearchInterrupted(ModelTailorError):
     """A search or campaign was interrupted (Ctrl-C, SIGTERM); finished work is kept for --resume."""
 

@@ -68,6 +68,8 @@ class EpisodeRecord:
     seconds: float
     kept_channels: dict[str, int] = field(default_factory=dict)
     architecture: str = ""
+    failure: str | None = None
+    """Why the policy could not be built or exported (one line); None for an evaluated episode."""
 
     @property
     def identity(self) -> tuple:

@@ -39,7 +39,7 @@ from modeltailor.compressors.distill import distill, recalibrate_batchnorm
 from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.quantization import onnx_accuracy, quantize_onnx
-from modeltailor.compressors.units import analyze_model, classifier_layers
+from modeltailor.compressors.units import analyze_model, output_modules
 from modeltailor.experiments.config import DeploymentConfig, load_config
 from modeltailor.experiments.search import run_search
 from modeltailor.experiments.workbench import Workbench, build_workbench, recovery_config
@@ -126,7 +126,7 @@ def torch_pruning_row(bench: Workbench, mode: str, ratio: float) -> Row:
         importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=ratio,
         global_pruning=mode == "global",
-        ignored_layers=classifier_layers(model),
+        ignored_layers=output_modules(model, bench.analysis.output),
         round_to=bench.config.search.round_to,
     )
     pruner.step()

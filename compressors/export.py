@@ -69,6 +69,7 @@ def export_onnx(
     try:
         with warnings.catch_warnings(), torch.no_grad(), working():  # CPU work: not while a model is timed
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # e.g. `len(x)` in a user's forward
             torch.onnx.export(
                 clone,
                 (dummy,),

@@ -69,5 +69,6 @@ def _int8_layers(onnx_bytes: bytes, analysis: ModelAnalysis, units: set[str]) ->
 
 def lowrank_units(analysis: ModelAnalysis, model: nn.Module, round_to: int) -> set[str]:
     """Units whose root layer a low-rank factorization can shrink (at a 0.5 rank ratio)."""
-    candidates = lowrank_candidates(model, ratio=0.5, round_to=round_to)
+    exclude = [analysis.output.name] if analysis.output is not None else []
+    candidates = lowrank_candidates(model, ratio=0.5, round_to=round_to, exclude=exclude)
     return {u.name for u in analysis.units if u.name in candidates}

@@ -18,7 +18,7 @@ from torch import nn
 
 from modeltailor.compressors.importance import ActivationImportance, GradientTaylorImportance
 from modeltailor.compressors.policy import Policy
-from modeltailor.compressors.units import classifier_layers, skippable_blocks
+from modeltailor.compressors.units import find_output_layer, output_modules, skippable_blocks
 from modeltailor.errors import CompressionError
 
 Calibration = tuple[torch.Tensor, torch.Tensor]
@@ -91,7 +91,7 @@ class ChannelPruningCompressor:
             importance=IMPORTANCES[self.importance](self.calibration),
             pruning_ratio=0.0,
             pruning_ratio_dict=ratios,
-            ignored_layers=classifier_layers(pruned),
+            ignored_layers=output_modules(pruned, find_output_layer(pruned, example, mapping=False)),
             round_to=None,
         )
         pruner.step()

@@ -31,8 +31,10 @@ layer -> ONNX node mapping of ``conv_node_names`` holds before and after.
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +134,7 @@ def quantize_onnx(
     if mode == "fp16":
         return fp16_weights(onnx_bytes, exclude)
     source = preprocess(onnx_bytes) if prepare else onnx_bytes
-    with tempfile.TemporaryDirectory(prefix="modeltailor-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="modeltailor-quant-") as tmp, _quiet_root_logger():
         src, dst = Path(tmp) / "model.onnx", Path(tmp) / "quantized.onnx"
         src.write_bytes(source)
         if mode == "dynamic":
@@ -140,6 +142,19 @@ def quantize_onnx(
         else:
             _static(src, dst, calibration, exclude, per_channel, ACTIVATION_TYPES[activation_type])
         return dst.read_bytes()
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger (e.g. "Axis 1 is out-of-range for weight
+    ... with rank 1" for a BatchNorm it leaves in float): noise to a user, so errors only, meanwhile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _static(

@@ -69,6 +69,7 @@ class ModelAnalysis:
     layers: tuple[LayerCost, ...]
     total_macs: int
     total_params: int
+    output: OutputLayer | None = None
 
     def unit(self, name: str) -> Unit:
         for unit in self.units:
@@ -77,23 +78,98 @@ class ModelAnalysis:
         raise KeyError(name)
 
 
-def classifier_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers never pruned: the model's `classifier` if it has one, else its last Linear."""
-    head = getattr(model, "classifier", None)
-    if isinstance(head, nn.Module):
-        return [head]
-    linears: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
+@dataclass(frozen=True)
+class OutputLayer:
+    """The conv or linear layer that produces the model's output, found by running the model.
+
+    `name` is the last Conv2d/Linear executed whose output channels (features) equal the model's
+    output width; its output side is never pruned. `one_to_one`: channel c of that layer drives
+    output c and nothing else (checked by perturbing each channel), so the deployment's classes can
+    be kept by keeping those channels (class-subset narrowing). A head followed by softmax, or by a
+    layer mixing the outputs, is found but not one-to-one.
+    """
+
+    name: str
+    one_to_one: bool
+
+
+def find_output_layer(model: nn.Module, example: torch.Tensor, mapping: bool = True) -> OutputLayer | None:
+    """The layer producing `model`'s output (see `OutputLayer`); None if no conv/linear does.
+
+    `mapping=False` skips the one-to-one check (`one_to_one` is then False): enough to protect it."""
+    names = {module: name for name, module in model.named_modules()}
+    calls: list[tuple[nn.Module, int]] = []
+
+    def record(module: nn.Module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim >= 2:
+            calls.append((module, int(output.shape[1])))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    width = int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
+    head = next((m for m, channels in reversed(calls) if channels == width), None)
+    try:
+        if head is None:
+            return None
+        return OutputLayer(names[head], mapping and _drives_one_output_each(model, head, example))
+    finally:
+        model.train(was_training)
+
+
+def _drives_one_output_each(model: nn.Module, head: nn.Module, example: torch.Tensor) -> bool:
+    """Whether nudging channel c of `head` (up, then down) changes output c and only output c."""
+    channels = head.out_channels if isinstance(head, nn.Conv2d) else cast(nn.Linear, head).out_features
+    batch = example[:1].expand(1 + 2 * channels, *example.shape[1:]).clone()
+    batch = batch + 0.1 * torch.randn(1, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+
+    def nudge(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        scale = 10.0 * (1.0 + float(output[0].abs().max()))
+        for c in range(channels):
+            output[1 + 2 * c, c] += scale
+            output[2 + 2 * c, c] -= scale
+        return output
+
+    handle = head.register_forward_hook(nudge)
+    try:
+        with torch.no_grad():
+            out = model(batch)
+    except Exception:  # noqa: BLE001 - a model that only runs at batch 1: no mapping can be shown
+        return False
+    finally:
+        handle.remove()
+    changed = (out[1:] - out[:1]).abs() > 1e-4 * (1.0 + out[:1].abs())
+    for c in range(channels):
+        moved = changed[2 * c] | changed[2 * c + 1]
+        if not moved[c] or moved.sum() != 1:
+            return False
+    return True
+
+
+def output_modules(model: nn.Module, output: OutputLayer | None) -> list[nn.Module]:
+    """The module of `output` in `model` (a copy of the analysed model): what pruning must not narrow."""
+    if output is None:
+        return []
+    try:
+        return [model.get_submodule(output.name)]
+    except AttributeError:  # replaced (e.g. factorized) since: nothing of it to protect by that name
+        return []
 
 
 def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
-def pruning_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tp.Group]:
+def pruning_groups(model: nn.Module, graph: tp.DependencyGraph, protected: list[nn.Module]) -> list[tp.Group]:
     """Groups whose channels can be pruned, in the order Torch-Pruning's pruner visits them."""
-    ignored = classifier_layers(model)
-    groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])
+    groups = graph.get_all_groups(ignored_layers=protected, root_module_types=[nn.Conv2d, nn.Linear])
     return [g for g in groups if _out_channels(g[0].dep.target.module) > 1]
 
 
@@ -102,10 +178,11 @@ def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
     names = {module: name for name, module in model.named_modules()}
     costs = _layer_macs(model, example)
     graph = build_dependency_graph(model, example)
+    output = find_output_layer(model, example)
     out_unit: dict[str, str] = {}
     in_unit: dict[str, str] = {}
     units: list[Unit] = []
-    for index, group in enumerate(pruning_groups(model, graph)):
+    for index, group in enumerate(pruning_groups(model, graph, output_modules(model, output))):
         root = group[0].dep.target.module
         root_name = names[root]
         members: list[str] = []
@@ -138,7 +215,7 @@ def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
         for name, (macs, params) in costs.items()
     )
     total_params = sum(p.numel() for p in model.parameters())
-    return ModelAnalysis(tuple(units), layers, sum(c.macs for c in layers), total_params)
+    return ModelAnalysis(tuple(units), layers, sum(c.macs for c in layers), total_params, output)
 
 
 def estimate_macs(

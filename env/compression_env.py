@@ -30,6 +30,7 @@ from modeltailor.compressors.units import ModelAnalysis, Unit
 from modeltailor.env.features import OBS_SIZE, DeploymentContext, DeploymentFeatures, observe
 from modeltailor.env.limiter import ActionLimiter, NoLimit, Trial
 from modeltailor.env.reward import Resources, RewardFunction
+from modeltailor.errors import EpisodeFailed
 from modeltailor.results import EpisodeRecord, Outcome
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class CompressionEnv(gym.Env):
         lowrank_units: frozenset[str] = frozenset(),
         int8: bool = False,
         context: DeploymentContext | None = None,
+        int8_units: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
         self.analysis = analysis
@@ -94,6 +96,7 @@ class CompressionEnv(gym.Env):
         self.units = analysis.units
         self.lowrank_units = frozenset(lowrank_units)
         self.int8 = int8
+        self.int8_units = int8_units  # None: every unit may run in int8
         # joint mode: (amount, method selector, int8 flag); otherwise just the amount
         dims = 3 if (self.lowrank_units or int8) else 1
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(dims,), dtype=np.float32)
@@ -121,7 +124,8 @@ class CompressionEnv(gym.Env):
         keep = min(wanted, self._max_keep(unit, skippable, method))
         self._keep[unit.name] = keep
         self._method[unit.name] = "skip" if keep == SKIP else method
-        self._bits[unit.name] = 8 if self.int8 and len(a) > 2 and a[2] > 0 else 32
+        int8_ok = self.int8 and (self.int8_units is None or unit.name in self.int8_units)
+        self._bits[unit.name] = 8 if int8_ok and len(a) > 2 and a[2] > 0 else 32
         self._previous = self.range.to_action(keep)
         self._t += 1
         if self._t < len(self.units):
@@ -165,7 +169,8 @@ class CompressionEnv(gym.Env):
                 action.keep if action is not None else 1.0
             )
             self._method[unit.name] = action.method if action is not None else "prune"
-            self._bits[unit.name] = action.bits if action is not None else 32
+            int8_ok = self.int8_units is None or unit.name in self.int8_units
+            self._bits[unit.name] = action.bits if action is not None and int8_ok else 32
         self._t = len(self.units)
         return self._finish_episode()
 
@@ -189,7 +194,10 @@ class CompressionEnv(gym.Env):
 
     def _finish_episode(self) -> EpisodeRecord:
         policy = self.policy()
-        outcome = self.evaluator(policy)
+        try:
+            outcome = self.evaluator(policy)
+        except EpisodeFailed as exc:
+            return self._record(self._failed_record(policy, str(exc)))
         self.limiter.record(outcome)
         resources = Resources(outcome.accuracy, outcome.latency_ms, outcome.memory_bytes)
         record = EpisodeRecord(
@@ -208,6 +216,21 @@ class CompressionEnv(gym.Env):
             kept_channels=outcome.kept_channels,
             architecture=outcome.architecture,
         )
+        return self._record(record)
+
+    def _failed_record(self, policy: Policy, failure: str) -> EpisodeRecord:
+        """A failed episode: scored as a model with no accuracy at the baseline's cost (the worst
+        the reward gives), never feasible, left out of the Pareto set and the finalists."""
+        log.warning("episode %d failed: %s", len(self.history), failure)
+        worst = Resources(0.0, self.baseline.latency_ms, self.baseline.memory_bytes)
+        return EpisodeRecord(
+            episode=len(self.history), policy=policy, accuracy=0.0, latency_ms=self.baseline.latency_ms,
+            latency_p90_ms=self.baseline.latency_ms, memory_bytes=int(self.baseline.memory_bytes), params=0,
+            macs=0, reward=float(self.reward_fn(worst, self.baseline)), feasible=False, cached=False, seconds=0.0,
+            failure=failure,
+        )
+
+    def _record(self, record: EpisodeRecord) -> EpisodeRecord:
         self.history.append(record)
         for callback in self.callbacks:
             callback(record)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -31,7 +32,10 @@ from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.quantization import onnx_accuracy
 from modeltailor.compressors.units import ModelAnalysis, analyze_model, unit_widths
 from modeltailor.devices.base import Device
+from modeltailor.errors import EpisodeFailed, first_line
 from modeltailor.results import Outcome
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +95,56 @@ class PolicyEvaluator:
         return distill(student, self.teacher_logits, self.data.train_y, recovery or self.recovery)
 
     def __call__(self, policy: Policy) -> Outcome:
+        """Compress, recover, export and measure `policy`'s model.
+
+        EpisodeFailed (one line naming the unit and the stage) when the policy's model cannot be
+        built, recovered or exported: the env records the episode as failed. A device that cannot
+        measure still raises its own error."""
         start = time.perf_counter()
-        student = self.compress(policy)
+        student = self._stage("compressing", policy, lambda: self.compress(policy))
         key = (architecture_key(student), tuple(sorted(policy.quantized())))
         if key in self.cache:
             return replace(self.cache[key], seconds=0.0, cached=True)
-        recalibrate_batchnorm(student, self.data.train_x)
-        student = distill(student, self.teacher_logits, self.data.train_y, self.recovery)
+        student = self._stage("recovering", policy, lambda: self._recover(student))
         outcome = self.measure(student, start, policy)
         self.cache[key] = outcome
         return outcome
 
+    def _recover(self, student: nn.Module) -> nn.Module:
+        recalibrate_batchnorm(student, self.data.train_x)
+        return distill(student, self.teacher_logits, self.data.train_y, self.recovery)
+
+    def _stage(self, stage: str, policy: Policy | None, step: Callable[[], T]) -> T:
+        """`step()`; for a policy's model, any failure becomes EpisodeFailed naming the unit if one
+        action alone reproduces it."""
+        if policy is None:
+            return step()
+        try:
+            return step()
+        except (KeyboardInterrupt, SystemExit, EpisodeFailed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a user's architecture makes torch or the exporter raise
+            raise EpisodeFailed(f"{stage} failed on {self._culprit(policy)}: {first_line(exc, 200)}") from None
+
+    def _culprit(self, policy: Policy) -> str:
+        """'unit X (method)' when one changed action alone fails to build and export; else the units changed."""
+        changed = [a for a in policy.actions if a.method != "prune" or a.keep < 1.0 or a.bits != 32]
+        for action in changed:
+            alone = Policy((action,))
+            try:
+                self.export(self.compress(alone), alone)
+            except Exception:  # noqa: BLE001 - looking for the action that fails
+                return f"unit '{action.unit}' ({action.method}{', int8' if action.bits == 8 else ''})"
+        names = ", ".join(f"'{a.unit}'" for a in changed[:6]) + (", ..." if len(changed) > 6 else "")
+        return f"units {names} together" if changed else "the unchanged model"
+
     def measure(self, model: nn.Module, start: float | None = None, policy: Policy | None = None) -> Outcome:
         """Accuracy on the scoring split plus device measurement of the exported model."""
         start = time.perf_counter() if start is None else start
-        analysis = analyze_model(model, self.example)
-        onnx_bytes = self.export(model, policy)
+        analysis = self._stage("analysing", policy, lambda: analyze_model(model, self.example))
+        onnx_bytes = self._stage("exporting", policy, lambda: self.export(model, policy))
         quantized = sorted(policy.quantized()) if policy is not None else []
-        acc = self.score(model, onnx_bytes, bool(quantized))
+        acc = self._stage("scoring", policy, lambda: self.score(model, onnx_bytes, bool(quantized)))
         measurement = self.device.measure(onnx_bytes)
         channels = unit_widths(model, analysis)
         return Outcome(

@@ -15,10 +15,15 @@ def dominates(a: EpisodeRecord, b: EpisodeRecord) -> bool:
     return no_worse and better
 
 
+def evaluated(records: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
+    """The records whose policy was built and measured (not failed episodes)."""
+    return [r for r in records if r.failure is None]
+
+
 def pareto_front(records: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
-    """Non-dominated records, one per architecture (first seen), sorted by latency."""
+    """Non-dominated records, one per architecture (first seen), sorted by latency; failed ones left out."""
     unique: dict[tuple, EpisodeRecord] = {}
-    for record in records:
+    for record in evaluated(records):
         unique.setdefault(record.identity, record)
     candidates = list(unique.values())
     front = [r for r in candidates if not any(dominates(o, r) for o in candidates if o is not r)]
@@ -26,8 +31,9 @@ def pareto_front(records: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
 
 
 def best_record(records: Sequence[EpisodeRecord]) -> EpisodeRecord | None:
-    """Highest reward among feasible records (all records if none is feasible)."""
-    feasible = [r for r in records if r.feasible] or list(records)
+    """Highest reward among feasible records (all evaluated records if none is feasible)."""
+    records = evaluated(records)
+    feasible = [r for r in records if r.feasible] or records
     return max(feasible, key=lambda r: (r.reward, r.accuracy, -r.latency_ms), default=None)
 
 

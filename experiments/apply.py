@@ -40,7 +40,7 @@ def rebuild(
     teacher, _ = load_teacher(config, full)
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
     _check_meta(meta, input_shape, classes, policy_path)
-    base = narrow_classifier(teacher, classes) if classes else teacher
+    base = narrow_classifier(teacher, classes, torch.zeros(input_shape)) if classes else teacher
     round_to = int(meta.get("round_to", 4))
     train_x, train_y = splits.train.tensors
     if classes:

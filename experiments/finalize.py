@@ -19,7 +19,9 @@ from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.quantization import onnx_accuracy, onnx_predictions
 from modeltailor.devices.base import Device
 from modeltailor.devices.measurement import Measurement
+from modeltailor.env.history import evaluated
 from modeltailor.env.reward import Resources, RewardFunction
+from modeltailor.errors import CompressionError
 from modeltailor.experiments.workbench import Workbench, recovery_config
 from modeltailor.results import EpisodeRecord, ObjectiveCheck, OnnxParity
 
@@ -54,7 +56,7 @@ class FinalResult:
 
 def pick_finalists(records: Sequence[EpisodeRecord], count: int) -> list[EpisodeRecord]:
     """The `count` best distinct architectures by reward, feasible ones first."""
-    ranked = sorted(records, key=lambda r: (r.feasible, r.reward, r.accuracy), reverse=True)
+    ranked = sorted(evaluated(records), key=lambda r: (r.feasible, r.reward, r.accuracy), reverse=True)
     seen: set[tuple] = set()
     picked: list[EpisodeRecord] = []
     for record in ranked:
@@ -82,7 +84,11 @@ def finalize(
     one measured once at the start, which load can skew); without it `reward` judges."""
     finalists = []
     base_res = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
-    for i, record in enumerate(pick_finalists(records, bench.config.recovery.finalists)):
+    picked = pick_finalists(records, bench.config.recovery.finalists)
+    if not picked:
+        failure = next((r.failure for r in records if r.failure), "no episode was run")
+        raise CompressionError(f"no episode produced a model ({failure}): run `modeltailor check-model` on the config")
+    for i, record in enumerate(picked):
         report(f"finalist {i + 1}: long distillation ({bench.config.recovery.final_steps} steps)")
         policy = record.policy
         model = bench.evaluator.build(policy, recovery_config(bench.config, final=True))
@@ -122,8 +128,9 @@ def check_onnx(bench: Workbench, chosen: Finalist) -> tuple[OnnxParity, float]:
         agree = onnx_predictions(chosen.onnx_bytes, test_x) == predict_logits(chosen.model, test_x).argmax(1).numpy()
         parity = OnnxParity(metric="int8_prediction_disagreement", value=1.0 - float(agree.mean()))
         return parity, onnx_accuracy(chosen.onnx_bytes, test_x, test_y)
-    dynamic = export_onnx(chosen.model, bench.input_shape[1:], dynamic_batch=True)
-    diff = float(onnx_matches_torch(chosen.model, dynamic, test_x[:64]))
+    # the shipped graph itself (batch 1, run sample by sample): a dynamic-batch export can differ
+    # from it, e.g. where a user's forward reads the batch size (`x.reshape(len(x), -1)`)
+    diff = float(onnx_matches_torch(chosen.model, chosen.onnx_bytes, test_x[:64]))
     return OnnxParity(metric="max_abs_logit_diff", value=diff), bench.test_accuracy(chosen.model)
 
 

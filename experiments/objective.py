@@ -91,9 +91,11 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
         limiter=build_limiter(bench, objective_budget(bench.config, baseline)),
         class_fraction=classes / bench.splits.num_classes,
         lowrank_units=frozenset(
-            lowrank_units(bench.analysis, bench.base, s.round_to) if "lowrank" in s.methods else ()
+            lowrank_units(bench.analysis, bench.base, s.round_to) & bench.units_for("lowrank")
+            if "lowrank" in s.methods else ()
         ),
         int8="int8" in s.methods,
+        int8_units=bench.units_for("int8") if "int8" in s.methods else None,
         context=deployment_context(bench, baseline),
     )
 

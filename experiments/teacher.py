@@ -23,6 +23,7 @@ from torch import nn
 from modeltailor.compute import autocast, torch_device
 from modeltailor.cores import working
 from modeltailor.datasets import DataSplits
+from modeltailor.errors import DataError, ModelLoadError, ModelTailorError, first_line
 from modeltailor.experiments.config import ComputeConfig, DeploymentConfig, TrainConfig
 from modeltailor.models import build_model, load_factory, load_weights
 from modeltailor.storage import atomic_write, cache_dir, locked
@@ -49,6 +50,7 @@ def build_student_shape(config: DeploymentConfig, splits: DataSplits) -> nn.Modu
 def teacher_cache_path(config: DeploymentConfig) -> Path:
     key = {
         "model": config.model.name,
+        **({"factory": config.model.factory} if config.model.factory else {}),
         "kwargs": config.model.kwargs,
         "data": config.data.name,
         "root": str(config.data.root) if config.data.root else None,
@@ -59,29 +61,73 @@ def teacher_cache_path(config: DeploymentConfig) -> Path:
     if config.compute.precision != "fp32":  # the device is not part of the key: one recipe, one teacher
         key["precision"] = config.compute.precision
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir() / "teachers" / f"{config.model.name}-{config.data.name}-{digest}.pt"
+    return cache_dir() / "teachers" / f"{model_label(config)}-{config.data.name}-{digest}.pt"
+
+
+def model_label(config: DeploymentConfig) -> str:
+    """A file-name-safe name of the configured model: the zoo name, or the factory's name."""
+    if config.model.factory:
+        name = config.model.factory.rpartition(":")[2]
+        return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "factory"
+    return config.model.name or "resnet20"
 
 
 def load_teacher(
-    config: DeploymentConfig, splits: DataSplits, progress: ProgressFn | None = None
+    config: DeploymentConfig, splits: DataSplits, progress: ProgressFn | None = None, train: bool | None = None
 ) -> tuple[nn.Module, str]:
-    """The teacher in eval mode and where it came from (weights file, cache, or trained now)."""
+    """The teacher in eval mode and where it came from (weights file, cache, or trained now).
+
+    Without `model.weights`, the teacher is the cached one this config trained; when there is none
+    a zoo model is trained now, a factory only when `train` (`modeltailor train`): a search never
+    silently runs on an untrained network.
+    """
     model = build_student_shape(config, splits)
+    check_outputs(model, splits)
     if config.model.weights is not None:
         return load_weights(model, config.model.weights).eval(), str(config.model.weights)
-    if config.model.factory:
-        return model.eval(), "factory (no weights file)"
     path = teacher_cache_path(config)
     if path.is_file():
         return load_weights(model, path).eval(), str(path)
+    if config.model.factory and not train:
+        raise ModelLoadError(
+            f"model factory '{config.model.factory}' has no weights: train it on the deployment's data with "
+            "`modeltailor train --config <this file>` (cached for every later search), or set model.weights"
+        )
     with locked(path):  # another process may be training this very teacher: wait for it
         if path.is_file():
             return load_weights(model, path).eval(), str(path)
-        train_model(model, splits, config.train, progress, config.compute)
+        try:
+            train_model(model, splits, config.train, progress, config.compute)
+        except (KeyboardInterrupt, ModelTailorError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user model failing in training (shape, dtype, ...)
+            raise ModelLoadError(f"training the model failed: {first_line(exc, 200)}") from None
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
         atomic_write(path, buffer.getvalue())
     return model.eval(), f"trained now, cached at {path}"
+
+
+def check_outputs(model: nn.Module, splits: DataSplits) -> None:
+    """ModelLoadError/DataError unless `model` maps one sample of the data to one logit per class."""
+    shape = (1, splits.in_channels, splits.input_size, splits.input_size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(shape))
+    except Exception as exc:  # noqa: BLE001 - a user model failing on the data's shape
+        raise ModelLoadError(f"the model fails on input of shape {shape}: {first_line(exc, 200)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelLoadError(
+            f"the model returns a {type(out).__name__}, not a tensor of logits: return the logits alone"
+        )
+    if out.ndim != 2 or out.shape[1] != splits.num_classes:
+        raise DataError(
+            f"the model outputs shape {tuple(out.shape)} but data set '{splits.name}' has "
+            f"{splits.num_classes} classes: build the model with num_classes={splits.num_classes}"
+        )
 
 
 def train_model(

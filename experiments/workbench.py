@@ -21,7 +21,8 @@ from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accura
 from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.head import narrow_classifier
 from modeltailor.compressors.lowrank import LowRankCompressor
-from modeltailor.compressors.pipeline import PolicyApplier
+from modeltailor.compressors.pipeline import PolicyApplier, lowrank_units
+from modeltailor.compressors.precheck import UnitChecks, check_units
 from modeltailor.compressors.pruning import DATA_DRIVEN, ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
 from modeltailor.compute import torch_device
@@ -36,7 +37,7 @@ from modeltailor.devices.base import Device
 from modeltailor.devices.cache import CachedDevice
 from modeltailor.devices.profiles import get_device
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
-from modeltailor.errors import DataError, ModelLoadError, first_line
+from modeltailor.errors import ModelLoadError
 from modeltailor.experiments.config import DeploymentConfig
 from modeltailor.experiments.teacher import load_teacher
 from modeltailor.results import Outcome
@@ -62,6 +63,14 @@ class Workbench:
     baseline: Outcome
     overhead_ms: float = 0.0
     """Latency of a one-node model on the device: its fixed cost per inference."""
+    checks: UnitChecks | None = None
+    """Which methods passed the pre-search check on each unit (`analysis` holds the unfrozen units)."""
+
+    def units_for(self, method: str) -> frozenset[str]:
+        """Units `method` may be used on in this search (every unit when unchecked)."""
+        if self.checks is None:
+            return frozenset(u.name for u in self.analysis.units)
+        return self.checks.supporting(method)
 
     @property
     def example(self) -> torch.Tensor:
@@ -153,18 +162,75 @@ def build_workbench(
     report("loading the teacher (trains and caches a zoo model on first use)")
     teacher, source = load_teacher(config, full, _train_progress(report))
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
-    _check_teacher(teacher, input_shape, splits)
-    base = narrow_classifier(teacher, classes) if classes else teacher
-    analysis = analyze_model(base, torch.zeros(input_shape))
-    if not analysis.units:
+    base = narrow_classifier(teacher, classes, torch.zeros(input_shape)) if classes else teacher
+    found = analyze_model(base, torch.zeros(input_shape))
+    if not found.units:
         raise ModelLoadError("the model has no prunable conv/linear layer: nothing to compress")
     evaluator = _evaluator(config, splits, classes, base, input_shape, device)
+    report(f"checking {len(found.units)} units: each method alone at its lowest setting, exported and compared")
+    checks = check_model_units(config, base, found, evaluator.compressor, evaluator.data.train_x)
+    _report_checks(checks, report)
+    analysis = checks.restrict(found)
+    if not analysis.units:
+        first = checks.frozen()[0]
+        raise ModelLoadError(
+            f"no unit of the model can be compressed (unit '{first.unit}': {first.reason()}): "
+            "run `modeltailor check-model` for every unit's reason"
+        )
+    evaluator.analysis = analysis
     report(f"measuring the baseline on '{config.device.name}'")
     baseline = _baseline(evaluator, teacher, base, input_shape)
+    check_trained(baseline.accuracy, len(classes) if classes else splits.num_classes, source)
     return Workbench(
         config, splits, teacher, base, source, classes, input_shape, analysis, device, evaluator, baseline,
-        overhead_ms,
+        overhead_ms, checks,
     )
+
+
+NEAR_CHANCE = 0.1
+"""A teacher whose validation accuracy is below chance + this share of the way from chance to 100%
+is refused as untrained (e.g. 19% for 10 classes, 55% for 2)."""
+
+
+def check_trained(accuracy: float, classes: int, source: str) -> None:
+    """ModelLoadError when the teacher scores near chance: compressing an untrained model is meaningless."""
+    chance = 1.0 / max(classes, 1)
+    if accuracy < chance + NEAR_CHANCE * (1.0 - chance):
+        raise ModelLoadError(
+            f"the teacher ({source}) scores {accuracy:.1%} on the validation split, near chance ({chance:.1%} for "
+            f"{classes} classes): it looks untrained: train it with `modeltailor train --config <this file>` "
+            "or set model.weights to trained weights"
+        )
+
+
+CHECK_SAMPLES = 8
+"""Training images the pre-search check runs each compressed model on (and calibrates int8 with)."""
+
+
+def check_methods(config: DeploymentConfig) -> list[str]:
+    """The methods a search may use, as `check_units` names them (prune always: it is the amount action)."""
+    s = config.search
+    return ["prune", *(["skip"] if s.skip_blocks else []), *(m for m in s.methods if m != "prune")]
+
+
+def check_model_units(
+    config: DeploymentConfig, base: nn.Module, analysis: ModelAnalysis, applier: PolicyApplier, train_x: torch.Tensor
+) -> UnitChecks:
+    """`check_units` with the deployment's methods and lowest keep."""
+    methods = check_methods(config)
+    candidates = lowrank_units(analysis, base, config.search.round_to) if "lowrank" in methods else set()
+    return check_units(
+        base, analysis, applier, train_x[:CHECK_SAMPLES], methods=methods,
+        min_keep=config.search.min_keep, lowrank_units=candidates,
+    )
+
+
+def _report_checks(checks: UnitChecks, report: Report) -> None:
+    for check in checks.checks:
+        if check.frozen:
+            report(f"unit '{check.unit}' is frozen for this search: {check.reason()}")
+        elif check.failed:
+            report(f"unit '{check.unit}': {', '.join(check.failed)} off for this search: {check.reason()}")
 
 
 def scoring_sample(
@@ -225,21 +291,6 @@ def _baseline(
     measurement = evaluator.device.measure(export_onnx(teacher, input_shape[1:]))
     macs = analyze_model(teacher, torch.zeros(input_shape)).total_macs
     return replace(outcome, measurement=measurement, params=count_params(teacher), macs=macs)
-
-
-def _check_teacher(teacher: nn.Module, input_shape: tuple[int, ...], splits: DataSplits) -> None:
-    try:
-        with torch.no_grad():
-            out = teacher.eval()(torch.zeros(input_shape))
-    except Exception as exc:  # noqa: BLE001 - a user model failing on the data's shape
-        raise ModelLoadError(
-            f"the model fails on input of shape {tuple(input_shape)}: {first_line(exc)}"
-        ) from None
-    if out.ndim != 2 or out.shape[1] != splits.num_classes:
-        raise DataError(
-            f"the model outputs shape {tuple(out.shape)} but data set '{splits.name}' has "
-            f"{splits.num_classes} classes: build the model with num_classes={splits.num_classes}"
-        )
 
 
 def _train_progress(report: Report) -> Callable[[int, int, float], None]:

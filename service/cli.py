@@ -117,7 +117,7 @@ def search(
 
 @app.command()
 def train(config: ConfigOpt = None) -> None:
-    """Train the configured zoo model on its data set and cache it as the teacher."""
+    """Train the configured model (zoo or factory) on its data set and cache it as the teacher."""
     from modeltailor.compressors.distill import accuracy
     from modeltailor.experiments.teacher import load_teacher
     from modeltailor.experiments.workbench import load_deployment_data
@@ -125,13 +125,50 @@ def train(config: ConfigOpt = None) -> None:
     cfg = load_config(config)
     full, _, _ = load_deployment_data(cfg)
     start = time.perf_counter()
-    teacher, source = load_teacher(cfg, full, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"))
+    teacher, source = load_teacher(
+        cfg, full, lambda e, n, loss: console.log(f"epoch {e}/{n} loss {loss:.3f}"), train=True
+    )
     seconds = time.perf_counter() - start
     val, test = (accuracy(teacher, split.tensors[0], split.tensors[1]) for split in (full.val, full.test))
     console.print(
         f"teacher: {source} ({seconds:.0f} s)\n"
         f"accuracy (all classes): validation {val:.4f}, test {test:.4f}"
     )
+
+
+@app.command("check-model")
+def check_model_command(
+    config: ConfigOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report here as JSON")] = None,
+) -> None:
+    """Before a long search: the units, their kind, channels, MACs, the methods that work on each,
+    the units a search would freeze and why, and the output layer."""
+    from modeltailor.experiments.check_model import check_model
+
+    cfg = load_config(config)
+    report = check_model(cfg)
+    table = Table(title=f"{report.model}: {len(report.units)} units, input {report.input_shape}")
+    for col in ("unit", "kind", "res.", "in->out", "MMACs", "params", "methods", "frozen / off"):
+        left = col in ("unit", "kind", "methods", "frozen / off")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "unit")
+    for row in report.units:
+        note = ("frozen: " if row.frozen else "") + "; ".join(f"{m}: {why}" for m, why in row.failed.items())
+        table.add_row(
+            row.unit, row.kind, "yes" if row.residual else "", f"{row.in_channels}->{row.channels}",
+            f"{row.macs / 1e6:.2f}", f"{row.params:,}", ", ".join(row.methods), note,
+        )
+    console.print(table)
+    head = report.output_layer or "none found (no conv/linear layer produces the output)"
+    subset = "yes" if report.narrowable else "no (its channels do not map one-to-one to the outputs)"
+    console.print(
+        f"teacher: {report.teacher}\noutput layer: {head}; class subsets: {subset}\n"
+        f"checked: {', '.join(report.methods_checked)}; {len(report.units) - len(report.frozen)} of "
+        f"{len(report.units)} units compressible, {len(report.frozen)} frozen; "
+        f"{report.total_macs / 1e6:.2f} MMACs, {report.total_params:,} parameters",
+        highlight=False,
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 @app.command()
@@ -287,6 +324,30 @@ def _exit_interrupted(text: str) -> NoReturn:
     sys.exit(130)
 
 
+def _exit_unexpected(exc: BaseException) -> NoReturn:
+    """A failure no check anticipated (a bug, or an idiom of a user's model nothing caught): one
+    line on stderr, the traceback kept in a file for the bug report, exit status 1."""
+    import traceback
+
+    from modeltailor.errors import first_line
+    from modeltailor.storage import cache_dir
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        folder = cache_dir() / "errors"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{type(exc).__name__}.txt"
+        path.write_text(text)
+        where = f"traceback in {path}"
+    except OSError:
+        where = "traceback could not be saved"
+    err_console.print(
+        f"[red]error:[/red] unexpected {type(exc).__name__}: {first_line(exc, 300)} ({where}; please report it)",
+        highlight=False, soft_wrap=True,
+    )
+    sys.exit(1)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -309,7 +370,7 @@ def main() -> None:
         if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
             sys.exit(getattr(exc, "exit_code", 2))
-        raise
+        _exit_unexpected(exc)
     finally:
         _forget_caught_interrupt()  # whatever status we exit with, not death by SIGINT
     if code == 130:

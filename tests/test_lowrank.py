@@ -154,7 +154,7 @@ def test_factorized_cost_matches_built_chain(layer, shape, scheme):
 def test_zoo_half_rank(name):
     torch.manual_seed(0)
     model = build_model(name, in_channels=3, input_size=32, num_classes=10).eval()
-    candidates = lowrank_candidates(model)
+    candidates = lowrank_candidates(model, example=torch.zeros(1, *SHAPE))
     assert candidates and "classifier" not in candidates
     assert {"spatial", "tucker2"} & set(candidates.values())
     before = copy.deepcopy(model.state_dict())
@@ -193,7 +193,7 @@ def test_layer_in_skipped_block_is_left_alone():
 
 def test_depthwise_is_not_a_candidate():
     model = build_model("mobilenetv2", in_channels=3, input_size=32).eval()
-    candidates = lowrank_candidates(model)
+    candidates = lowrank_candidates(model, example=torch.zeros(1, *SHAPE))
     depthwise = [
         n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
     ]

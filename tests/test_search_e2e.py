@@ -12,12 +12,15 @@ import torch
 
 from modeltailor.compressors.distill import predict_logits
 from modeltailor.devices.session import run_onnx
+from modeltailor.errors import ModelLoadError
 from modeltailor.experiments.apply import rebuild
 from modeltailor.experiments.config import load_config
 from modeltailor.experiments.registry import query_best
 from modeltailor.experiments.search import LogReporter, run_search
+from modeltailor.experiments.teacher import load_teacher, teacher_cache_path
 from modeltailor.experiments.tracking import get_run_summary
 from modeltailor.experiments.warm_start import FROM_TAG
+from modeltailor.experiments.workbench import load_deployment_data
 from modeltailor.results import SearchSummary
 from tests.test_summary import key_paths, sample_summary
 
@@ -154,13 +157,18 @@ def test_bring_your_own_model(tmp_path, monkeypatch):
     sys.modules.pop("mymodels", None)
     from mymodels.nets import small_cnn  # type: ignore[import-not-found]
 
+    settings = {**TINY, "model.kwargs": {"width": 8}, "model.factory": "mymodels.nets:small_cnn", "train.epochs": 15,
+                "tracking.enabled": False, "objective.kind": "tradeoff"}
+    cfg = load_config(None, settings)
+    with pytest.raises(ModelLoadError, match="has no weights: train it .*modeltailor train"):
+        run_search(cfg, tmp_path / "untrained")  # never a search on an untrained network
     weights = tmp_path / "small.pt"
     torch.save(small_cnn(width=8).state_dict(), weights)
-    cfg = load_config(
-        None,
-        {**TINY, "model.kwargs": {"width": 8}, "model.factory": "mymodels.nets:small_cnn",
-         "model.weights": str(weights), "tracking.enabled": False, "objective.kind": "tradeoff"},
-    )
+    with pytest.raises(ModelLoadError, match="near chance .* looks untrained"):
+        run_search(load_config(None, {**settings, "model.weights": str(weights)}), tmp_path / "random-weights")
+    full, _, _ = load_deployment_data(cfg)
+    teacher, source = load_teacher(cfg, full, train=True)  # what `modeltailor train` does: trained and cached
+    assert source.startswith("trained now, cached at") and "small_cnn-digits-" in source
     run = run_search(cfg, tmp_path / "out")
-    assert run.summary.teacher == str(weights)
+    assert run.summary.teacher == str(teacher_cache_path(cfg))
     assert run.summary.best.params <= run.summary.baseline.params

@@ -19,7 +19,7 @@ from tests.test_search_e2e import TINY
 def test_narrowed_head_gives_the_restricted_logits():
     model = build_model("resnet20", in_channels=1, input_size=16, num_classes=10, width=0.5).eval()
     classes = [7, 2, 5]
-    narrowed = narrow_classifier(model, classes).eval()
+    narrowed = narrow_classifier(model, classes, torch.zeros(1, 1, 16, 16)).eval()
     x = torch.randn(4, 1, 16, 16)
     assert torch.allclose(narrowed(x), model(x)[:, classes], atol=1e-6)
     assert narrowed.classifier.out_features == 3 and model.classifier.out_features == 10
