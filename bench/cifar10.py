@@ -7,7 +7,8 @@ Against one teacher (the zoo model trained once on CIFAR-10 and cached) and one 
       (`recovery.final_steps`, same lr, batch, temperature, precision);
   (b) ONNX Runtime static int8 (QDQ, per-channel, calibrated on training images) of the whole teacher;
   (c) modeltailor's search under latency budgets of 50% and 30% of the teacher's;
-  (d) modeltailor's fastest model within 1 point of the teacher (objective kind accuracy);
+  (d) modeltailor's fastest model within 1 point of the teacher (objective kind accuracy), with
+      pruning alone and with per-unit pruning + int8 (`search.methods: [prune, int8]`);
   (e) the same for a class subset (default automobile, ship, truck) against its own restricted
       baseline (the teacher with its head narrowed to the subset).
 At the end every model's ONNX export is timed in alternating rounds on the device (no cache), so
@@ -16,7 +17,7 @@ subset's test images for (e)). Searches resume from their --out folders when rer
 
 Usage: python bench/cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz [--model resnet20]
 [--episodes 96] [--main-episodes 96] [--ratios 0.2 0.3 0.4 0.5 0.6] [--budgets 0.5 0.3] [--subset automobile ship truck]
-[--skip tp int8 budget fastest subset] [--set recovery.final_steps=400 ...] [--out runs/bench-cifar10]
+[--skip tp int8 budget fastest joint subset] [--set recovery.final_steps=400 ...] [--out runs/bench-cifar10]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def parse_args() -> argparse.Namespace:
                         help="Torch-Pruning ratio modes")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3], help="latency budgets (ratios)")
     parser.add_argument("--subset", nargs="+", default=["automobile", "ship", "truck"])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["tp", "int8", "budget", "fastest", "subset"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["tp", "int8", "budget", "fastest", "joint", "subset"])
     parser.add_argument("--repeats", type=int, default=5, help="alternating timing rounds at the end")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every deployment, e.g. recovery.final_steps=400")
@@ -247,6 +248,12 @@ def main() -> None:
     if "fastest" not in args.skip:
         cfg = deployment(args, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0})
         rows.append(search_row("modeltailor fastest within 1 pt", "modeltailor", cfg, args.out / "fastest"))
+        print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
+    if "joint" not in args.skip:  # int8 alone costs nothing here: the search may combine it with pruning
+        cfg = deployment(args, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0,
+                                  "search.methods": ["prune", "int8"]})
+        rows.append(search_row("modeltailor prune+int8 fastest within 1 pt", "modeltailor", cfg,
+                               args.out / "fastest-prune-int8"))
         print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     subset_rows: list[Row] = []
     if "subset" not in args.skip:

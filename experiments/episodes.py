@@ -83,4 +83,5 @@ def episode_metrics(record: EpisodeRecord) -> dict[str, float]:
         "episode/params": float(record.params),
         "episode/reward": record.reward,
         "episode/feasible": float(record.feasible),
+        "episode/failed": float(record.failure is not None),
     }
