@@ -5,7 +5,7 @@ by the chosen policy; the output layer found; teacher and compressed test accura
 Runtime latency of both (alternating rounds, median) and the speedup; search time. Models train
 once on digits (cached in the teacher cache), so a rerun only searches again.
 
-Usage: python bench/corpus.py [--episodes 16] [--input-size 32] [--epochs 30] [--out runs/bench-corpus]
+Usage: python bench/corpus.py [--episodes 16] [--input-size 32] [--epochs 30] [--budget 0.6] [--out runs/bench-corpus]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--models", nargs="*", default=list(CORPUS))
+    parser.add_argument("--budget", type=float, default=None,
+                        help="latency budget as a ratio of the teacher's (objective budget); default: tradeoff")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-corpus")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -44,7 +46,9 @@ def main() -> None:
             "name": f"corpus-{name}", "model.factory": f"tests.corpus:{CORPUS[name]}",
             "data.input_size": args.input_size, "train.epochs": args.epochs, "search.episodes": args.episodes,
             "search.round_to": 2, "recovery.episode_steps": 20, "recovery.final_steps": 400,
-            "recovery.finalists": 1, "tracking.enabled": False, "objective.kind": "tradeoff",
+            "recovery.finalists": 1, "tracking.enabled": False,
+            **({"objective.kind": "budget", "objective.max_latency_ratio": args.budget} if args.budget
+               else {"objective.kind": "tradeoff"}),
         })
         try:
             full, _, _ = load_deployment_data(cfg)

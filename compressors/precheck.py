@@ -26,7 +26,7 @@ from modeltailor.compressors.pipeline import PolicyApplier
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import ModelAnalysis
 from modeltailor.devices.session import run_onnx
-from modeltailor.errors import first_line
+from modeltailor.errors import ModelLoadError, first_line
 
 CHECK_METHODS: tuple[str, ...] = ("prune", "skip", "lowrank", "int8")
 """What `check_units` tries: prune at the lowest keep, skip the enclosing residual block,
@@ -97,6 +97,14 @@ def check_units(
     model = model.eval()
     example = x[:1]
     expected = _output_shape(model, x)
+    try:  # the model as it is first: if it cannot ship, no unit is to blame
+        onnx_bytes = _stage("exporting to ONNX", lambda: export_onnx(model, tuple(x.shape[1:])))
+        _stage("comparing ONNX with torch", lambda: onnx_matches_torch(model, onnx_bytes, x, atol=1e-3))
+    except _Failed as exc:
+        raise ModelLoadError(
+            f"the uncompressed model cannot ship as ONNX at input {tuple(example.shape)}: {exc}: "
+            "change the input size (data.input_size) or the op in the model"
+        ) from None
     passed: dict[str, list[str]] = {u.name: [] for u in analysis.units}
     failed: dict[str, dict[str, str]] = {u.name: {} for u in analysis.units}
 

@@ -166,3 +166,13 @@ def test_a_teacher_near_chance_is_refused(accuracy, classes, refused):
             check_trained(accuracy, classes, "factory")
     else:
         check_trained(accuracy, classes, "factory")
+
+
+def test_a_model_that_cannot_ship_at_this_input_size_is_refused_not_blamed_on_units():
+    """AdaptiveAvgPool2d(3) on a 14x14 map has no ONNX export: the model as it is cannot ship."""
+    model = corpus.make_adaptive_large().eval()
+    example = torch.zeros(1, 1, 32, 32)
+    analysis = analyze_model(model, example)
+    with pytest.raises(ModelLoadError, match=r"uncompressed model cannot ship as ONNX at input \(1, 1, 32, 32\).*"
+                       r"adaptive_avg_pool2d.*data.input_size"):
+        check_units(model, analysis, PolicyApplier(), torch.randn(2, 1, 32, 32))
