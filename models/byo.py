@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,24 @@ def load_factory(ref: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module
     return model
 
 
+def _import(module_name: str) -> Any:
+    """Import `module_name`; a package in the current folder is found too, as `python -m` would
+    (console scripts do not put the current folder on sys.path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        top = module_name.partition(".")[0]
+        found = (Path(here) / top).is_dir() or (Path(here) / f"{top}.py").is_file()
+        if exc.name != top or here in sys.path or not found:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def _resolve(ref: str, module_name: str, attr_path: str) -> Any:
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError or an error in user code
         raise ModelLoadError(
             f"cannot import module '{module_name}' for model '{ref}': {_first_line(exc)} "

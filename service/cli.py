@@ -152,12 +152,16 @@ def check_model_command(
         left = col in ("unit", "kind", "methods", "frozen / off")
         table.add_column(col, justify="left" if left else "right", no_wrap=col == "unit")
     for row in report.units:
-        note = ("frozen: " if row.frozen else "") + "; ".join(f"{m}: {why}" for m, why in row.failed.items())
+        note = "frozen" if row.frozen else ("off: " + ", ".join(row.failed) if row.failed else "")
         table.add_row(
             row.unit, row.kind, "yes" if row.residual else "", f"{row.in_channels}->{row.channels}",
             f"{row.macs / 1e6:.2f}", f"{row.params:,}", ", ".join(row.methods), note,
         )
     console.print(table)
+    for row in (r for r in report.units if r.failed):
+        what = "frozen" if row.frozen else "off"
+        for method, why in row.failed.items():
+            console.print(f"{what}: unit '{row.unit}', {method}: {why}", highlight=False, soft_wrap=True)
     head = report.output_layer or "none found (no conv/linear layer produces the output)"
     subset = "yes" if report.narrowable else "no (its channels do not map one-to-one to the outputs)"
     console.print(

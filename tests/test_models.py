@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -314,3 +315,17 @@ def test_weights_errors(tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
     with pytest.raises(ModelLoadError, match="not found"):
         load_weights(model, tmp_path / "missing.pt")
+
+
+def test_factory_in_the_current_folder_imports_like_python_m(tmp_path, monkeypatch):
+    """Console scripts do not put the current folder on sys.path; a factory there is found anyway."""
+    package = tmp_path / "cwdnets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text("from torch import nn\n\ndef make():\n    return nn.Linear(4, 2)\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("cwdnets", None)
+    assert load_factory("cwdnets.nets:make").out_features == 2
+    with pytest.raises(ModelLoadError, match="cannot import module 'nowhere_xyz.nets'"):
+        load_factory("nowhere_xyz.nets:make")
