@@ -40,7 +40,7 @@ def narrow_classifier(model: nn.Module, classes: Sequence[int], example: torch.T
     width = head.out_features if isinstance(head, nn.Linear) else head.out_channels
     if max(classes) >= width or min(classes) < 0:
         raise CompressionError(f"class id {max(classes)} is beyond the model's {width} outputs")
-    _replace(narrowed, output.name, _keep_outputs(head, list(classes)))
+    narrowed.set_submodule(output.name, _keep_outputs(head, list(classes)))
     _check_restricted(model, narrowed, list(classes), example)
     return narrowed
 
@@ -79,8 +79,3 @@ def _check_restricted(model: nn.Module, narrowed: nn.Module, classes: list[int],
             "original's restricted to them: drop `classes`"
         )
 
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from modeltailor.compressors.policy import Policy
-from modeltailor.compressors.units import Layer, conv_pair, find_output_layer
+from modeltailor.compressors.units import Layer, conv_pair
 from modeltailor.errors import CompressionError
 
 log = logging.getLogger(__name__)
@@ -421,19 +421,15 @@ def lowrank_candidates(
     ratio: float = 0.5,
     scheme: str = "auto",
     round_to: int = 4,
-    example: torch.Tensor | None = None,
     exclude: Collection[str] = (),
 ) -> dict[str, str]:
     """Layer name -> the scheme it would use at `ratio`; layers that cannot be factorized are left out.
 
-    The output layer (found by running the model on `example`, when given) and `exclude` are left
-    out: class-subset narrowing needs the output layer whole.
+    `exclude` (pass the output layer: class-subset narrowing needs it whole) is left out too.
     """
-    output = find_output_layer(model, example, mapping=False) if example is not None else None
-    skipped = {*exclude, *([output.name] if output is not None else [])}
     found: dict[str, str] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in skipped:
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in exclude:
             continue
         plan = plan_layer(name, module, ratio, scheme, round_to)
         if plan.scheme is not None:

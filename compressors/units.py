@@ -178,7 +178,7 @@ def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
     names = {module: name for name, module in model.named_modules()}
     costs = _layer_macs(model, example)
     graph = build_dependency_graph(model, example)
-    output = find_output_layer(model, example)
+    output = find_output_layer(model, example, mapping=False)  # which layer, not the mapping: an episode's hot path
     out_unit: dict[str, str] = {}
     in_unit: dict[str, str] = {}
     units: list[Unit] = []

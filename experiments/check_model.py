@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modeltailor.compressors.head import narrow_classifier
-from modeltailor.compressors.units import ModelAnalysis, analyze_model
+from modeltailor.compressors.units import ModelAnalysis, analyze_model, find_output_layer
 from modeltailor.datasets import remap_labels
 from modeltailor.errors import ModelLoadError
 from modeltailor.experiments.config import DeploymentConfig
@@ -76,6 +76,7 @@ def check_model(config: DeploymentConfig) -> ModelReport:
     model, teacher = _model(config, full)
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
     example = torch.zeros(input_shape)
+    output = find_output_layer(model, example)
     base = narrow_classifier(model, classes, example) if classes else model
     analysis = analyze_model(base, example)
     if not analysis.units:
@@ -90,7 +91,7 @@ def check_model(config: DeploymentConfig) -> ModelReport:
         input_shape=input_shape,
         classes=len(classes) if classes else splits.num_classes,
         output_layer=analysis.output.name if analysis.output else None,
-        narrowable=bool(analysis.output and analysis.output.one_to_one),
+        narrowable=bool(output and output.one_to_one),
         total_macs=analysis.total_macs,
         total_params=analysis.total_params,
         methods_checked=check_methods(config),
