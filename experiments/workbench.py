@@ -180,7 +180,7 @@ def build_workbench(
     evaluator.analysis = analysis
     report(f"measuring the baseline on '{config.device.name}'")
     baseline = _baseline(evaluator, teacher, base, input_shape)
-    check_trained(baseline.accuracy, len(classes) if classes else splits.num_classes, source)
+    check_trained(baseline.accuracy, len(classes) if classes else splits.num_classes, source, _untrained_hint(config))
     return Workbench(
         config, splits, teacher, base, source, classes, input_shape, analysis, device, evaluator, baseline,
         overhead_ms, checks,
@@ -192,15 +192,24 @@ NEAR_CHANCE = 0.1
 is refused as untrained (e.g. 19% for 10 classes, 55% for 2)."""
 
 
-def check_trained(accuracy: float, classes: int, source: str) -> None:
+def check_trained(accuracy: float, classes: int, source: str, hint: str) -> None:
     """ModelLoadError when the teacher scores near chance: compressing an untrained model is meaningless."""
     chance = 1.0 / max(classes, 1)
     if accuracy < chance + NEAR_CHANCE * (1.0 - chance):
         raise ModelLoadError(
             f"the teacher ({source}) scores {accuracy:.1%} on the validation split, near chance ({chance:.1%} for "
-            f"{classes} classes): it looks untrained: train it with `modeltailor train --config <this file>` "
-            "or set model.weights to trained weights"
+            f"{classes} classes): {hint}"
         )
+
+
+def _untrained_hint(config: DeploymentConfig) -> str:
+    """What to do about a near-chance teacher, by where it came from."""
+    if config.model.weights is not None:
+        return "it looks untrained: set model.weights to trained weights"
+    return (
+        f"it trained for {config.train.epochs} epoch(s): raise train.epochs (a new recipe trains a new teacher) "
+        "or set model.weights to trained weights"
+    )
 
 
 CHECK_SAMPLES = 8

@@ -21,7 +21,8 @@ from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.env.history import search_result
 from modeltailor.env.reward import Resources, TradeoffReward
 from modeltailor.errors import EpisodeFailed, ModelLoadError
-from modeltailor.experiments.workbench import check_trained
+from modeltailor.experiments.config import load_config
+from modeltailor.experiments.workbench import _untrained_hint, check_trained
 from modeltailor.models import build_model
 from tests import corpus
 from tests.conftest import synthetic_images
@@ -162,10 +163,20 @@ def test_a_failing_episode_names_the_unit_and_is_recorded_as_failed(env_parts):
 )
 def test_a_teacher_near_chance_is_refused(accuracy, classes, refused):
     if refused:
-        with pytest.raises(ModelLoadError, match="near chance .* `modeltailor train"):
-            check_trained(accuracy, classes, "factory")
+        with pytest.raises(ModelLoadError, match="near chance .*: set model.weights"):
+            check_trained(accuracy, classes, "factory", "set model.weights")
     else:
-        check_trained(accuracy, classes, "factory")
+        check_trained(accuracy, classes, "factory", "set model.weights")
+
+
+def test_the_near_chance_hint_says_what_to_change_for_where_the_teacher_came_from(tmp_path):
+    """A teacher the config trained asks for more epochs; given weights ask for trained weights."""
+    trained = _untrained_hint(load_config(None, {"train.epochs": 2}))
+    assert "trained for 2 epoch(s): raise train.epochs" in trained
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    given = _untrained_hint(load_config(None, {"model.weights": str(weights)}))
+    assert "looks untrained: set model.weights" in given and "epochs" not in given
 
 
 def test_a_model_that_cannot_ship_at_this_input_size_is_refused_not_blamed_on_units():
