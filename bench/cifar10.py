@@ -5,10 +5,12 @@ Against one teacher (the zoo model trained once on CIFAR-10 and cached) and one 
       global ratio, L2 magnitude importance, channels rounded to `search.round_to`, the classifier
       left alone; each then recovered with modeltailor's final distillation budget
       (`recovery.final_steps`, same lr, batch, temperature, precision);
-  (b) ONNX Runtime static int8 (QDQ, per-channel, calibrated on training images) of the whole teacher;
-  (c) modeltailor's search under latency budgets of 50% and 30% of the teacher's;
+  (b) ONNX Runtime static int8 (QDQ, per-channel, calibrated on training images) of the whole teacher,
+      and of each Torch-Pruning model (prune, fine-tune, then quantize: the two tools chained);
+  (c) modeltailor's search under latency budgets of 50% and 30% of the teacher's, with pruning
+      alone and with int8 (`search.methods: [prune, int8]`: every candidate runs wholly in int8);
   (d) modeltailor's fastest model within 1 point of the teacher (objective kind accuracy), with
-      pruning alone and with per-unit pruning + int8 (`search.methods: [prune, int8]`);
+      pruning alone, with int8, and with int8 chosen per unit (`search.int8_scope: unit`);
   (e) the same for a class subset (default automobile, ship, truck) against its own restricted
       baseline (the teacher with its head narrowed to the subset).
 At the end every model's ONNX export is timed in alternating rounds on the device (no cache), so
@@ -17,7 +19,7 @@ subset's test images for (e)). Searches resume from their --out folders when rer
 
 Usage: python bench/cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz [--model resnet20]
 [--episodes 96] [--main-episodes 96] [--ratios 0.2 0.3 0.4 0.5 0.6] [--budgets 0.5 0.3] [--subset automobile ship truck]
-[--skip tp int8 budget fastest joint subset] [--set recovery.final_steps=400 ...] [--out runs/bench-cifar10]
+[--skip tp int8 tpint8 budget fastest joint int8search subset] [--set recovery.final_steps=400 ...] [--out runs/bench-cifar10]
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def parse_args() -> argparse.Namespace:
                         help="Torch-Pruning ratio modes")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3], help="latency budgets (ratios)")
     parser.add_argument("--subset", nargs="+", default=["automobile", "ship", "truck"])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["tp", "int8", "budget", "fastest", "joint", "subset"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["tp", "int8", "tpint8", "budget", "fastest", "joint", "int8search", "subset"])
     parser.add_argument("--repeats", type=int, default=5, help="alternating timing rounds at the end")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every deployment, e.g. recovery.final_steps=400")
@@ -155,6 +158,18 @@ def int8_row(bench: Workbench) -> Row:
     )
 
 
+def quantized_row(bench: Workbench, row: Row) -> Row:
+    """`row`'s model, then ORT static int8 of the whole graph (the same calibration as the teacher's)."""
+    started = time.perf_counter()
+    onnx_bytes = quantize_onnx(row.onnx, bench.evaluator.data.train_x[:CALIBRATION_IMAGES])
+    test_x, test_y = bench.labels("test")
+    return Row(
+        f"{row.name} + ORT int8", f"{row.group}+int8", onnx_accuracy(onnx_bytes, test_x, test_y),
+        row.baseline_accuracy, row.macs, row.params, row.seconds + time.perf_counter() - started, onnx_bytes,
+        note="int8 MACs",
+    )
+
+
 def search_row(name: str, group: str, config: DeploymentConfig, out: Path) -> Row:
     """A modeltailor search: reused when its folder holds a finished one, resumed when interrupted."""
     done = out / "summary.json"
@@ -205,13 +220,14 @@ def print_table(rows: list[Row]) -> list[str]:
 
 
 def equal_latency(rows: list[Row]) -> list[str]:
-    """For each modeltailor model: the most accurate Torch-Pruning model at most as slow as it."""
+    """For each modeltailor model: the most accurate rival at most as slow as it (Torch-Pruning,
+    alone or followed by ORT int8, or ORT int8 of the teacher)."""
     lines = []
-    pruned = [r for r in rows if r.group == "torch-pruning"]
+    pruned = [r for r in rows if r.group in ("torch-pruning", "torch-pruning+int8", "ort-int8")]
     for row in (r for r in rows if r.group == "modeltailor"):
         rivals = [r for r in pruned if r.latency_ms <= row.latency_ms * 1.02]
         if not rivals:
-            lines.append(f"{row.name}: no Torch-Pruning model is as fast ({row.latency_ms:.3f} ms)")
+            lines.append(f"{row.name}: no rival is as fast ({row.latency_ms:.3f} ms)")
             continue
         best = max(rivals, key=lambda r: r.accuracy)
         lines.append(
@@ -234,26 +250,38 @@ def main() -> None:
         rows.append(int8_row(bench))
         print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     if "tp" not in args.skip:
+        pruned = []
         for mode in args.modes:
             for ratio in args.ratios:
                 folder = args.out / f"torch-pruning-{mode}-{ratio}"
-                rows.append(cached_row(folder, lambda: torch_pruning_row(bench, mode, ratio)))  # noqa: B023
-                print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
-    if "budget" not in args.skip:
-        for i, budget in enumerate(args.budgets):
-            episodes = {"search.episodes": args.main_episodes} if i == 0 and args.main_episodes else {}
-            cfg = deployment(args, **{"objective.kind": "budget", "objective.max_latency_ratio": budget, **episodes})
-            rows.append(search_row(f"modeltailor budget {budget:.0%}", "modeltailor", cfg, args.out / f"budget-{budget}"))
-            print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
-    if "fastest" not in args.skip:
-        cfg = deployment(args, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0})
-        rows.append(search_row("modeltailor fastest within 1 pt", "modeltailor", cfg, args.out / "fastest"))
-        print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
-    if "joint" not in args.skip:  # int8 alone costs nothing here: the search may combine it with pruning
-        cfg = deployment(args, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0,
-                                  "search.methods": ["prune", "int8"]})
-        rows.append(search_row("modeltailor prune+int8 fastest within 1 pt", "modeltailor", cfg,
-                               args.out / "fastest-prune-int8"))
+                pruned.append(cached_row(folder, lambda: torch_pruning_row(bench, mode, ratio)))  # noqa: B023
+                print(f"{pruned[-1].name}: test {pruned[-1].accuracy:.4f} ({pruned[-1].seconds:.0f} s)", flush=True)
+        rows += pruned
+        if "tpint8" not in args.skip:
+            for row in pruned:
+                rows.append(quantized_row(bench, row))
+                print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f}", flush=True)
+    int8 = {"search.methods": ["prune", "int8"], "search.int8_scope": "model"}
+    searches: list[tuple[str, str, dict[str, Any]]] = []  # (--skip name, row name and folder, overrides)
+    for i, budget in enumerate(args.budgets):
+        episodes = {"search.episodes": args.main_episodes} if i == 0 and args.main_episodes else {}
+        limit = {"objective.kind": "budget", "objective.max_latency_ratio": budget, **episodes}
+        searches.append(("budget", f"budget {budget:.0%}|budget-{budget}", limit))
+        searches.append(("int8search", f"int8 budget {budget:.0%}|budget-{budget}-int8",
+                         {"objective.kind": "budget", "objective.max_latency_ratio": budget, **int8}))
+    within = {"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0}
+    searches += [
+        ("fastest", "fastest within 1 pt|fastest", within),
+        ("int8search", "int8 fastest within 1 pt|fastest-int8", {**within, **int8}),
+        # int8 chosen per unit: partial int8 runs as islands; kept to compare the two scopes
+        ("joint", "prune+int8 per unit fastest within 1 pt|fastest-prune-int8",
+         {**within, **int8, "search.int8_scope": "unit"}),
+    ]
+    for skip, label, overrides in searches:
+        if skip in args.skip:
+            continue
+        name, _, folder = label.partition("|")
+        rows.append(search_row(f"modeltailor {name}", "modeltailor", deployment(args, **overrides), args.out / folder))
         print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     subset_rows: list[Row] = []
     if "subset" not in args.skip:

@@ -6,7 +6,9 @@ observation features and rewards are pure functions in `features.py` and `reward
 
 Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep, max_keep]; with
 low-rank or int8 offered, `Box(-1, 1, (3,))`: amount, method selector (> 0: low-rank, where the
-unit's root layer can be factorized) and int8 flag (> 0). For a unit inside a skippable residual
+unit's root layer can be factorized) and int8 flag (> 0). With `int8_model` every unit runs in
+int8 in every episode (the whole graph quantized, adds and pooling too) and there is no flag: the
+agent searches the structure under int8 latency. For a unit inside a skippable residual
 block (identity shortcut), the lowest `skip_fraction` of the action range means "remove the whole
 block" (depth compression); other units cannot choose it, so impossible combinations are mapped
 away rather than masked.
@@ -83,6 +85,7 @@ class CompressionEnv(gym.Env):
         int8: bool = False,
         context: DeploymentContext | None = None,
         int8_units: frozenset[str] | None = None,
+        int8_model: bool = False,
     ) -> None:
         super().__init__()
         self.analysis = analysis
@@ -95,10 +98,11 @@ class CompressionEnv(gym.Env):
         self.context = context or DeploymentContext(class_fraction=class_fraction)
         self.units = analysis.units
         self.lowrank_units = frozenset(lowrank_units)
-        self.int8 = int8
+        self.int8 = int8 and not int8_model  # the agent's per-unit flag
+        self.int8_model = int8_model  # every unit in int8, always
         self.int8_units = int8_units  # None: every unit may run in int8
         # joint mode: (amount, method selector, int8 flag); otherwise just the amount
-        dims = 3 if (self.lowrank_units or int8) else 1
+        dims = 3 if (self.lowrank_units or self.int8) else 1
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(dims,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-1.0, 2.0, shape=(OBS_SIZE,), dtype=np.float32)
         self.history: list[EpisodeRecord] = []
@@ -124,8 +128,7 @@ class CompressionEnv(gym.Env):
         keep = min(wanted, self._max_keep(unit, skippable, method))
         self._keep[unit.name] = keep
         self._method[unit.name] = "skip" if keep == SKIP else method
-        int8_ok = self.int8 and (self.int8_units is None or unit.name in self.int8_units)
-        self._bits[unit.name] = 8 if int8_ok and len(a) > 2 and a[2] > 0 else 32
+        self._bits[unit.name] = self._bits_for(unit, bool(self.int8 and len(a) > 2 and a[2] > 0))
         self._previous = self.range.to_action(keep)
         self._t += 1
         if self._t < len(self.units):
@@ -140,7 +143,7 @@ class CompressionEnv(gym.Env):
             self.class_fraction,
             self.limiter.budget_fraction(self.analysis.total_macs),
             self.range.skip_fraction > 0,
-            self.lowrank_units, self.int8, self.context,
+            self.lowrank_units, self.int8 or self.int8_model, self.context,
         )
         obs = observe(self.analysis, unit, self._keep, self._previous, features)
         return np.clip(obs, -1.0, 2.0).astype(np.float32)
@@ -169,10 +172,14 @@ class CompressionEnv(gym.Env):
                 action.keep if action is not None else 1.0
             )
             self._method[unit.name] = action.method if action is not None else "prune"
-            int8_ok = self.int8_units is None or unit.name in self.int8_units
-            self._bits[unit.name] = action.bits if action is not None and int8_ok else 32
+            self._bits[unit.name] = self._bits_for(unit, action is not None and action.bits == 8)
         self._t = len(self.units)
         return self._finish_episode()
+
+    def _bits_for(self, unit: Unit, wanted: bool) -> int:
+        """8 where int8 is wanted (always, with `int8_model`) and the unit may run in int8, else 32."""
+        allowed = self.int8_units is None or unit.name in self.int8_units
+        return 8 if allowed and (wanted or self.int8_model) else 32
 
     def predicted_within(self, policy: Policy) -> bool:
         """Whether the limiter predicts `policy` within the budget (always, without one)."""

@@ -136,7 +136,13 @@ class SearchConfig(_Strict):
     methods: list[SearchMethod] = Field(
         default_factory=_default_methods,
         description="per-unit methods the agent may choose: prune (channels), lowrank (SVD/Tucker-2 "
-        "factorization of the unit's root layer), int8 (ONNX Runtime static quantization of its layers)",
+        "factorization of the unit's root layer), int8 (ONNX Runtime static quantization)",
+    )
+    int8_scope: Literal["model", "unit"] = Field(
+        "model",
+        description="with int8 in methods: model = every candidate runs wholly in int8 (adds and pooling "
+        "too) and the agent searches its structure under int8 latency; unit = the agent picks int8 per "
+        "unit (partial int8 runs as islands with layout changes between them: measured slower here)",
     )
     skip_blocks: bool = Field(
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"

@@ -10,6 +10,8 @@ absolute budget from ``objective_budget``, so the reward and the limiter hold th
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from modeltailor.compressors.pipeline import lowrank_units
@@ -96,6 +98,7 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
         ),
         int8="int8" in s.methods,
         int8_units=bench.units_for("int8") if "int8" in s.methods else None,
+        int8_model=int8_model(bench.config),
         context=deployment_context(bench, baseline),
     )
 
@@ -142,11 +145,10 @@ def build_limiter(bench: Workbench, budget: Budget | None) -> ActionLimiter:
         calibration: list[Outcome] = []
     else:
         limiter = BudgetLimiter(budget, predictor=StageLatencyModel(bench.analysis, round_to=s.round_to))
-        calibration = [
-            bench.evaluator.measure(bench.evaluator.compress(policy))
-            for policy in calibration_policies(bench, CALIBRATION_POLICIES)
-        ]
-    for outcome in (bench.baseline, fastest, *calibration):
+        calibration = [measure_unrecovered(bench, policy) for policy in calibration_policies(bench, CALIBRATION_POLICIES)]
+    uncompressed = Policy.uniform((u.name for u in bench.analysis.units), 1.0)
+    start = measure_unrecovered(bench, uncompressed) if int8_model(bench.config) else bench.baseline
+    for outcome in (start, fastest, *calibration):  # every point as the episodes run: int8 when they are
         limiter.record(outcome)
     return limiter
 
@@ -154,7 +156,22 @@ def build_limiter(bench: Workbench, budget: Budget | None) -> ActionLimiter:
 def measure_fastest(bench: Workbench) -> Outcome:
     """The most compressed model this search can build (see `_fastest`), measured without recovery."""
     s = bench.config.search
-    return bench.evaluator.measure(bench.evaluator.compress(_fastest(bench, s.min_keep, s.skip_blocks)))
+    return measure_unrecovered(bench, _fastest(bench, s.min_keep, s.skip_blocks))
+
+
+def int8_model(config: DeploymentConfig) -> bool:
+    """Whether every candidate runs wholly in int8 (int8 searched at model scope)."""
+    return "int8" in config.search.methods and config.search.int8_scope == "model"
+
+
+def measure_unrecovered(bench: Workbench, policy: Policy) -> Outcome:
+    """`policy`'s compressed model measured without recovery, in int8 where every candidate is (the
+    limiter's cost models must see what the episodes measure)."""
+    if int8_model(bench.config):
+        units = bench.units_for("int8")
+        policy = Policy(tuple(replace(a, bits=8) if a.unit in units else a for a in policy.actions), policy.meta)
+        return bench.evaluator.measure(bench.evaluator.compress(policy), policy=policy)
+    return bench.evaluator.measure(bench.evaluator.compress(policy))
 
 
 def calibration_policies(bench: Workbench, count: int) -> list[Policy]:

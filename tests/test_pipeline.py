@@ -131,3 +131,53 @@ def test_joint_search_and_apply_rebuild_the_same_int8_model(tmp_path):
     assert (count_qdq(searched) > 0) == bool(policy.quantized())
     assert summary["methods"] == sorted(policy.methods())
     assert rebuilt["params"] == summary["best"]["params"]
+
+
+@pytest.mark.slow
+def test_int8_at_model_scope_searches_and_ships_a_whole_int8_graph(tmp_path):
+    """The default int8 scope: the limiter is seeded with int8 measurements (the uncompressed model
+    in int8 is smaller and faster than the float baseline), every episode runs every unit in int8,
+    and the shipped graph is quantized whole."""
+    from modeltailor.experiments.objective import measure_unrecovered
+    from modeltailor.experiments.workbench import build_workbench
+
+    cfg = load_config(None, {**TINY, "search.methods": ["prune", "int8"], "search.searcher": "random",
+                             "objective.kind": "budget", "objective.max_latency_ratio": 0.7, "tracking.enabled": False})
+    assert cfg.search.int8_scope == "model"
+    bench = build_workbench(cfg)
+    names = [u.name for u in bench.analysis.units]
+    int8_teacher = measure_unrecovered(bench, Policy.uniform(names, 1.0))
+    assert int8_teacher.memory_bytes < 0.5 * bench.baseline.memory_bytes
+    assert int8_teacher.architecture != bench.baseline.architecture
+    out = tmp_path / "out"
+    run_search(cfg, out)
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines() if line.strip()]
+    assert len(records) == 3
+    for record in records:
+        assert {u["bits"] for u in record["policy"]["units"] if u["method"] != "skip"} == {8}
+    shipped = (out / "model.onnx").read_bytes()
+    assert count_qdq(shipped) > 0 and float_adds(shipped) == 0  # adds too: the whole graph, no int8 islands
+
+
+def float_adds(onnx_bytes: bytes) -> int:
+    """Add nodes with an input that does not come from a DequantizeLinear (not run in int8)."""
+    import onnx
+
+    nodes = onnx.load_from_string(onnx_bytes).graph.node
+    producer = {out: node.op_type for node in nodes for out in node.output}
+    return sum(
+        any(producer.get(i) != "DequantizeLinear" for i in node.input) for node in nodes if node.op_type == "Add"
+    )
+
+
+def test_partial_int8_leaves_the_adds_in_float_and_whole_int8_does_not(model_and_analysis):
+    """What float_adds tells apart: int8 islands (some units) against the whole graph (every unit)."""
+    model, analysis = model_and_analysis
+    names = [u.name for u in analysis.units]
+    x = torch.randn(8, *SHAPE[1:])
+    counts = {}
+    for share, units in {"some": set(names[:2]), "all": set(names)}.items():
+        policy = Policy(tuple(UnitAction(n, "prune", 1.0, 8 if n in units else 32) for n in names))
+        onnx_bytes = PolicyApplier().to_onnx(model, policy, analysis, SHAPE[1:], x)
+        counts[share] = float_adds(onnx_bytes)
+    assert counts["some"] > 0 and counts["all"] == 0

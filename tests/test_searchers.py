@@ -184,6 +184,26 @@ def test_searchers_explore_every_method_offered(model, methods, name):
         assert any(a.method == "lowrank" for a in actions)
 
 
+@pytest.mark.parametrize("lowrank", [False, True], ids=["prune", "prune+lowrank"])
+@pytest.mark.parametrize("name", [*STEPWISE, "greedy"])
+def test_int8_at_model_scope_runs_every_candidate_in_int8_without_a_flag(model, lowrank, name):
+    """int8_model: no per-unit flag to learn (amount alone, or amount + method with low-rank), and
+    every unit of every policy in int8, except a unit the pre-search check left in float."""
+    analysis, lowrank_set = model
+    float_unit = analysis.units[-1].name
+    env = CompressionEnv(
+        analysis, modelled_outcome(analysis), TradeoffReward(), Resources(0.95, 0.2, 2000),
+        ActionRange(0.25, 1.0, skip_fraction=0.15), lowrank_units=lowrank_set if lowrank else frozenset(),
+        int8=True, int8_model=True, int8_units=frozenset(u.name for u in analysis.units) - {float_unit},
+    )
+    assert env.action_space.shape == ((3,) if lowrank else (1,)) and not env.int8
+    searcher_named(name).search(env, episodes=4)
+    assert len(env.history) == 4
+    for record in env.history:
+        bits = {a.unit: a.bits for a in record.policy.actions}
+        assert bits.pop(float_unit) == 32 and set(bits.values()) == {8}, record.policy
+
+
 def test_resumed_random_search_gives_the_uninterrupted_actions(model):
     whole = make_env(model, JOINT)
     uninterrupted = record_actions(whole)
