@@ -60,7 +60,7 @@ class Row:
     baseline_accuracy: float
     macs: int
     params: int
-    seconds: float  # search (modeltailor) or pruning + fine-tuning (torch-pruning) or quantization
+    seconds: float  # the whole search run (modeltailor), pruning + fine-tuning (torch-pruning), quantization
     onnx: bytes
     latency_ms: float = 0.0
     latency_p90_ms: float = 0.0
@@ -180,7 +180,8 @@ def search_row(name: str, group: str, config: DeploymentConfig, out: Path) -> Ro
     onnx_bytes = (out / "model.onnx").read_bytes()
     return Row(
         name, group, s.best.accuracy, s.baseline.accuracy, int(s.best.macs), int(s.best.params),
-        s.search_seconds, onnx_bytes, note=f"{s.episodes} episodes, {s.search_seconds / max(1, s.episodes):.1f} s each; {','.join(s.methods)}",
+        s.total_seconds, onnx_bytes,
+        note=f"{s.episodes} episodes, {s.search_seconds / max(1, s.episodes):.1f} s each; {','.join(s.methods)}",
     )
 
 
