@@ -263,25 +263,23 @@ def main() -> None:
                 rows.append(quantized_row(bench, row))
                 print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f}", flush=True)
     int8 = {"search.methods": ["prune", "int8"], "search.int8_scope": "model"}
-    searches: list[tuple[str, str, dict[str, Any]]] = []  # (--skip name, row name and folder, overrides)
+    searches: list[tuple[str, str, str, dict[str, Any]]] = []  # (--skip name, row name, folder, overrides)
     for i, budget in enumerate(args.budgets):
         episodes = {"search.episodes": args.main_episodes} if i == 0 and args.main_episodes else {}
-        limit = {"objective.kind": "budget", "objective.max_latency_ratio": budget, **episodes}
-        searches.append(("budget", f"budget {budget:.0%}|budget-{budget}", limit))
-        searches.append(("int8search", f"int8 budget {budget:.0%}|budget-{budget}-int8",
-                         {"objective.kind": "budget", "objective.max_latency_ratio": budget, **int8}))
+        limit = {"objective.kind": "budget", "objective.max_latency_ratio": budget}
+        searches.append(("budget", f"budget {budget:.0%}", f"budget-{budget}", {**limit, **episodes}))
+        searches.append(("int8search", f"int8 budget {budget:.0%}", f"budget-{budget}-int8", {**limit, **int8}))
     within = {"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0}
     searches += [
-        ("fastest", "fastest within 1 pt|fastest", within),
-        ("int8search", "int8 fastest within 1 pt|fastest-int8", {**within, **int8}),
+        ("fastest", "fastest within 1 pt", "fastest", within),
+        ("int8search", "int8 fastest within 1 pt", "fastest-int8", {**within, **int8}),
         # int8 chosen per unit: partial int8 runs as islands; kept to compare the two scopes
-        ("joint", "prune+int8 per unit fastest within 1 pt|fastest-prune-int8",
+        ("joint", "prune+int8 per unit fastest within 1 pt", "fastest-prune-int8",
          {**within, **int8, "search.int8_scope": "unit"}),
     ]
-    for skip, label, overrides in searches:
+    for skip, name, folder, overrides in searches:
         if skip in args.skip:
             continue
-        name, _, folder = label.partition("|")
         rows.append(search_row(f"modeltailor {name}", "modeltailor", deployment(args, **overrides), args.out / folder))
         print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     subset_rows: list[Row] = []
