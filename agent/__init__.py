@@ -10,7 +10,7 @@ from modeltailor.agent.ddpg import DDPGSearcher, DDPGSettings
 from modeltailor.agent.evolution import EvolutionSearcher
 from modeltailor.agent.greedy import GreedySearcher
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings, Stats
-from modeltailor.results import SearchResult
+from modeltailor.env.records import SearchResult
 
 SEARCHERS: tuple[str, ...] = ("ppo", "random", "uniform", "greedy", "evolution", "ddpg")
 

@@ -10,7 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
-from modeltailor.results import EpisodeRecord, SearchResult
+from modeltailor.env.records import EpisodeRecord, SearchResult
 
 
 class Searcher(Protocol):

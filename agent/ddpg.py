@@ -23,7 +23,7 @@ from stable_baselines3.common.noise import ActionNoise
 from modeltailor.agent.base import learn_episodes
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
-from modeltailor.results import SearchResult
+from modeltailor.env.records import SearchResult
 
 
 @dataclass

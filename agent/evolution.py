@@ -33,7 +33,7 @@ from modeltailor.agent.base import SearchResult, run_episode, search_loop
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import Unit
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
-from modeltailor.results import EpisodeRecord
+from modeltailor.env.records import EpisodeRecord
 
 ON, OFF = 0.5, -0.5  # canonical selector / flag genes for a realized setting (> 0 on, <= 0 off)
 EDGE = 1e-6  # keeps a realized minimum keep ratio clear of a skippable unit's skip range

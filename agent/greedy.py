@@ -47,7 +47,7 @@ from modeltailor.agent.base import SearchResult, search_loop
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import estimate_macs, unit_macs
 from modeltailor.env.compression_env import SKIP, CompressionEnv
-from modeltailor.results import EpisodeRecord
+from modeltailor.env.records import EpisodeRecord
 
 log = logging.getLogger(__name__)
 

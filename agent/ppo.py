@@ -35,12 +35,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 
 from modeltailor.agent.base import learn_episodes
+from modeltailor.common.storage import atomic_write
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.features import OBS_LAYOUT
 from modeltailor.env.history import search_result
+from modeltailor.env.records import SearchResult
 from modeltailor.errors import ModelTailorError, first_line
-from modeltailor.results import SearchResult
-from modeltailor.storage import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modeltailor import cores
+from modeltailor.common import cores
 from modeltailor.devices.measurement import LatencyStats
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.campaign import run_campaign
-from modeltailor.experiments.campaign_spec import Campaign, load_campaign
+from modeltailor.experiments.fleet.campaign import run_campaign
+from modeltailor.experiments.spec.campaign import Campaign, load_campaign
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ("cpu-1t", "cpu-2t")
@@ -138,8 +138,8 @@ def lock_folder() -> str:
 
 def warm_teachers(campaign: Campaign) -> list[Path]:
     """Train (or find) each deployment's teacher in the usual cache, before any clock starts."""
-    from modeltailor.experiments.teacher import load_teacher, teacher_cache_path
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.search.teacher import load_teacher, teacher_cache_path
+    from modeltailor.experiments.search.workbench import load_deployment_data
 
     paths: list[Path] = []
     for config in campaign.deployments.values():
@@ -171,8 +171,8 @@ def run_sequential(campaign: Campaign, out: Path, threads: int) -> Arm:
     """Every deployment's `run_search`, one after another, in this process."""
     import torch
 
-    from modeltailor.experiments.campaign import result_row
-    from modeltailor.experiments.search import run_search
+    from modeltailor.experiments.fleet.campaign import result_row
+    from modeltailor.experiments.search.run import run_search
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -260,7 +260,7 @@ def export_models(names: tuple[str, ...], campaign: Campaign) -> dict[str, bytes
     import torch
 
     from modeltailor.compressors.export import export_onnx
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.search.workbench import load_deployment_data
     from modeltailor.models import build_model
 
     full, _, _ = load_deployment_data(next(iter(campaign.deployments.values())))
@@ -473,7 +473,7 @@ def makespan(seconds: list[float], slots: int) -> float:
 
 def measuring_seconds(campaign: Campaign, out: Path) -> float:
     """Seconds the campaign's trials held the cores alone to time episodes (uncached ones; at least)."""
-    from modeltailor.experiments.episodes import load_episodes
+    from modeltailor.experiments.search.episodes import load_episodes
 
     total = 0.0
     for name, config in campaign.deployments.items():

@@ -43,10 +43,10 @@ from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.quantization import onnx_accuracy, quantize_onnx
 from modeltailor.compressors.units import analyze_model, output_modules
-from modeltailor.experiments.config import DeploymentConfig, load_config
-from modeltailor.experiments.search import run_search
-from modeltailor.experiments.workbench import Workbench, build_workbench, recovery_config
-from modeltailor.results import SearchSummary
+from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.search.workbench import Workbench, build_workbench, recovery_config
+from modeltailor.experiments.spec.deployment import DeploymentConfig, load_config
+from modeltailor.experiments.spec.summary import SearchSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION_IMAGES = 256

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tests.corpus` as a factory reference, run from anywhere
 
 from modeltailor.errors import ModelTailorError  # noqa: E402
-from modeltailor.experiments.check_model import check_model  # noqa: E402
-from modeltailor.experiments.config import load_config  # noqa: E402
-from modeltailor.experiments.search import run_search  # noqa: E402
-from modeltailor.experiments.teacher import load_teacher  # noqa: E402
-from modeltailor.experiments.workbench import load_deployment_data  # noqa: E402
+from modeltailor.experiments.search.run import run_search  # noqa: E402
+from modeltailor.experiments.search.teacher import load_teacher  # noqa: E402
+from modeltailor.experiments.search.workbench import load_deployment_data  # noqa: E402
+from modeltailor.experiments.spec.deployment import load_config  # noqa: E402
+from modeltailor.experiments.tools.check_model import check_model  # noqa: E402
 from tests.corpus import CORPUS  # noqa: E402
 
 

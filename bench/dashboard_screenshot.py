@@ -8,7 +8,7 @@ saves a PNG. The run: --run-id, else the experiment's most recent campaign (pare
 most recent run with a description.
 
 A SQLite store is served for the length of the script by `mlflow server` (the one a campaign
-starts, experiments/tracking_server.py: loopback, a free port, stopped on the way out); an
+starts, experiments/tracking/server.py: loopback, a free port, stopped on the way out); an
 http(s) URI is used as it is.
 
 MLflow 3.17's UI ignores the experiment's `mlflow.experimentKind` tag and opens experiments in its
@@ -36,13 +36,13 @@ from typing import Any
 import mlflow
 
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.tracking import (
+from modeltailor.experiments.tracking.server import serving
+from modeltailor.experiments.tracking.tracker import (
     NOTE_TAG,
     normalize_tracking_uri,
     quiet_mlflow_logging,
     sqlite_path,
 )
-from modeltailor.experiments.tracking_server import serving
 
 VIEWPORT = {"width": 1400, "height": 1000}
 BROWSER_ARGS = ["--no-sandbox", "--disable-background-networking"]

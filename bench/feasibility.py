@@ -32,16 +32,16 @@ from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.cost_model import LinearCostModel
 from modeltailor.env.evaluator import PolicyEvaluator, architecture_key
 from modeltailor.env.limiter import Budget, BudgetLimiter
+from modeltailor.env.records import Outcome
 from modeltailor.env.reward import Resources
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.objective import (
+from modeltailor.experiments.search.objective import (
     build_env,
     make_reward,
     measure_fastest,
     objective_budget,
 )
-from modeltailor.experiments.workbench import Workbench, build_workbench
-from modeltailor.results import Outcome
+from modeltailor.experiments.search.workbench import Workbench, build_workbench
+from modeltailor.experiments.spec.deployment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

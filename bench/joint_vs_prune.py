@@ -13,8 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.search import run_search
+from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.spec.deployment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"prune-only": ["prune"], "joint": ["prune", "lowrank", "int8"]}

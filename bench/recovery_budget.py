@@ -27,11 +27,15 @@ from scipy.stats import kendalltau, spearmanr
 from modeltailor.compressors.distill import distill, predict_logits, recalibrate_batchnorm
 from modeltailor.compressors.policy import Policy
 from modeltailor.env.evaluator import PolicyEvaluator, architecture_key
+from modeltailor.env.records import Outcome
 from modeltailor.env.reward import Resources
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.objective import build_env, make_reward
-from modeltailor.experiments.workbench import build_workbench, recovery_config, scoring_sample
-from modeltailor.results import Outcome
+from modeltailor.experiments.search.objective import build_env, make_reward
+from modeltailor.experiments.search.workbench import (
+    build_workbench,
+    recovery_config,
+    scoring_sample,
+)
+from modeltailor.experiments.spec.deployment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from modeltailor.agent import make_searcher
 from modeltailor.env.reward import Resources
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.objective import build_env, make_reward
-from modeltailor.experiments.workbench import build_workbench
+from modeltailor.experiments.search.objective import build_env, make_reward
+from modeltailor.experiments.search.workbench import build_workbench
+from modeltailor.experiments.spec.deployment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,11 +34,11 @@ from typing import Any
 
 from modeltailor.agent import make_searcher
 from modeltailor.compressors.policy import Policy
+from modeltailor.env.records import EpisodeRecord, Outcome
 from modeltailor.env.reward import Resources
-from modeltailor.experiments.config import DeploymentConfig, load_config
-from modeltailor.experiments.objective import build_env, make_reward
-from modeltailor.experiments.workbench import Workbench, build_workbench
-from modeltailor.results import EpisodeRecord, Outcome
+from modeltailor.experiments.search.objective import build_env, make_reward
+from modeltailor.experiments.search.workbench import Workbench, build_workbench
+from modeltailor.experiments.spec.deployment import DeploymentConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "examples" / "digits-resnet20.yaml"

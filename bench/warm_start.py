@@ -37,9 +37,9 @@ from searchers import (  # bench/searchers.py, beside this file
 )
 
 from modeltailor.agent.ppo import PPOSearcher
-from modeltailor.experiments.objective import build_env, make_reward
-from modeltailor.experiments.tracking import Tracker
-from modeltailor.experiments.warm_start import publish_agent, resolve_warm_start
+from modeltailor.experiments.search.objective import build_env, make_reward
+from modeltailor.experiments.search.warm_start import publish_agent, resolve_warm_start
+from modeltailor.experiments.tracking.tracker import Tracker
 
 SOURCES: dict[str, dict[str, Any]] = {
     "src-all-45-cpu2t": {"objective.max_latency_ratio": 0.45, "device.name": "cpu-2t"},

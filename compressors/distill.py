@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeltailor.compute import autocast
-from modeltailor.cores import working
+from modeltailor.common.cores import working
+from modeltailor.compressors.compute import autocast
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from modeltailor.cores import working
+from modeltailor.common.cores import working
 from modeltailor.devices.session import run_onnx
 from modeltailor.errors import DeviceError, first_line
 

@@ -8,7 +8,7 @@ equals the original in eval mode.
 The TorchScript ONNX exporter already does this fold in eval mode, and ONNX Runtime's graph
 optimizer does the rest of DeepRebirth's merges at load time (Conv+BatchNorm at "basic",
 Conv+Relu / Conv+Add+Relu into ``FusedConv`` and the NCHWc layout at "all").
-``modeltailor.experiments.fold_report`` measures what each of these steps changes: node counts,
+``modeltailor.experiments.tools.fold_report`` measures what each of these steps changes: node counts,
 latency on a device, memory.
 
 ``merge_parallel_branches`` (DeepRebirth's branch merging) merges 1x1 convs that read the same

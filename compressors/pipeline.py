@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from modeltailor.common.cores import working
 from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.lowrank import LowRankCompressor, lowrank_candidates
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.quantization import conv_node_names, quantize_layers, quantize_onnx
 from modeltailor.compressors.units import ModelAnalysis
-from modeltailor.cores import working
 
 
 @dataclass

@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from modeltailor.common.storage import atomic_write, cache_dir, locked
 from modeltailor.datasets.sources import IMAGE_SUFFIXES, RawData
 from modeltailor.errors import DataError, first_line
-from modeltailor.storage import atomic_write, cache_dir, locked
 
 log = logging.getLogger(__name__)
 

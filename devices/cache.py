@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from modeltailor.common.storage import atomic_write, locked
 from modeltailor.devices.base import Device, K
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import load_model, onnx_memory
 from modeltailor.errors import DeviceError, first_line
-from modeltailor.storage import atomic_write, locked
 
 
 def _type_text(value: onnx.ValueInfoProto) -> str:

@@ -60,11 +60,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from modeltailor.common.storage import atomic_write
 from modeltailor.devices.base import Device, DeviceDefaults
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import constant_names, load_model, onnx_memory
 from modeltailor.errors import DeviceError, first_line
-from modeltailor.storage import atomic_write
 
 TABLE_FORMAT = 1
 NODE_RUNS = 50

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from modeltailor.cores import timing
+from modeltailor.common.cores import timing
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import onnx_memory
 from modeltailor.devices.session import GRAPH_OPT_LEVELS, ort_session, random_feed

@@ -31,9 +31,9 @@ from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import ModelAnalysis, Unit
 from modeltailor.env.features import OBS_SIZE, DeploymentContext, DeploymentFeatures, observe
 from modeltailor.env.limiter import ActionLimiter, NoLimit, Trial
+from modeltailor.env.records import EpisodeRecord, Outcome
 from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.errors import EpisodeFailed
-from modeltailor.results import EpisodeRecord, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.quantization import onnx_accuracy
 from modeltailor.compressors.units import ModelAnalysis, analyze_model, unit_widths
 from modeltailor.devices.base import Device
+from modeltailor.env.records import Outcome
 from modeltailor.errors import EpisodeFailed, first_line
-from modeltailor.results import Outcome
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modeltailor.results import EpisodeRecord, SearchResult
+from modeltailor.env.records import EpisodeRecord, SearchResult
 
 
 def dominates(a: EpisodeRecord, b: EpisodeRecord) -> bool:

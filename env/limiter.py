@@ -20,7 +20,7 @@ from typing import Protocol
 
 from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
 from modeltailor.env.cost_model import LinearCostModel, StageLatencyModel
-from modeltailor.results import Outcome
+from modeltailor.env.records import Outcome
 
 UNLIMITED = float("inf")
 

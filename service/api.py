@@ -11,7 +11,7 @@ the registry what to ship to a device. Versioned under ``/v1``; OpenAPI at ``/do
     GET  /v1/jobs, GET /v1/jobs/{id}                          state and per-deployment progress
     POST /v1/jobs/{id}/cancel, POST /v1/jobs/{id}/resume (token)
 
-A launch runs `modeltailor campaign` in a process of its own (experiments/jobs.py): the same
+A launch runs `modeltailor campaign` in a process of its own (experiments/fleet/jobs.py): the same
 machinery as the CLI, and the API process never imports torch or Ray.
 
 Auth: every mutating request (any method but GET, HEAD, OPTIONS) needs ``Authorization: Bearer
@@ -33,7 +33,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
@@ -51,10 +51,7 @@ from modeltailor.errors import (
     NotFoundError,
     first_line,
 )
-from modeltailor.experiments import registry
-from modeltailor.experiments.campaign_spec import CampaignSpec
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.jobs import (
+from modeltailor.experiments.fleet.jobs import (
     BodyError,
     JobConflict,
     JobStatus,
@@ -62,6 +59,10 @@ from modeltailor.experiments.jobs import (
     TooManyJobs,
     field_path,
 )
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.campaign import CampaignSpec
+from modeltailor.experiments.spec.deployment import DeploymentConfig
+from modeltailor.experiments.tracking import registry
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 OPEN_PATHS = ("/v1/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-FILES = ("model.onnx", "policy.json", "summary.json")
-MEDIA = {"model.onnx": "application/octet-stream", "policy.json": "application/json", "summary.json": "application/json"}
+MEDIA = {files.MODEL_ONNX: "application/octet-stream", files.POLICY: "application/json", files.SUMMARY: "application/json"}
 PATTERN_HINTS = {
     "job_id": "not a job id: a job id is the 12 hex digits a launch returned",
     "name": "not a device name: use letters, digits, '.', '_' or '-' (e.g. cpu-1t)",
@@ -187,7 +187,7 @@ def _registry_routes(tracking_uri: str) -> APIRouter:
     def download(
         name: DeviceName,
         version: Annotated[int, PathParam(ge=1, le=2**31 - 1, description="the registered version")],
-        filename: Annotated[Literal["model.onnx", "policy.json", "summary.json"], PathParam()],
+        filename: Annotated[files.RegisteredFile, PathParam()],
     ) -> FileResponse:
         """A registered version's model.onnx, policy.json or summary.json."""
         path = registry.download_file(tracking_uri, name, version, filename)

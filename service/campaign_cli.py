@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from modeltailor.experiments.campaign_spec import load_campaign
+from modeltailor.experiments.spec.campaign import load_campaign
 
 console = Console()
 
@@ -99,7 +99,7 @@ def campaign_command(
         overrides["tracking"] = {**base, **({"uri": tracking_uri} if tracking_uri else {}),
                                  **({"enabled": False} if no_tracking else {})}
     campaign = load_campaign(config, overrides)  # a bad spec fails here, before Ray is imported
-    from modeltailor.experiments.campaign import run_campaign
+    from modeltailor.experiments.fleet.campaign import run_campaign
 
     reporter = LiveReporter(f"campaign '{campaign.spec.name}' -> {out}")
     try:

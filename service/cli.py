@@ -23,9 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modeltailor.env.records import EpisodeRecord
 from modeltailor.errors import ModelTailorError, SearchInterrupted
-from modeltailor.experiments.config import DeploymentConfig, load_config
-from modeltailor.results import EpisodeRecord, SearchSummary
+from modeltailor.experiments.spec.deployment import DeploymentConfig, load_config
+from modeltailor.experiments.spec.summary import SearchSummary
 from modeltailor.service.campaign_cli import campaign_command
 from modeltailor.service.devices_cli import device_server_command, devices_app
 from modeltailor.service.registry_cli import best_command, registry_app
@@ -93,7 +94,7 @@ def search(
     resume: Annotated[bool, typer.Option("--resume", help="keep the episodes already in OUT and run the rest")] = False,
 ) -> None:
     """Search a compression policy for one deployment and write OUT/summary.json, model.onnx, policy.json."""
-    from modeltailor.experiments.search import run_search
+    from modeltailor.experiments.search.run import run_search
 
     overrides = {
         "search.episodes": episodes, "search.searcher": searcher, "device.name": device,
@@ -119,8 +120,8 @@ def search(
 def train(config: ConfigOpt = None) -> None:
     """Train the configured model (zoo or factory) on its data set and cache it as the teacher."""
     from modeltailor.compressors.distill import accuracy
-    from modeltailor.experiments.teacher import load_teacher
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.search.teacher import load_teacher
+    from modeltailor.experiments.search.workbench import load_deployment_data
 
     cfg = load_config(config)
     full, _, _ = load_deployment_data(cfg)
@@ -143,7 +144,7 @@ def check_model_command(
 ) -> None:
     """Before a long search: the units, their kind, channels, MACs, the methods that work on each,
     the units a search would freeze and why, and the output layer."""
-    from modeltailor.experiments.check_model import check_model
+    from modeltailor.experiments.tools.check_model import check_model
 
     cfg = load_config(config)
     report = check_model(cfg)
@@ -184,7 +185,7 @@ def apply(
     distill_steps: Annotated[int, typer.Option(help="distillation steps when no --weights")] = 0,
 ) -> None:
     """Rebuild the compressed model from the original model and a policy; write OUT/model.onnx."""
-    from modeltailor.experiments.apply import rebuild
+    from modeltailor.experiments.tools.apply import rebuild
 
     cfg = load_config(config)
     result = rebuild(cfg, policy, out, weights, distill_steps)
@@ -204,8 +205,8 @@ def pick(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store of --run (default: ./mlflow.db)")] = None,
 ) -> None:
     """Pick another trade-off from a finished search's Pareto set, without searching again."""
-    from modeltailor.experiments.pick import load_search_summary, picked_policy
-    from modeltailor.experiments.pick import pick as pick_point
+    from modeltailor.experiments.tools.pick import load_search_summary, picked_policy
+    from modeltailor.experiments.tools.pick import pick as pick_point
 
     summary = load_search_summary(run, tracking_uri)
     point = pick_point(summary, max_latency_ms, max_memory_bytes, min_accuracy)
@@ -225,9 +226,9 @@ def fold_report_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report here")] = None,
 ) -> None:
     """Measure what layer folding changes on the deployment's teacher (DeepRebirth-style merges)."""
-    from modeltailor.experiments.fold_report import fold_report, local_device
-    from modeltailor.experiments.teacher import load_teacher
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.search.teacher import load_teacher
+    from modeltailor.experiments.search.workbench import load_deployment_data
+    from modeltailor.experiments.tools.fold_report import fold_report, local_device
 
     cfg = load_config(config)
     device = local_device(cfg.device.name, cfg.device.profiles, runs=runs)
@@ -333,8 +334,8 @@ def _exit_unexpected(exc: BaseException) -> NoReturn:
     line on stderr, the traceback kept in a file for the bug report, exit status 1."""
     import traceback
 
+    from modeltailor.common.storage import cache_dir
     from modeltailor.errors import first_line
-    from modeltailor.storage import cache_dir
 
     text = "".join(traceback.format_exception(exc))
     try:

@@ -18,7 +18,7 @@ from modeltailor.devices.base import TOKEN_ENV
 from modeltailor.devices.profiles import get_device, list_devices
 
 if TYPE_CHECKING:
-    from modeltailor.experiments.calibrate import CalibrationReport
+    from modeltailor.experiments.tools.calibrate import CalibrationReport
 
 devices_app = typer.Typer(help="device profiles", no_args_is_help=True)
 console = Console()
@@ -93,7 +93,7 @@ def calibrate_command(
     profiles: ProfilesOpt = None,
 ) -> None:
     """Time a device's per-node latencies into a table and report its held-out MAPE."""
-    from modeltailor.experiments.calibrate import calibrate, default_table_path
+    from modeltailor.experiments.tools.calibrate import calibrate, default_table_path
 
     path = out.expanduser() if out is not None else default_table_path(device)
     resolved = get_device(device, profiles=profiles)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modeltailor.errors import ModelTailorError, NoMatchError
+from modeltailor.experiments.spec import files
 
 console = Console()
 registry_app = typer.Typer(no_args_is_help=True, help="The model registry: devices, champions, registering.")
@@ -34,7 +35,10 @@ def parse_class_ids(text: str | None) -> list[int] | None:
 
 
 def _uri(tracking_uri: str | None) -> str:
-    from modeltailor.experiments.tracking import default_tracking_uri, normalize_tracking_uri
+    from modeltailor.experiments.tracking.tracker import (
+        default_tracking_uri,
+        normalize_tracking_uri,
+    )
 
     return normalize_tracking_uri(tracking_uri) if tracking_uri else default_tracking_uri()
 
@@ -64,7 +68,7 @@ def best_command(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """The registered model to ship to a device: its metrics, its policy and the other fitting versions."""
-    from modeltailor.experiments.registry import download_version, query_best
+    from modeltailor.experiments.tracking.registry import download_version, query_best
 
     uri = _uri(tracking_uri)
     try:
@@ -109,7 +113,7 @@ def _policy_table(policy: dict[str, Any]) -> Table:
 @registry_app.command("list")
 def list_command(tracking_uri: TrackingOpt = None) -> None:
     """Devices in the registry and each deployment's champion."""
-    from modeltailor.experiments.registry import list_devices
+    from modeltailor.experiments.tracking.registry import list_devices
 
     entries = list_devices(_uri(tracking_uri))
     if not entries:
@@ -138,7 +142,7 @@ def versions_command(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Every registered version of a device."""
-    from modeltailor.experiments.registry import device_versions
+    from modeltailor.experiments.tracking.registry import device_versions
 
     versions = device_versions(_uri(tracking_uri), device)
     console.print(_versions_table(f"modeltailor-{device}", versions))
@@ -150,8 +154,8 @@ def add_command(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Register a finished search (again): idempotent, the champion moves only if it wins."""
-    from modeltailor.experiments.registry import register_search
-    from modeltailor.experiments.tracking import normalize_tracking_uri
+    from modeltailor.experiments.tracking.registry import register_search
+    from modeltailor.experiments.tracking.tracker import normalize_tracking_uri
 
     if not out.is_dir():
         raise ModelTailorError(f"'{out}' is not a folder: pass a finished search's output folder")
@@ -163,6 +167,6 @@ def add_command(
 def _run_store(out: Path) -> str | None:
     """The tracking store the search logged to (OUT/run.json), if it says."""
     try:
-        return json.loads((out / "run.json").read_text()).get("tracking_uri")
+        return json.loads((out / files.RUN).read_text()).get("tracking_uri")
     except (OSError, ValueError, AttributeError):
         return None

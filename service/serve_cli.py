@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.jobs import FACTORIES_ENV, TOKEN_ENV
+from modeltailor.experiments.fleet.jobs import FACTORIES_ENV, TOKEN_ENV
 
 
 def read_token(token_file: Path | None) -> str:
@@ -51,7 +51,10 @@ def serve_command(
     """Serve the HTTP API: launch searches and campaigns, query the best model per device (/docs)."""
     import uvicorn
 
-    from modeltailor.experiments.tracking import default_tracking_uri, normalize_tracking_uri
+    from modeltailor.experiments.tracking.tracker import (
+        default_tracking_uri,
+        normalize_tracking_uri,
+    )
     from modeltailor.service.api import create_app
 
     token = read_token(token_file)

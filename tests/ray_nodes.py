@@ -36,7 +36,7 @@ OBJECT_STORE_BYTES = 128 * 1024**2
 START_TIMEOUT_S = 90.0
 DEFAULT_ROUTE = False
 """Give each namespace a default route (through its link), as most real hosts have. Without one,
-``ray.util.get_node_ip_address()`` called before ``ray.init`` (experiments/campaign.py `_node_ip`,
+``ray.util.get_node_ip_address()`` called before ``ray.init`` (experiments/fleet/campaign.py `_node_ip`,
 where the campaign binds its mlflow server) falls back to 127.0.0.1, out of the other nodes' reach,
 and the worker node's deployment fails. Set it False once the campaign binds the server to
 ``ray_cluster.node_ip_toward(address)`` (the route to the head), to cover such hosts."""

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments import jobs as jobs_module
+from modeltailor.experiments.spec import files
 from modeltailor.service.serve_cli import read_token
 from tests.api_process import (
     MODELTAILOR,
@@ -62,9 +62,9 @@ def registry(api, mlflow) -> ApiProcess:
 
 def pretrain_teacher(cache: Path) -> None:
     """Train TINY's teacher here (5 s, one thread) so launched jobs load it from the cache."""
-    from modeltailor.experiments.config import DeploymentConfig
-    from modeltailor.experiments.teacher import load_teacher
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.search.teacher import load_teacher
+    from modeltailor.experiments.search.workbench import load_deployment_data
+    from modeltailor.experiments.spec.deployment import DeploymentConfig
 
     config = DeploymentConfig.model_validate(TINY)
     with pytest.MonkeyPatch.context() as patch:
@@ -301,7 +301,7 @@ def test_in_process_app_reads_token_unexpected_errors_and_a_store_that_is_down(t
         from fastapi.testclient import TestClient
 
     from modeltailor.errors import ModelTailorError
-    from modeltailor.experiments import registry
+    from modeltailor.experiments.tracking import registry
     from modeltailor.service.api import create_app
 
     app = create_app(tmp_path / "jobs", "http://127.0.0.1:9", token=TOKEN, token_for_reads=True)
@@ -328,12 +328,11 @@ def test_in_process_app_reads_token_unexpected_errors_and_a_store_that_is_down(t
         create_app(tmp_path / "jobs", "http://127.0.0.1:9", token="")
 
 
-def test_job_files_match_the_campaign_module():
-    from modeltailor.experiments.campaign import CAMPAIGN_FILE, TRIAL_FILE
-    from modeltailor.experiments.episodes import EPISODES_FILE
+def test_the_served_file_type_names_the_registered_files():
+    from typing import get_args
 
-    assert (jobs_module.CAMPAIGN_FILE, jobs_module.TRIAL_FILE, jobs_module.EPISODES_FILE) == (
-        CAMPAIGN_FILE, TRIAL_FILE, EPISODES_FILE)
+
+    assert get_args(files.RegisteredFile) == files.REGISTERED
 
 
 # -- launches -------------------------------------------------------------------------------------

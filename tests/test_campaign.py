@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.campaign import CAMPAIGN_FILE, TRIAL_FILE, run_campaign
-from modeltailor.experiments.campaign_spec import load_campaign
-from modeltailor.experiments.registry import device_versions
-from modeltailor.results import SearchSummary
+from modeltailor.experiments.fleet.campaign import run_campaign
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.campaign import load_campaign
+from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.tracking.registry import device_versions
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def test_campaign_searches_every_deployment_and_reports_a_failing_one(tmp_path):
         assert summary.episodes == 3 and summary.best.params < summary.baseline.params
     assert SearchSummary.model_validate_json((out / "c037-2t" / "summary.json").read_text()).classes == [0, 3, 7]
 
-    record = json.loads((out / CAMPAIGN_FILE).read_text())
+    record = json.loads((out / files.CAMPAIGN).read_text())
     assert [d["state"] for d in record["deployments"]] == ["finished", "finished", "failed"]
     assert record["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
     assert record["logged_through"].startswith("http://127.0.0.1:")  # a real mlflow server over SQLite
@@ -102,10 +103,10 @@ def test_an_existing_campaign_folder_needs_resume(tmp_path):
     path = write_campaign(tmp_path, [{"name": "a"}])
     out = tmp_path / "out"
     out.mkdir()
-    (out / CAMPAIGN_FILE).write_text("{}")
+    (out / files.CAMPAIGN).write_text("{}")
     with pytest.raises(ConfigError, match="holds a campaign already: pass --resume"):
         run_campaign(load_campaign(path), out)
-    assert (out / CAMPAIGN_FILE).read_text() == "{}"
+    assert (out / files.CAMPAIGN).read_text() == "{}"
 
 
 def start_campaign(path: Path, out: Path, *args: str) -> subprocess.Popen:
@@ -137,7 +138,7 @@ def test_kill_9_then_resume_keeps_finished_and_continues_the_rest(tmp_path):
     out = tmp_path / "out"
     process = start_campaign(path, out)
     deadline = time.monotonic() + 240
-    while json.loads((out / "quick" / TRIAL_FILE).read_text() if (out / "quick" / TRIAL_FILE).exists() else "{}").get("state") != "finished":
+    while json.loads((out / "quick" / files.TRIAL).read_text() if (out / "quick" / files.TRIAL).exists() else "{}").get("state") != "finished":
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.3)
     wait_for_episodes(out, ["long"], 3, process)
@@ -153,7 +154,7 @@ def test_kill_9_then_resume_keeps_finished_and_continues_the_rest(tmp_path):
     assert "1 finished deployments kept, 1 to run" in stdout
     assert (out / "quick" / "summary.json").read_bytes() == quick_summary  # not run again
     assert episodes_in(out / "long") == list(range(40))  # continued, every episode once
-    record = json.loads((out / CAMPAIGN_FILE).read_text())
+    record = json.loads((out / files.CAMPAIGN).read_text())
     assert {d["name"]: d["state"] for d in record["deployments"]} == {"quick": "finished", "long": "finished"}
 
 
@@ -175,7 +176,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path, stop):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("campaign interrupted")
     assert "--resume" in stderr
-    record = json.loads((out / CAMPAIGN_FILE).read_text())
+    record = json.loads((out / files.CAMPAIGN).read_text())
     states = {d["name"]: (d["state"], d["episodes_done"]) for d in record["deployments"]}
     for name in ("first", "second"):
         state, done = states[name]

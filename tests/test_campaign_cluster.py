@@ -7,7 +7,7 @@ CAP_NET_ADMIN), else side by side on loopback (MODELTAILOR_TEST_RAY_NODES=netns|
 one); the mode is printed when the cluster starts, and warned about when it is loopback. The
 campaign runs on the head's host and connects by HOST:PORT.
 
-Token auth in Ray 2.60, as these tests found it (see also experiments/ray_cluster.py):
+Token auth in Ray 2.60, as these tests found it (see also experiments/fleet/ray_cluster.py):
   * every node (`ray start --head` and `ray start --address`) and every client needs
     RAY_AUTH_MODE=token and the same token; RAY_AUTH_TOKEN (tried first), RAY_AUTH_TOKEN_PATH or
     ~/.ray/auth_token. Nothing else: no flag to `ray start`, no TLS;

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.campaign_spec import Campaign, derived_name, load_campaign
-from modeltailor.experiments.config import DeploymentConfig, TrackingConfig
+from modeltailor.experiments.spec.campaign import Campaign, derived_name, load_campaign
+from modeltailor.experiments.spec.deployment import DeploymentConfig, TrackingConfig
 from modeltailor.service import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -346,9 +346,9 @@ def no_runner(monkeypatch):
     def run_campaign(*args, **kwargs):
         raise AssertionError("run_campaign was called with a bad campaign spec")
 
-    stub = types.ModuleType("modeltailor.experiments.campaign")
+    stub = types.ModuleType("modeltailor.experiments.fleet.campaign")
     stub.run_campaign = run_campaign
-    monkeypatch.setitem(sys.modules, "modeltailor.experiments.campaign", stub)
+    monkeypatch.setitem(sys.modules, "modeltailor.experiments.fleet.campaign", stub)
 
 
 @pytest.mark.parametrize("case", ["unknown key in an entry", "missing base file", "duplicate names", "invalid yaml"])

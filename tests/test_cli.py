@@ -90,7 +90,7 @@ def test_show_config_prints_effective_yaml(monkeypatch, capsys):
 def test_summary_schema_prints_the_published_schema(monkeypatch, capsys):
     import json
 
-    from modeltailor.results import SearchSummary
+    from modeltailor.experiments.spec.summary import SearchSummary
 
     monkeypatch.setattr(sys, "argv", ["modeltailor", "summary-schema"])
     cli.main()

@@ -12,14 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from modeltailor.compressors.compute import autocast, torch_device
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits, distill
-from modeltailor.compute import autocast, torch_device
 from modeltailor.datasets import DataSplits
 from modeltailor.errors import ConfigError
-from modeltailor.experiments import teacher as teacher_module
-from modeltailor.experiments.config import ComputeConfig, RecoveryConfig, TrainConfig, load_config
-from modeltailor.experiments.teacher import crop_flip, teacher_cache_path, train_model
-from modeltailor.experiments.workbench import recovery_config, scoring_sample
+from modeltailor.experiments.search import teacher as teacher_module
+from modeltailor.experiments.search.teacher import crop_flip, teacher_cache_path, train_model
+from modeltailor.experiments.search.workbench import recovery_config, scoring_sample
+from modeltailor.experiments.spec.deployment import (
+    ComputeConfig,
+    RecoveryConfig,
+    TrainConfig,
+    load_config,
+)
 from modeltailor.models import build_model
 from modeltailor.models.zoo import BasicBlock, cifar_resnet, resnet20, resnet56
 from tests.conftest import synthetic_images

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.config import load_config
+from modeltailor.experiments.spec.deployment import load_config
 
 
 def write(tmp_path, text: str):

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from modeltailor import cores
+from modeltailor.common import cores
 from modeltailor.errors import ConfigError
 
 CHILD = r"""
 import json, os, sys, time
 from pathlib import Path
-from modeltailor import cores
+from modeltailor.common import cores
 
 spec = json.loads(sys.argv[1])
 folder = Path(spec["folder"])

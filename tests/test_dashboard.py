@@ -46,19 +46,19 @@ from typing import Any
 import mlflow
 import pytest
 
-from modeltailor.experiments import registry
-from modeltailor.experiments.campaign import (
-    TRIAL_FILE,
+from modeltailor.experiments.fleet.campaign import (
     LogCampaignReporter,
     _finish,
     _ParentRun,
     result_row,
 )
-from modeltailor.experiments.campaign_spec import load_campaign
-from modeltailor.experiments.outputs import final_metrics, run_description
-from modeltailor.experiments.plots import plot_pareto
-from modeltailor.experiments.tracking import KIND, KIND_TAG, PARENT_TAG, Tracker
-from modeltailor.results import SearchSummary
+from modeltailor.experiments.search.outputs import final_metrics, run_description
+from modeltailor.experiments.search.plots import plot_pareto
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.campaign import load_campaign
+from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.tracking import registry
+from modeltailor.experiments.tracking.tracker import KIND, KIND_TAG, PARENT_TAG, Tracker
 
 pytestmark = pytest.mark.slow
 
@@ -157,11 +157,11 @@ def build_store(root: Path) -> DashboardStore:
         row = {**result_row(summary), "registered_version": version.version}
         trial = {"state": "finished", "episodes_done": summary.episodes, "mlflow_run_id": run_id,
                  "node": "local", "seconds": 12.5, "result": row}  # fmt: skip
-        (out / TRIAL_FILE).write_text(json.dumps(trial))
+        (out / files.TRIAL).write_text(json.dumps(trial))
         store.runs[name], store.versions[name] = run_id, version
     failed = out_dir / "all-cpu2t"
     failed.mkdir()
-    (failed / TRIAL_FILE).write_text(json.dumps({"state": "failed", "error": "device cpu-2t unreachable"}))
+    (failed / files.TRIAL).write_text(json.dumps({"state": "failed", "error": "device cpu-2t unreachable"}))
     _finish(out_dir, campaign, record, parent, False, started, LogCampaignReporter())
     return store
 

@@ -415,7 +415,7 @@ def test_flip_for_cifar10_archive_not_for_digits(archive: Path) -> None:
 
 @pytest.mark.parametrize("model", ["resnet20", "resnet56", "mobilenetv2"])
 def test_cifar10_examples_validate_and_name_the_archive(model: str) -> None:
-    from modeltailor.experiments.config import load_config
+    from modeltailor.experiments.spec.deployment import load_config
 
     path = Path(__file__).resolve().parents[1] / "examples" / f"cifar10-{model}.yaml"
     config = load_config(path)

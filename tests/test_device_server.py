@@ -213,8 +213,8 @@ def test_registry_remote_device_works(agent_url, small_onnx, tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_search_on_a_device_agent_takes_its_latencies_from_the_agent(agent_url, tmp_path, monkeypatch):
-    from modeltailor.experiments.config import load_config
-    from modeltailor.experiments.search import run_search
+    from modeltailor.experiments.search.run import run_search
+    from modeltailor.experiments.spec.deployment import load_config
     from tests.test_search_e2e import TINY
 
     registry = tmp_path / "devices.yaml"
@@ -232,8 +232,8 @@ def test_search_on_a_device_agent_takes_its_latencies_from_the_agent(agent_url, 
 
 
 def test_wrong_token_in_a_search_is_one_clear_error(agent_url, tmp_path, monkeypatch):
-    from modeltailor.experiments.config import load_config
-    from modeltailor.experiments.search import run_search
+    from modeltailor.experiments.search.run import run_search
+    from modeltailor.experiments.spec.deployment import load_config
     from tests.test_search_e2e import TINY
 
     registry = tmp_path / "devices.yaml"

@@ -15,7 +15,7 @@ from modeltailor.compressors.folding import (
 )
 from modeltailor.compressors.quantization import op_counts
 from modeltailor.devices.local import LocalOrtDevice
-from modeltailor.experiments.fold_report import fold_report
+from modeltailor.experiments.tools.fold_report import fold_report
 from modeltailor.models import ZOO, build_model
 
 

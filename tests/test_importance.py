@@ -155,6 +155,6 @@ def test_data_driven_importance_needs_calibration_data(name):
 
 
 def test_config_accepts_data_driven_importance():
-    from modeltailor.experiments.config import load_config
+    from modeltailor.experiments.spec.deployment import load_config
 
     assert load_config(None, {"search.importance": "activation"}).search.importance == "activation"

@@ -30,7 +30,7 @@ from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.devices.measurement import Measurement
 from modeltailor.devices.memory import onnx_memory
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError
-from modeltailor.experiments.calibrate import calibrate
+from modeltailor.experiments.tools.calibrate import calibrate
 from modeltailor.models.zoo import build_model
 from modeltailor.service.devices_cli import calibrate_command
 

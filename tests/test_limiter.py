@@ -26,9 +26,9 @@ from modeltailor.devices.memory import MemoryStats
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import MARGIN_RANGE, LinearCostModel, StageLatencyModel
 from modeltailor.env.limiter import BACK_OFF, Budget, BudgetLimiter, Trial
+from modeltailor.env.records import Outcome
 from modeltailor.env.reward import BudgetReward, Resources
 from modeltailor.models import build_model
-from modeltailor.results import Outcome
 
 ROUND_TO = 2
 Latency = Callable[[Mapping[str, float]], float]

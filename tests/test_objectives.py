@@ -9,11 +9,11 @@ import pytest
 
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, TradeoffReward
 from modeltailor.errors import ConfigError, ModelTailorError
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.objective import make_reward
-from modeltailor.experiments.pick import pick, picked_policy
-from modeltailor.experiments.search import run_search
-from modeltailor.results import ParetoPoint
+from modeltailor.experiments.search.objective import make_reward
+from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.spec.deployment import load_config
+from modeltailor.experiments.spec.summary import ParetoPoint
+from modeltailor.experiments.tools.pick import pick, picked_policy
 from tests.test_search_e2e import TINY, InterruptAfter
 from tests.test_summary import record, sample_summary
 

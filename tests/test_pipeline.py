@@ -17,9 +17,9 @@ from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.pruning import ChannelPruningCompressor, count_params
 from modeltailor.compressors.quantization import count_qdq, onnx_predictions
 from modeltailor.compressors.units import analyze_model
-from modeltailor.experiments.apply import rebuild
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.search import run_search
+from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.spec.deployment import load_config
+from modeltailor.experiments.tools.apply import rebuild
 from modeltailor.models import build_model
 from tests.test_env import make_env
 from tests.test_env import parts as parts  # noqa: F401 - the fixture
@@ -138,8 +138,8 @@ def test_int8_at_model_scope_searches_and_ships_a_whole_int8_graph(tmp_path):
     """The default int8 scope: the limiter is seeded with int8 measurements (the uncompressed model
     in int8 is smaller and faster than the float baseline), every episode runs every unit in int8,
     and the shipped graph is quantized whole."""
-    from modeltailor.experiments.objective import measure_unrecovered
-    from modeltailor.experiments.workbench import build_workbench
+    from modeltailor.experiments.search.objective import measure_unrecovered
+    from modeltailor.experiments.search.workbench import build_workbench
 
     cfg = load_config(None, {**TINY, "search.methods": ["prune", "int8"], "search.searcher": "random",
                              "objective.kind": "budget", "objective.max_latency_ratio": 0.7, "tracking.enabled": False})

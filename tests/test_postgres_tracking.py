@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from modeltailor.experiments.tracking import Tracker, get_run_summary
+from modeltailor.experiments.tracking.tracker import Tracker, get_run_summary
 from tests.pg_mlflow import mlflow_server, postgres_server
 
 

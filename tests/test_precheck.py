@@ -21,8 +21,8 @@ from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.env.history import search_result
 from modeltailor.env.reward import Resources, TradeoffReward
 from modeltailor.errors import EpisodeFailed, ModelLoadError
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.workbench import _untrained_hint, check_trained
+from modeltailor.experiments.search.workbench import _untrained_hint, check_trained
+from modeltailor.experiments.spec.deployment import load_config
 from modeltailor.models import build_model
 from tests import corpus
 from tests.conftest import synthetic_images

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from modeltailor.compressors.export import export_onnx
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward
 from modeltailor.errors import ModelTailorError, NoMatchError, NotFoundError
-from modeltailor.experiments import registry
-from modeltailor.experiments.finalize import describe_objective
-from modeltailor.experiments.tracking import KIND, KIND_TAG, Tracker
+from modeltailor.experiments.search.finalize import describe_objective
+from modeltailor.experiments.tracking import registry
+from modeltailor.experiments.tracking.tracker import KIND, KIND_TAG, Tracker
 from modeltailor.service.cli import app
 from tests.test_cli import run_main
 from tests.test_summary import sample_summary

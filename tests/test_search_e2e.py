@@ -13,15 +13,15 @@ import torch
 from modeltailor.compressors.distill import predict_logits
 from modeltailor.devices.session import run_onnx
 from modeltailor.errors import ModelLoadError
-from modeltailor.experiments.apply import rebuild
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.registry import query_best
-from modeltailor.experiments.search import LogReporter, run_search
-from modeltailor.experiments.teacher import load_teacher, teacher_cache_path
-from modeltailor.experiments.tracking import get_run_summary
-from modeltailor.experiments.warm_start import FROM_TAG
-from modeltailor.experiments.workbench import load_deployment_data
-from modeltailor.results import SearchSummary
+from modeltailor.experiments.search.run import LogReporter, run_search
+from modeltailor.experiments.search.teacher import load_teacher, teacher_cache_path
+from modeltailor.experiments.search.warm_start import FROM_TAG
+from modeltailor.experiments.search.workbench import load_deployment_data
+from modeltailor.experiments.spec.deployment import load_config
+from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.tools.apply import rebuild
+from modeltailor.experiments.tracking.registry import query_best
+from modeltailor.experiments.tracking.tracker import get_run_summary
 from tests.test_summary import key_paths, sample_summary
 
 pytestmark = pytest.mark.slow

@@ -22,15 +22,13 @@ from modeltailor.compressors.units import analyze_model
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.reward import Resources, TradeoffReward
 from modeltailor.errors import ModelTailorError, SearchInterrupted
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.search import (
-    AGENT_CHECKPOINT,
-    EPISODES_FILE,
-    RUN_FILE,
+from modeltailor.experiments.search.run import (
     LogReporter,
     run_search,
 )
-from modeltailor.experiments.tracking import Tracker
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.deployment import load_config
+from modeltailor.experiments.tracking.tracker import Tracker
 from modeltailor.models import build_model
 from tests.test_cli import run_main
 from tests.test_search_e2e import TINY, InterruptAfter
@@ -38,7 +36,7 @@ from tests.test_tracking import empty_db, store  # noqa: F401 - fixtures
 
 
 def episodes(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / EPISODES_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (out / files.EPISODES).read_text().splitlines()]
 
 
 # -- bad --out: one line, exit 2, before any training ---------------------------------------------
@@ -74,7 +72,7 @@ def small_env(int8: bool = False) -> CompressionEnv:
 
 
 def test_agent_checkpoint_is_plain_data_and_refuses_another_layout(tmp_path):
-    path = tmp_path / AGENT_CHECKPOINT
+    path = tmp_path / files.AGENT_CHECKPOINT
     env = small_env()
     searcher = PPOSearcher(seed=1, checkpoint=path)
     save_checkpoint(path, searcher.build(env), env, searcher.settings)
@@ -109,7 +107,7 @@ def test_interrupt_while_finalizing_is_search_interrupted_and_kills_the_run(tmp_
     out = tmp_path / "out"
     with pytest.raises(SearchInterrupted, match=r"2 of 2 episodes are kept in .*rerun with --resume"):
         run_search(cfg, out, InterruptAt("finalist"))
-    run_id = json.loads((out / RUN_FILE).read_text())["mlflow_run_id"]
+    run_id = json.loads((out / files.RUN).read_text())["mlflow_run_id"]
     assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "KILLED"
 
 
@@ -152,15 +150,15 @@ def test_resumed_ppo_continues_instead_of_replaying(tmp_path, monkeypatch):
     out = tmp_path / "out"
     run_search(cfg, out, InterruptAfter(3))  # one PPO update (2 episodes a rollout), then Ctrl-C
     first = episodes(out)
-    saved = torch.load(out / AGENT_CHECKPOINT, weights_only=True)
+    saved = torch.load(out / files.AGENT_CHECKPOINT, weights_only=True)
     assert len(first) == 3 and saved["episodes"] == 3 and not restored
     run_search(cfg, out, resume=True)
     lines = episodes(out)
     assert [r["episode"] for r in lines] == [0, 1, 2, 3, 4] and lines[:3] == first
-    assert restored == [out / AGENT_CHECKPOINT]
+    assert restored == [out / files.AGENT_CHECKPOINT]
     first_policies = [r["policy"] for r in first]
     assert all(r["policy"] not in first_policies for r in lines[3:]), "the resumed run replayed policies"
-    assert torch.load(out / AGENT_CHECKPOINT, weights_only=True)["episodes"] == 5
+    assert torch.load(out / files.AGENT_CHECKPOINT, weights_only=True)["episodes"] == 5
 
 
 @pytest.mark.slow
@@ -169,11 +167,11 @@ def test_resume_continues_the_mlflow_run_and_drops_a_torn_line(tmp_path, store):
     cfg = load_config(None, {**TINY, "search.episodes": 4, "search.searcher": "random", "tracking.uri": uri})
     out = tmp_path / "out"
     run_search(cfg, out, InterruptAfter(2))
-    run_id = json.loads((out / RUN_FILE).read_text())["mlflow_run_id"]
+    run_id = json.loads((out / files.RUN).read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(uri)
     assert client.get_run(run_id).info.status == "KILLED"
-    good = (out / EPISODES_FILE).read_text()
-    (out / EPISODES_FILE).write_text(good + good.splitlines()[0][:40])  # a write torn by a kill
+    good = (out / files.EPISODES).read_text()
+    (out / files.EPISODES).write_text(good + good.splitlines()[0][:40])  # a write torn by a kill
 
     run = run_search(cfg, out, resume=True)
     lines = episodes(out)  # every line parses: the torn one is gone, nothing appended onto it

@@ -44,9 +44,9 @@ from modeltailor.devices.memory import MemoryStats
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import LinearCostModel
 from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter
+from modeltailor.env.records import Outcome
 from modeltailor.env.reward import Resources, TradeoffReward
 from modeltailor.models import build_model
-from modeltailor.results import Outcome
 
 SHAPE = (1, 1, 16, 16)
 METHOD_SETS = [("prune",), ("prune", "int8"), ("prune", "lowrank"), ("prune", "lowrank", "int8")]

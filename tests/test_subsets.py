@@ -10,8 +10,8 @@ import torch
 from modeltailor.compressors.head import narrow_classifier
 from modeltailor.datasets import load_dataset, remap_labels, resolve_classes, restrict_splits
 from modeltailor.errors import DataError
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.search import run_search
+from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.spec.deployment import load_config
 from modeltailor.models import build_model
 from tests.test_search_e2e import TINY
 

@@ -13,12 +13,11 @@ from pydantic import ValidationError
 from modeltailor.compressors.policy import BITS, METHODS, Policy, UnitAction
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import MemoryStats
+from modeltailor.env.records import EpisodeRecord
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, TradeoffReward
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.finalize import describe_objective
-from modeltailor.experiments.pick import load_search_summary
-from modeltailor.results import (
-    EpisodeRecord,
+from modeltailor.experiments.search.finalize import describe_objective
+from modeltailor.experiments.spec.summary import (
     ModelMetrics,
     ObjectiveCheck,
     OnnxParity,
@@ -27,6 +26,7 @@ from modeltailor.results import (
     PolicyUnit,
     SearchSummary,
 )
+from modeltailor.experiments.tools.pick import load_search_summary
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "summary.schema.json"
 

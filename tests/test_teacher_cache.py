@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from modeltailor.experiments import teacher as teacher_module
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.teacher import load_teacher, teacher_cache_path
-from modeltailor.experiments.workbench import load_deployment_data
+from modeltailor.experiments.search import teacher as teacher_module
+from modeltailor.experiments.search.teacher import load_teacher, teacher_cache_path
+from modeltailor.experiments.search.workbench import load_deployment_data
+from modeltailor.experiments.spec.deployment import load_config
 
 
 def test_two_searches_train_the_teacher_once(monkeypatch):

@@ -20,8 +20,8 @@ import mlflow
 import pytest
 
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.plots import format_bytes, plot_pareto
-from modeltailor.experiments.tracking import (
+from modeltailor.experiments.search.plots import format_bytes, plot_pareto
+from modeltailor.experiments.tracking.tracker import (
     Tracker,
     default_tracking_uri,
     flatten_params,

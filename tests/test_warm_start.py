@@ -13,9 +13,9 @@ import torch
 from modeltailor.agent.ppo import PPOSearcher, agent_checkpoint, checkpoint_layout
 from modeltailor.env.features import OBS_LAYOUT, DeploymentContext
 from modeltailor.errors import ConfigError, ModelTailorError
-from modeltailor.experiments.config import load_config
-from modeltailor.experiments.tracking import Tracker
-from modeltailor.experiments.warm_start import FROM_TAG, publish_agent, resolve_warm_start
+from modeltailor.experiments.search.warm_start import FROM_TAG, publish_agent, resolve_warm_start
+from modeltailor.experiments.spec.deployment import load_config
+from modeltailor.experiments.tracking.tracker import Tracker
 from tests.test_searchers import make_env
 from tests.test_searchers import model as model  # noqa: F401 - the fixture
 

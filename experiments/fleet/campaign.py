@@ -26,27 +26,25 @@ from typing import Any, Protocol
 
 from ray.tune import Callback
 
+from modeltailor.common.storage import atomic_write, locked, read_json_object
 from modeltailor.errors import ConfigError, ModelTailorError, SearchInterrupted, first_line
-from modeltailor.experiments.campaign_spec import Campaign
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.episodes import EPISODES_FILE, load_episodes
-from modeltailor.experiments.ray_cluster import (
+from modeltailor.experiments.fleet.ray_cluster import (
     Cluster,
     check_address,
     check_fits,
     connected,
     node_ip_toward,
 )
-from modeltailor.experiments.search import RUN_FILE, check_out_dir
-from modeltailor.experiments.tracking import TRAINING_VIEW, Tracker
-from modeltailor.experiments.tracking_server import serving
-from modeltailor.storage import atomic_write, locked, read_json_object
+from modeltailor.experiments.search.episodes import load_episodes
+from modeltailor.experiments.search.run import check_out_dir
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.campaign import Campaign
+from modeltailor.experiments.spec.deployment import DeploymentConfig
+from modeltailor.experiments.tracking.server import serving
+from modeltailor.experiments.tracking.tracker import TRAINING_VIEW, Tracker
 
 log = logging.getLogger(__name__)
 
-CAMPAIGN_FILE = "campaign.json"
-TRIAL_FILE = "trial.json"
-PLOT_FILE = "campaign.png"
 TUNE_DIR = "_tune"
 STATES = ("pending", "running", "finished", "failed", "interrupted")
 FORWARDED_ENV = ("MODELTAILOR_CACHE", "MODELTAILOR_CORES_LOCK", "MODELTAILOR_DEVICE_TOKEN")
@@ -193,7 +191,7 @@ def _finish(
 def _prepare(campaign: Campaign, out_dir: Path, resume: bool) -> dict[str, Any]:
     """The campaign record (campaign.json) to continue or start; refuses to overwrite another."""
     check_out_dir(out_dir)
-    path = out_dir / CAMPAIGN_FILE
+    path = out_dir / files.CAMPAIGN
     spec = campaign.spec.model_dump(mode="json")
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -222,11 +220,11 @@ def _statuses(campaign: Campaign, out_dir: Path, interrupted: bool = False) -> l
     statuses = []
     for name, config in campaign.deployments.items():
         status = DeploymentStatus.of(name, config)
-        trial = read_json_object(out_dir / name / TRIAL_FILE)
+        trial = read_json_object(out_dir / name / files.TRIAL)
         if trial is not None:
             status.absorb(trial)
         if status.state != "finished":
-            status.episodes_done = len(load_episodes(out_dir / name / EPISODES_FILE))
+            status.episodes_done = len(load_episodes(out_dir / name / files.EPISODES))
             if interrupted and status.state in ("running", "pending") and status.episodes_done:
                 status.state = "interrupted"
         statuses.append(status)
@@ -236,8 +234,8 @@ def _statuses(campaign: Campaign, out_dir: Path, interrupted: bool = False) -> l
 def _prepare_teachers(campaign: Campaign, statuses: list[DeploymentStatus], reporter: CampaignReporter) -> None:
     """Train (or load) each distinct teacher once here, so trials find it cached instead of
     training it at once; a deployment whose teacher fails is marked failed, the rest go on."""
-    from modeltailor.experiments.teacher import load_teacher, teacher_cache_path
-    from modeltailor.experiments.workbench import load_deployment_data
+    from modeltailor.experiments.search.teacher import load_teacher, teacher_cache_path
+    from modeltailor.experiments.search.workbench import load_deployment_data
 
     done: dict[Path, str | None] = {}
     for status in statuses:
@@ -282,15 +280,15 @@ def _cluster_record(cluster: Cluster | None) -> dict[str, Any]:
 def _write_record(out_dir: Path, record: dict[str, Any], statuses: list[DeploymentStatus]) -> None:
     record = {**record, "deployments": [asdict(s) for s in statuses]}
     record["deployments"] = [{**d, "out": str(out_dir / d["name"])} for d in record["deployments"]]
-    atomic_write(out_dir / CAMPAIGN_FILE, json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write(out_dir / files.CAMPAIGN, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _write_plot(out_dir: Path, statuses: list[DeploymentStatus]) -> None:
-    from modeltailor.experiments.plots import campaign_plot
+    from modeltailor.experiments.search.plots import campaign_plot
 
     points = [(s.name, s.device, s.result) for s in statuses if s.result]
     if points:
-        campaign_plot(points, out_dir / PLOT_FILE)
+        campaign_plot(points, out_dir / files.CAMPAIGN_PLOT)
 
 
 class _ParentRun:
@@ -312,7 +310,7 @@ class _ParentRun:
                 campaign.spec.name, params=params,
                 tags={"modeltailor.kind": "campaign", "campaign": campaign.spec.name},
             )
-            self.tracker.log_dict(campaign.spec.model_dump(mode="json"), "campaign_spec.yaml")
+            self.tracker.log_dict(campaign.spec.model_dump(mode="json"), files.CAMPAIGN_SPEC_ARTIFACT)
             record["mlflow_run_id"] = run_id
         record["experiment"], record["logged_through"] = experiment, self.tracker.tracking_uri
         self.run_id, self.name = run_id, campaign.spec.name
@@ -321,7 +319,7 @@ class _ParentRun:
         try:
             counts = {state: sum(s.state == state for s in statuses) for state in STATES}
             self.tracker.log_metrics({f"deployments/{k}": v for k, v in counts.items()})
-            for name in (CAMPAIGN_FILE, PLOT_FILE):
+            for name in (files.CAMPAIGN, files.CAMPAIGN_PLOT):
                 if (out_dir / name).is_file():
                     self.tracker.log_artifact(out_dir / name)
             self.tracker.set_description(campaign_description(self.name, statuses, self.tracker.experiment_id, self.run_id))
@@ -355,7 +353,7 @@ def campaign_description(name: str, statuses: list[DeploymentStatus], experiment
             f"{'met' if r.get('objective_met') else 'not met'}" if r else "- | - | - | - | -"
         )
         rows.append(f"| {run} | {s.device} | {s.classes} | {s.state} | {numbers} | {link} |")
-    rows += ["", f"![accuracy vs speedup](get-artifact?path={PLOT_FILE}&run_uuid={run_id})"]
+    rows += ["", f"![accuracy vs speedup](get-artifact?path={files.CAMPAIGN_PLOT}&run_uuid={run_id})"]
     return "\n".join(rows)
 
 
@@ -364,7 +362,7 @@ def _kill_open_children(tracker: Tracker, out_dir: Path, statuses: list[Deployme
     for status in statuses:
         if status.state == "finished":
             continue
-        run = read_json_object(out_dir / status.name / RUN_FILE)
+        run = read_json_object(out_dir / status.name / files.RUN)
         if run and run.get("mlflow_run_id"):
             tracker.terminate(run["mlflow_run_id"], "KILLED")
 
@@ -485,11 +483,11 @@ def _search_deployment(
     name: str, job: dict[str, Any], out: Path, node: str, report: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
     """run_search on the job; the trial's final record (finished, interrupted or failed)."""
-    from modeltailor.experiments.search import run_search
+    from modeltailor.experiments.search.run import run_search
 
     started = time.perf_counter()
     config = DeploymentConfig.model_validate(job["config"])
-    resume = bool(load_episodes(out / EPISODES_FILE)) and (out / "deployment.json").is_file()
+    resume = bool(load_episodes(out / files.EPISODES)) and (out / files.DEPLOYMENT).is_file()
     reporter = _TrialReporter(out, report, node)
     try:
         tracker = Tracker(job["tracking_uri"], job["experiment"]) if job["tracking_uri"] else None
@@ -523,13 +521,13 @@ def result_row(summary: Any) -> dict[str, Any]:
 
 def _failure(out: Path, error: str, started: float) -> dict[str, Any]:
     log.warning("deployment in %s failed: %s", out, error)
-    return {"state": "failed", "error": error, "episodes_done": len(load_episodes(out / EPISODES_FILE)),
+    return {"state": "failed", "error": error, "episodes_done": len(load_episodes(out / files.EPISODES)),
             "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _record_trial(out: Path, update: dict[str, Any], only_if_not: str | None = None) -> None:
     """Merge `update` into OUT/<deployment>/trial.json (atomically, under its lock)."""
-    path = out / TRIAL_FILE
+    path = out / files.TRIAL
     with locked(path):
         current = read_json_object(path) or {}
         if only_if_not is not None and current.get("state") == only_if_not:

@@ -12,16 +12,15 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+from modeltailor.common.storage import atomic_write
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import best_record
+from modeltailor.env.records import EpisodeRecord
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.tracking import Tracker
-from modeltailor.results import EpisodeRecord
-from modeltailor.storage import atomic_write
+from modeltailor.experiments.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-EPISODES_FILE = "episodes.jsonl"
 
 
 class EpisodeReporter(Protocol):

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from modeltailor.common.storage import cache_dir
 from modeltailor.errors import ConfigError
 
 LOCK_ENV = "MODELTAILOR_CORES_LOCK"
@@ -44,8 +45,7 @@ def lock_dir() -> Path | None:
         return None
     if setting:
         return Path(setting)
-    cache = os.environ.get("MODELTAILOR_CACHE") or Path.home() / ".cache" / "modeltailor"  # = storage.cache_dir()
-    return Path(cache) / "locks"
+    return cache_dir() / "locks"
 
 
 @contextmanager

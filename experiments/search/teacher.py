@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeltailor.compute import autocast, torch_device
-from modeltailor.cores import working
+from modeltailor.common.cores import working
+from modeltailor.common.storage import atomic_write, cache_dir, locked
+from modeltailor.compressors.compute import autocast, torch_device
 from modeltailor.datasets import DataSplits
 from modeltailor.errors import DataError, ModelLoadError, ModelTailorError, first_line
-from modeltailor.experiments.config import ComputeConfig, DeploymentConfig, TrainConfig
+from modeltailor.experiments.spec.deployment import ComputeConfig, DeploymentConfig, TrainConfig
 from modeltailor.models import build_model, load_factory, load_weights
-from modeltailor.storage import atomic_write, cache_dir, locked
 
 log = logging.getLogger(__name__)
 

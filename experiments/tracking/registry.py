@@ -44,22 +44,22 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from modeltailor.common.storage import cache_dir
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, TradeoffReward
 from modeltailor.errors import ModelTailorError, NoMatchError, NotFoundError
-from modeltailor.experiments.tracking import (
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.tracking.tracker import (
     _mlflow_errors,
     check_reachable,
     normalize_tracking_uri,
     quiet_mlflow_logging,
 )
-from modeltailor.results import SearchSummary
-from modeltailor.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "modeltailor-"
 CHAMPION = "champion"
-FILES = ("model.onnx", "policy.json", "summary.json")
 PROFILE_KEYS = ("name", "kind", "intra_op_threads", "graph_optimization_level", "onnxruntime", "url", "cpu")
 _FLUENT = threading.Lock()  # log_model reads the process-wide tracking URI
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,99}$")
@@ -214,8 +214,8 @@ def register_search(tracking_uri: str, out_dir: Path, summary: SearchSummary | N
     of its device's registered model and move the deployment's champion alias if it wins.
     Idempotent: a run already registered returns its version unchanged."""
     out_dir = Path(out_dir)
-    summary = summary or SearchSummary.load(out_dir / "summary.json")
-    for name in FILES:
+    summary = summary or SearchSummary.load(out_dir / files.SUMMARY)
+    for name in files.REGISTERED:
         if not (out_dir / name).is_file():
             raise ModelTailorError(f"'{out_dir}' has no {name}: register a finished search's output folder")
     run_id = summary.mlflow_run_id
@@ -326,7 +326,7 @@ def _log_onnx_model(run_id: str, out_dir: Path, summary: SearchSummary) -> tuple
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    model = onnx.load(str(out_dir / "model.onnx"))
+    model = onnx.load(str(out_dir / files.MODEL_ONNX))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (inp,), outputs = session.get_inputs(), session.get_outputs()
     shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
@@ -339,8 +339,8 @@ def _log_onnx_model(run_id: str, out_dir: Path, summary: SearchSummary) -> tuple
     info = mlflow.onnx.log_model(
         model, name=_slug(summary.deployment), run_id=run_id, signature=signature, input_example=example,
         onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
-        pip_requirements=["onnx", "onnxruntime"], extra_files=[str(out_dir / "policy.json"),
-                                                            str(out_dir / "summary.json")],
+        pip_requirements=["onnx", "onnxruntime"], extra_files=[str(out_dir / files.POLICY),
+                                                            str(out_dir / files.SUMMARY)],
         tags={"device": summary.device["name"], "deployment": summary.deployment},
         await_registration_for=0,
     )
@@ -568,7 +568,7 @@ def query_best(
     return BestAnswer(
         device=device, registered_model=model_name(device), filters=filters, rule=rule, chosen=chosen,
         runners_up=runners, policy=json.loads(download_file(tracking_uri, device, chosen.version,
-                                                             "policy.json").read_text()),
+                                                             files.POLICY).read_text()),
     )
 
 
@@ -599,8 +599,8 @@ def _brief(v: VersionInfo) -> dict[str, Any]:
 
 def download_file(tracking_uri: str, device: str, version: int, filename: str) -> Path:
     """One of model.onnx, policy.json, summary.json of a version, downloaded to a local cache path."""
-    if filename not in FILES:
-        raise NotFoundError(f"file '{filename}' is not served: ask for one of {', '.join(FILES)}")
+    if filename not in files.REGISTERED:
+        raise NotFoundError(f"file '{filename}' is not served: ask for one of {', '.join(files.REGISTERED)}")
     check_device_name(device)
     client = _client(tracking_uri)
     uri = normalize_tracking_uri(tracking_uri)
@@ -613,7 +613,7 @@ def download_file(tracking_uri: str, device: str, version: int, filename: str) -
         model_id = _model_id(mv)
         if model_id is None:
             raise NotFoundError(f"version {version} of '{device}' has no logged model: it was not registered by modeltailor")
-        inner = filename if filename == "model.onnx" else f"extra_files/{filename}"
+        inner = filename if filename == files.MODEL_ONNX else f"extra_files/{filename}"
         path = cache_dir() / "registry" / model_id / inner
         if not path.is_file():
             location = client.get_logged_model(model_id).artifact_location.rstrip("/")
@@ -631,6 +631,6 @@ def download_version(tracking_uri: str, device: str, version: int, dest: Path) -
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name in FILES:
+    for name in files.REGISTERED:
         written[name] = Path(shutil.copyfile(download_file(tracking_uri, device, version, name), dest / name))
     return written

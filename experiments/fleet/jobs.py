@@ -16,7 +16,7 @@ Ctrl-C in a terminal sends (the campaign stops its trials, marks their MLflow ru
 exits 130); after a grace period the job's whole session is killed.
 
 Torch-free and Ray-free: the API imports this module (file names below mirror
-experiments/campaign.py, which imports Ray).
+experiments/fleet/campaign.py, which imports Ray).
 """
 
 from __future__ import annotations
@@ -38,20 +38,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from modeltailor.common.storage import atomic_write, read_json_object
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, NotFoundError
-from modeltailor.experiments.campaign_spec import PATH_KEYS, Campaign, CampaignSpec, build_campaign
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.storage import atomic_write, read_json_object
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.campaign import PATH_KEYS, Campaign, CampaignSpec, build_campaign
+from modeltailor.experiments.spec.deployment import DeploymentConfig
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "job.json"
-SPEC_FILE = "campaign.yaml"
 LOG_FILE = "campaign.log"
 OUT_DIR = "out"
-CAMPAIGN_FILE = "campaign.json"  # = experiments.campaign.CAMPAIGN_FILE
-TRIAL_FILE = "trial.json"  # = experiments.campaign.TRIAL_FILE
-EPISODES_FILE = "episodes.jsonl"  # = experiments.episodes.EPISODES_FILE
 TOKEN_ENV = "MODELTAILOR_API_TOKEN"
 """The API's token: never handed to the job processes."""
 
@@ -291,7 +287,7 @@ class JobStore:
             job_id = self._new_id()
             folder = self.root / job_id
             folder.mkdir()
-            atomic_write(folder / SPEC_FILE, yaml.safe_dump(data, sort_keys=False))
+            atomic_write(folder / files.JOB_SPEC, yaml.safe_dump(data, sort_keys=False))
             self._write(job_id, {
                 "id": job_id, "kind": kind, "name": campaign.spec.name, "created": time.time(), "pid": None,
                 "deployments": [_planned(name, config) for name, config in campaign.deployments.items()],
@@ -335,7 +331,7 @@ class JobStore:
     def _command(self, job_id: str, resume: bool) -> list[str]:
         folder = self.root / job_id
         command = [sys.executable, "-m", "modeltailor.service.cli", "campaign",
-                   "--config", str(folder / SPEC_FILE), "--out", str(folder / OUT_DIR)]
+                   "--config", str(folder / files.JOB_SPEC), "--out", str(folder / OUT_DIR)]
         if self.tracking_uri:
             command += ["--tracking-uri", self.tracking_uri]
         if self.address:
@@ -377,7 +373,7 @@ class JobStore:
 
     def jobs(self) -> list[JobStatus]:
         """Every job, newest first."""
-        ids = [p.name for p in self.root.iterdir() if JOB_ID.match(p.name) and (p / JOB_FILE).is_file()]
+        ids = [p.name for p in self.root.iterdir() if JOB_ID.match(p.name) and (p / files.JOB).is_file()]
         statuses = []
         for job_id in ids:
             try:
@@ -414,16 +410,16 @@ class JobStore:
 
     def _progress(self, job_id: str, record: dict[str, Any], state: JobState) -> list[DeploymentProgress]:
         out = self.root / job_id / OUT_DIR
-        final = {d.get("name"): d for d in (read_json_object(out / CAMPAIGN_FILE) or {}).get("deployments", [])}
+        final = {d.get("name"): d for d in (read_json_object(out / files.CAMPAIGN) or {}).get("deployments", [])}
         rows = []
         for planned in record.get("deployments", []):
             row = DeploymentProgress.model_validate(planned)
-            merged = {**final.get(row.name, {}), **(read_json_object(out / row.name / TRIAL_FILE) or {})}
+            merged = {**final.get(row.name, {}), **(read_json_object(out / row.name / files.TRIAL) or {})}
             for key in ("state", "error", "mlflow_run_id", "seconds", "result"):
                 if merged.get(key) is not None:
                     setattr(row, key, merged[key])
             if row.state != "finished":
-                row.episodes_done = _count_lines(out / row.name / EPISODES_FILE)
+                row.episodes_done = _count_lines(out / row.name / files.EPISODES)
             elif merged.get("episodes_done") is not None:
                 row.episodes_done = int(merged["episodes_done"])
             if state not in ACTIVE and row.state == "running":
@@ -478,13 +474,13 @@ class JobStore:
     def _record(self, job_id: str) -> dict[str, Any]:
         if not JOB_ID.match(job_id):
             raise BodyError("job_id", f"'{job_id[:40]}' is not a job id (12 hex digits)")
-        record = read_json_object(self.root / job_id / JOB_FILE)
+        record = read_json_object(self.root / job_id / files.JOB)
         if record is None or not {"kind", "name", "created"} <= record.keys():
             raise NotFoundError(f"no job '{job_id}': GET /v1/jobs lists the jobs")
         return record
 
     def _write(self, job_id: str, record: dict[str, Any]) -> None:
-        atomic_write(self.root / job_id / JOB_FILE, json.dumps(record, indent=2) + "\n")
+        atomic_write(self.root / job_id / files.JOB, json.dumps(record, indent=2) + "\n")
 
     def _update(self, job_id: str, **changes: Any) -> None:
         with self._lock:
@@ -505,7 +501,7 @@ def _count_lines(path: Path) -> int:
 
 
 def _all_finished(out: Path) -> bool:
-    deployments = (read_json_object(out / CAMPAIGN_FILE) or {}).get("deployments") or []
+    deployments = (read_json_object(out / files.CAMPAIGN) or {}).get("deployments") or []
     return bool(deployments) and all(d.get("state") == "finished" for d in deployments)
 
 
@@ -533,7 +529,7 @@ def _is_job_process(pid: int, folder: Path) -> bool:
         stat = (proc / "stat").read_text()
     except OSError:
         return False
-    return str(folder / SPEC_FILE) in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return str(folder / files.JOB_SPEC) in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _session_members(sid: int) -> list[int]:

@@ -28,7 +28,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from modeltailor.errors import ModelTailorError, first_line
-from modeltailor.experiments.config import DeploymentConfig
+from modeltailor.experiments.spec.deployment import DeploymentConfig
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"

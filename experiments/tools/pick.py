@@ -12,21 +12,22 @@ from pathlib import Path
 
 from modeltailor.compressors.policy import Policy
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.registry import within_limits
-from modeltailor.experiments.tracking import default_tracking_uri, read_artifact_json
-from modeltailor.results import ParetoPoint, SearchSummary
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.summary import ParetoPoint, SearchSummary
+from modeltailor.experiments.tracking.registry import within_limits
+from modeltailor.experiments.tracking.tracker import default_tracking_uri, read_artifact_json
 
 
 def load_search_summary(run: str, tracking_uri: str | None = None) -> SearchSummary:
     """summary.json of a search, from an output folder (or its summary.json) or an MLflow run id."""
     path = Path(run)
     if path.is_dir():
-        path = path / "summary.json"
+        path = path / files.SUMMARY
     if path.is_file():
         return SearchSummary.load(path)
     if path.suffix or "/" in run:
         raise ModelTailorError(f"'{run}' not found: pass a search's output folder or its MLflow run id")
-    data = read_artifact_json(tracking_uri or default_tracking_uri(), run, "summary.json")
+    data = read_artifact_json(tracking_uri or default_tracking_uri(), run, files.SUMMARY)
     return SearchSummary.from_dict(data, source=f"summary.json of MLflow run '{run}'")
 
 

@@ -25,9 +25,14 @@ from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.units import analyze_model
 from modeltailor.datasets import remap_labels
 from modeltailor.errors import CompressionError
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.teacher import load_teacher
-from modeltailor.experiments.workbench import load_deployment_data, make_applier, recovery_config
+from modeltailor.experiments.search.teacher import load_teacher
+from modeltailor.experiments.search.workbench import (
+    load_deployment_data,
+    make_applier,
+    recovery_config,
+)
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.deployment import DeploymentConfig
 from modeltailor.models import load_weights
 
 
@@ -57,8 +62,8 @@ def rebuild(
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyze_model(base, torch.zeros(input_shape))
     onnx_bytes = applier.to_onnx(model, policy, analysis, input_shape[1:], train_x[:64])
-    (out / "model.onnx").write_bytes(onnx_bytes)
-    torch.save(model.state_dict(), out / "model.pt")
+    (out / files.MODEL_ONNX).write_bytes(onnx_bytes)
+    torch.save(model.state_dict(), out / files.MODEL_WEIGHTS)
     val_x, val_y = splits.val.tensors
     if classes:
         val_y = remap_labels(val_y, classes)

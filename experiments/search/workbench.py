@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from modeltailor.common.storage import cache_dir
+from modeltailor.compressors.compute import torch_device
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits, accuracy
 from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.head import narrow_classifier
@@ -25,7 +27,6 @@ from modeltailor.compressors.pipeline import PolicyApplier, lowrank_units
 from modeltailor.compressors.precheck import UnitChecks, check_units
 from modeltailor.compressors.pruning import DATA_DRIVEN, ChannelPruningCompressor, count_params
 from modeltailor.compressors.units import ModelAnalysis, analyze_model
-from modeltailor.compute import torch_device
 from modeltailor.datasets import (
     DataSplits,
     load_dataset,
@@ -37,11 +38,10 @@ from modeltailor.devices.base import Device
 from modeltailor.devices.cache import CachedDevice
 from modeltailor.devices.profiles import get_device
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
+from modeltailor.env.records import Outcome
 from modeltailor.errors import ModelLoadError
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.teacher import load_teacher
-from modeltailor.results import Outcome
-from modeltailor.storage import cache_dir
+from modeltailor.experiments.search.teacher import load_teacher
+from modeltailor.experiments.spec.deployment import DeploymentConfig
 
 log = logging.getLogger(__name__)
 

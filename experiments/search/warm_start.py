@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from modeltailor.agent.ppo import checkpoint_layout
+from modeltailor.common.storage import cache_dir
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.errors import ConfigError, ModelTailorError
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.tracking import Tracker
-from modeltailor.storage import cache_dir
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.deployment import DeploymentConfig
+from modeltailor.experiments.tracking.tracker import Tracker
 
-CHECKPOINT_FILE = "agent_checkpoint.pt"
-ARTIFACT = f"agent/{CHECKPOINT_FILE}"
+ARTIFACT = f"agent/{files.AGENT_CHECKPOINT}"
 AGENT_TAG = "agentCheckpoint"
 LAYOUT_TAG = "agentLayout"
 VECTOR_TAG = "deploymentVector"
@@ -98,11 +98,11 @@ def resolve_warm_start(
 
 
 def _from_path(path: Path) -> WarmStart:
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    file = path / files.AGENT_CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(
             f"search.warm_start: '{path}' is neither an agent checkpoint nor a search folder holding "
-            f"{CHECKPOINT_FILE}: give a PPO search's --out folder, an MLflow run id, or auto"
+            f"{files.AGENT_CHECKPOINT}: give a PPO search's --out folder, an MLflow run id, or auto"
         )
     return WarmStart(file, str(path), f"warm start from the agent checkpoint {file}")
 

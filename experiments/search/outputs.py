@@ -1,6 +1,6 @@
 """Everything a search leaves behind: summary.json, policy.json, model.onnx, model.pt, pareto.png.
 
-`summary.json` is a :class:`~modeltailor.results.SearchSummary` (the contract in DESIGN.md; its
+`summary.json` is a :class:`~modeltailor.experiments.spec.summary.SearchSummary` (the contract in DESIGN.md; its
 JSON Schema is ``docs/summary.schema.json``, printed by ``modeltailor summary-schema``):
 `baseline` and `best` (accuracy on the test split as a fraction, median latency on the
 deployment's device, memory, params), `speedup`, `accuracy_drop` (points), `pareto`, `policy`,
@@ -17,22 +17,18 @@ from typing import Any
 import torch
 
 from modeltailor.compressors.policy import Policy
-from modeltailor.experiments.finalize import FinalResult
-from modeltailor.experiments.plots import plot_pareto
-from modeltailor.experiments.tracking import TRAINING_VIEW, Tracker
-from modeltailor.experiments.workbench import Workbench
-from modeltailor.results import (
-    EpisodeRecord,
+from modeltailor.env.records import EpisodeRecord, SearchResult
+from modeltailor.experiments.search.finalize import FinalResult
+from modeltailor.experiments.search.plots import plot_pareto
+from modeltailor.experiments.search.workbench import Workbench
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.summary import (
     ModelMetrics,
     ParetoPoint,
     PolicyData,
-    SearchResult,
     SearchSummary,
 )
-
-ARTIFACTS = ("summary.json", "policy.json", "model.onnx", "model.pt", "pareto.png", "episodes.jsonl")
-OPTIONAL_ARTIFACTS = ("agent_checkpoint.pt",)
-"""Logged when the searcher wrote them (PPO's agent checkpoint; baselines have none)."""
+from modeltailor.experiments.tracking.tracker import TRAINING_VIEW, Tracker
 
 
 def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
@@ -111,25 +107,25 @@ def write_outputs(
     info: RunInfo,
     tracker: Tracker | None,
 ) -> SearchSummary:
-    """Write every output file (see ARTIFACTS) to ``out_dir``; log them to ``tracker``."""
+    """Write every output file (see files.ARTIFACTS) to ``out_dir``; log them to ``tracker``."""
     policy = policy_with_meta(bench, final.chosen.record)
     summary = build_summary(bench, result, final, info, policy)
-    policy.save(out_dir / "policy.json")
-    (out_dir / "model.onnx").write_bytes(final.onnx_bytes)
-    torch.save(final.chosen.model.state_dict(), out_dir / "model.pt")
+    policy.save(out_dir / files.POLICY)
+    (out_dir / files.MODEL_ONNX).write_bytes(final.onnx_bytes)
+    torch.save(final.chosen.model.state_dict(), out_dir / files.MODEL_WEIGHTS)
     plot_pareto(
         [r.to_dict() for r in result.episodes],
         [p.model_dump() for p in summary.pareto],
         {**summary.baseline.model_dump(), "accuracy": summary.baseline.val_accuracy},
         final.chosen.record.to_dict(),
-        out_dir / "pareto.png",
+        out_dir / files.PARETO_PLOT,
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
+    (out_dir / files.SUMMARY).write_text(json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
     if tracker is not None:
         tracker.log_metrics(final_metrics(summary))
-        for name in ARTIFACTS:
+        for name in files.ARTIFACTS:
             tracker.log_artifact(out_dir / name)
-        for name in OPTIONAL_ARTIFACTS:
+        for name in files.OPTIONAL_ARTIFACTS:
             if (out_dir / name).is_file():
                 tracker.log_artifact(out_dir / name)
     return summary

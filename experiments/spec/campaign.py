@@ -25,7 +25,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.config import DeploymentConfig, TrackingConfig, read_yaml, set_dotted
+from modeltailor.experiments.spec.deployment import (
+    DeploymentConfig,
+    TrackingConfig,
+    read_yaml,
+    set_dotted,
+)
 
 OVERRIDE_KEYS = ("name", "classes", "device", "objective", "model", "data", "search", "recovery")
 """What a deployment entry may override in the base (tracking and training are campaign-wide)."""

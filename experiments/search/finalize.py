@@ -20,10 +20,11 @@ from modeltailor.compressors.quantization import onnx_accuracy, onnx_predictions
 from modeltailor.devices.base import Device
 from modeltailor.devices.measurement import Measurement
 from modeltailor.env.history import evaluated
+from modeltailor.env.records import EpisodeRecord
 from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.errors import CompressionError
-from modeltailor.experiments.workbench import Workbench, recovery_config
-from modeltailor.results import EpisodeRecord, ObjectiveCheck, OnnxParity
+from modeltailor.experiments.search.workbench import Workbench, recovery_config
+from modeltailor.experiments.spec.summary import ObjectiveCheck, OnnxParity
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import StageLatencyModel
 from modeltailor.env.features import DeploymentContext
 from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit
+from modeltailor.env.records import Outcome
 from modeltailor.env.reward import (
     AccuracyFloorReward,
     BudgetReward,
@@ -28,9 +29,8 @@ from modeltailor.env.reward import (
     TradeoffReward,
 )
 from modeltailor.errors import ConfigError
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.workbench import Workbench
-from modeltailor.results import Outcome
+from modeltailor.experiments.search.workbench import Workbench
+from modeltailor.experiments.spec.deployment import DeploymentConfig
 
 DEFAULT_LATENCY_RATIO = 0.45
 SKIP_FRACTION = 0.15  # share of a skippable unit's action range that means "remove the block"

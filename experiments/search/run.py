@@ -21,34 +21,34 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modeltailor.agent import make_searcher
+from modeltailor.common.storage import atomic_write
 from modeltailor.devices.base import Device
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
+from modeltailor.env.records import EpisodeRecord, SearchResult
 from modeltailor.env.reward import Resources
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, SearchInterrupted
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.episodes import (
-    EPISODES_FILE,
+from modeltailor.experiments.search.episodes import (
     attach_episode_sinks,
     episode_metrics,
     load_episodes,
     repair_episodes,
 )
-from modeltailor.experiments.finalize import FinalResult, finalize
-from modeltailor.experiments.objective import build_env, make_reward
-from modeltailor.experiments.outputs import RunInfo, run_description, write_outputs
-from modeltailor.experiments.registry import VersionInfo, register_search
-from modeltailor.experiments.tracking import Tracker, open_tracker
-from modeltailor.experiments.warm_start import (
-    CHECKPOINT_FILE,
+from modeltailor.experiments.search.finalize import FinalResult, finalize
+from modeltailor.experiments.search.objective import build_env, make_reward
+from modeltailor.experiments.search.outputs import RunInfo, run_description, write_outputs
+from modeltailor.experiments.search.warm_start import (
     FROM_TAG,
     check_warm_start,
     publish_agent,
     resolve_warm_start,
 )
-from modeltailor.experiments.workbench import Workbench, build_workbench
-from modeltailor.results import EpisodeRecord, SearchResult, SearchSummary
-from modeltailor.storage import atomic_write
+from modeltailor.experiments.search.workbench import Workbench, build_workbench
+from modeltailor.experiments.spec import files
+from modeltailor.experiments.spec.deployment import DeploymentConfig
+from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.tracking.registry import VersionInfo, register_search
+from modeltailor.experiments.tracking.tracker import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,6 @@ class SearchRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-AGENT_CHECKPOINT = CHECKPOINT_FILE
-"""The PPO agent checkpoint (network, optimizer, settings), what `--resume` continues from."""
-RUN_FILE = "run.json"
-"""The MLflow run of the search (id, tracking URI, experiment), continued by `--resume`."""
 RESUME_KEYS = ("model", "data", "classes", "device", "objective", "search")
 
 
@@ -139,7 +135,7 @@ def run_search(
 
 
 def _register(tracker: Tracker, out_dir: Path, summary: SearchSummary, reporter: Reporter) -> VersionInfo | None:
-    """Register the chosen model (see experiments/registry.py); a failure is reported, not fatal:
+    """Register the chosen model (see experiments/tracking/registry.py); a failure is reported, not fatal:
     the search's outputs are written and `modeltailor registry add OUT` registers them later."""
     try:
         version = register_search(tracker.tracking_uri, out_dir, summary)
@@ -166,22 +162,22 @@ def _run_searcher(
     """The search on a fresh env holding `previous`: its result and how long it took (s)."""
     env = build_env(bench, make_reward(config, _baseline(bench)), _baseline(bench))
     env.history.extend(previous)
-    attach_episode_sinks(env, out_dir / EPISODES_FILE, tracker, reporter)
+    attach_episode_sinks(env, out_dir / files.EPISODES, tracker, reporter)
     reporter.start(max(0, config.search.episodes - len(previous)))
     started = time.perf_counter()
     result = _search(env, config, len(previous), out_dir, tracker, reporter)
     if not result.episodes:
         raise KeyboardInterrupt
     if tracker is not None:
-        publish_agent(tracker, config, env, out_dir / AGENT_CHECKPOINT)
+        publish_agent(tracker, config, env, out_dir / files.AGENT_CHECKPOINT)
     return result, time.perf_counter() - started
 
 
 def _interrupted(config: DeploymentConfig, out_dir: Path) -> SearchInterrupted:
-    kept, wanted = len(load_episodes(out_dir / EPISODES_FILE)), config.search.episodes
+    kept, wanted = len(load_episodes(out_dir / files.EPISODES)), config.search.episodes
     then = "run the rest" if kept < wanted else "finalize them"
     return SearchInterrupted(
-        f"search interrupted: {kept} of {wanted} episodes are kept in {out_dir / EPISODES_FILE}; "
+        f"search interrupted: {kept} of {wanted} episodes are kept in {out_dir / files.EPISODES}; "
         f"rerun with --resume --out {out_dir} to {then}"
     )
 
@@ -199,11 +195,11 @@ def _search(
         if tracker is not None:
             tracker.set_tags({FROM_TAG: warm.source})
     searcher = make_searcher(
-        config.search.searcher, config.search.seed, out_dir / AGENT_CHECKPOINT, config.search.ppo.model_dump(),
+        config.search.searcher, config.search.seed, out_dir / files.AGENT_CHECKPOINT, config.search.ppo.model_dump(),
         warm_start=warm.path if warm is not None else None,
         stats=tracker.log_metrics if tracker is not None else None,
     )
-    episodes_file = out_dir / EPISODES_FILE
+    episodes_file = out_dir / files.EPISODES
     try:
         result = searcher.search(env, max(0, config.search.episodes - done), done=done)
     except DeviceError as exc:
@@ -218,7 +214,7 @@ def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> li
     """Create OUT (a writable folder, checked before any training); with `resume`, the episodes a
     previous run of the same deployment finished, else a fresh OUT (no episodes, checkpoint, run)."""
     check_out_dir(out_dir)
-    stamp = out_dir / "deployment.json"
+    stamp = out_dir / files.DEPLOYMENT
     current = {k: v for k, v in config.model_dump(mode="json").items() if k in RESUME_KEYS}
     previous: list[EpisodeRecord] = []
     if resume and stamp.is_file():
@@ -226,10 +222,10 @@ def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> li
             raise ConfigError(
                 f"--resume: '{out_dir}' holds a search of a different deployment: use another --out or drop --resume"
             )
-        previous = repair_episodes(out_dir / EPISODES_FILE)
+        previous = repair_episodes(out_dir / files.EPISODES)
     else:
-        (out_dir / EPISODES_FILE).write_text("")
-        for stale in (AGENT_CHECKPOINT, RUN_FILE):
+        (out_dir / files.EPISODES).write_text("")
+        for stale in (files.AGENT_CHECKPOINT, files.RUN):
             (out_dir / stale).unlink(missing_ok=True)
     stamp.write_text(json.dumps(current, indent=2) + "\n")
     return previous
@@ -272,7 +268,7 @@ def _start_tracking(
         config.name, params=config.model_dump(mode="json"), tags=_run_tags(config, bench),
         parent_run_id=parent_run_id,
     )
-    atomic_write(out_dir / RUN_FILE, json.dumps(_run_record(tracker, run_id), indent=2) + "\n")
+    atomic_write(out_dir / files.RUN, json.dumps(_run_record(tracker, run_id), indent=2) + "\n")
     for record in previous or []:
         tracker.log_episode(record.episode, episode_metrics(record))
     return run_id
@@ -285,7 +281,7 @@ def _run_record(tracker: Tracker, run_id: str) -> dict[str, str]:
 def _resume_tracking(tracker: Tracker, out_dir: Path, done: int) -> str | None:
     """Continue the run OUT/run.json names in this tracker's store; None when there is none."""
     try:
-        recorded = json.loads((out_dir / RUN_FILE).read_text())
+        recorded = json.loads((out_dir / files.RUN).read_text())
         run_id = recorded["mlflow_run_id"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

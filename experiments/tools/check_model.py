@@ -19,19 +19,19 @@ from modeltailor.compressors.head import narrow_classifier
 from modeltailor.compressors.units import ModelAnalysis, analyze_model, find_output_layer
 from modeltailor.datasets import remap_labels
 from modeltailor.errors import ModelLoadError
-from modeltailor.experiments.config import DeploymentConfig
-from modeltailor.experiments.teacher import (
+from modeltailor.experiments.search.teacher import (
     build_student_shape,
     check_outputs,
     load_teacher,
     teacher_cache_path,
 )
-from modeltailor.experiments.workbench import (
+from modeltailor.experiments.search.workbench import (
     check_methods,
     check_model_units,
     load_deployment_data,
     make_applier,
 )
+from modeltailor.experiments.spec.deployment import DeploymentConfig
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from modeltailor.errors import ModelTailorError
-from modeltailor.experiments.tracking import ARTIFACTS_DIR, sqlite_path
+from modeltailor.experiments.tracking.tracker import ARTIFACTS_DIR, sqlite_path
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,14 @@
-"""Result types shared across rooms: one home, like stable-baselines3's ``type_aliases.py``.
+"""``summary.json``: the published result contract of one search (pydantic; its JSON Schema is
+``docs/summary.schema.json``), with its parts :class:`ModelMetrics`, :class:`ParetoPoint`,
+:class:`ObjectiveCheck`, :class:`OnnxParity` and :class:`PolicyData` (the ``policy.json`` form).
 
-- :class:`Outcome`: what the evaluator measured for one policy (env <- evaluator).
-- :class:`EpisodeRecord`: one finished episode, carrying its :class:`~modeltailor.compressors.policy.Policy`
-  (env -> searchers -> ``episodes.jsonl`` -> finalize).
-- :class:`SearchResult`: every episode of a search, its Pareto set and best record (searchers ->
-  experiments).
-- :class:`SearchSummary`: ``summary.json``, the published result contract (pydantic; its JSON
-  Schema is ``docs/summary.schema.json``), with its parts :class:`ModelMetrics`,
-  :class:`ParetoPoint`, :class:`ObjectiveCheck`, :class:`OnnxParity`, :class:`PolicyData`.
-
-Device measurements (``LatencyStats``, ``MemoryStats``, ``Measurement``) stay in
-``modeltailor.devices.measurement``: the device server must install without this module's
-neighbours. Torch-free.
+Every key is always present (null where it does not apply), whatever the model or objective.
+Torch-free: the HTTP API reads summaries.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,91 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modeltailor.compressors.policy import POLICY_FORMAT, Policy
 from modeltailor.devices.measurement import Measurement
+from modeltailor.env.records import EpisodeRecord
 from modeltailor.errors import ModelTailorError
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One evaluated policy: accuracy on the scoring split and the device measurement."""
-
-    accuracy: float
-    measurement: Measurement
-    params: int
-    macs: int
-    kept_channels: dict[str, int]
-    seconds: float
-    cached: bool = False
-    architecture: str = ""
-
-    @property
-    def latency_ms(self) -> float:
-        return self.measurement.latency.median_ms
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.measurement.memory.total_bytes
-
-
-@dataclass(frozen=True)
-class EpisodeRecord:
-    """One evaluated policy: its actions and what was measured for it."""
-
-    episode: int
-    policy: Policy
-    accuracy: float
-    latency_ms: float
-    latency_p90_ms: float
-    memory_bytes: int
-    params: int
-    macs: int
-    reward: float
-    feasible: bool
-    cached: bool
-    seconds: float
-    kept_channels: dict[str, int] = field(default_factory=dict)
-    architecture: str = ""
-    failure: str | None = None
-    """Why the policy could not be built or exported (one line); None for an evaluated episode."""
-
-    @property
-    def identity(self) -> tuple:
-        """Same identity = same compressed model shape (and int8 units)."""
-        return (self.architecture,) if self.architecture else tuple(sorted(self.kept_channels.items()))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data (the policy as its ``policy.json`` form); ``from_dict`` reads it back."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**data, "policy": self.policy.to_dict(), "kept_channels": dict(self.kept_channels)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "episode record") -> EpisodeRecord:
-        """A record from ``to_dict``'s form; ModelTailorError naming ``source`` when malformed."""
-        if not isinstance(data, dict):
-            raise ModelTailorError(f"{source}: not a JSON object")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelTailorError(f"{source}: unknown key '{unknown[0]}'")
-        try:
-            policy = Policy.from_dict(data["policy"], source=source)
-            return cls(**{**data, "policy": policy})
-        except (KeyError, TypeError) as exc:
-            raise ModelTailorError(f"{source}: malformed record ({exc})") from None
-
-
-@dataclass
-class SearchResult:
-    """Every episode of a search, its Pareto set and the best record under the objective."""
-
-    searcher: str
-    episodes: list[EpisodeRecord]
-    pareto: list[EpisodeRecord] = field(default_factory=list)
-    best: EpisodeRecord | None = None
-    interrupted: bool = False
-
-
-# --- summary.json: the result contract ------------------------------------------------------
-# Every key is always present (null where it does not apply), whatever the model or objective.
 
 SUMMARY_SCHEMA_VERSION = 1
 

@@ -1,0 +1,1 @@
+"""One deployment's search: workbench, teacher, objective, the episode loop, finalize, outputs."""

@@ -1,0 +1,1 @@
+"""Single-model tools: apply, pick, check-model, calibrate, fold-report."""
