@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import pytest
@@ -11,6 +16,79 @@ import torch
 
 os.environ.setdefault("MODELTAILOR_CACHE", "/tmp/modeltailor-test-cache")
 torch.set_num_threads(1)
+
+# -- `pytest -m "not slow"` starts no server, cluster, CLI process or teacher training ------------
+
+SERVER_PROGRAMS = {"mlflow", "uvicorn", "initdb", "pg_ctl", "postgres", "ray", "raylet", "gcs_server", "modeltailor"}
+SERVER_MODULES = ("mlflow", "uvicorn", "ray", "modeltailor.service", "modeltailor.devices.server")
+_fast_test: str | None = None  # the node id of the test running now, unless it is marked slow
+
+
+def _starts_a_server(args: Sequence[Any]) -> bool:
+    """A server binary anywhere on the command line (behind runuser/setpriv too), `python -m` one of
+    SERVER_MODULES, or a process of Ray's own (its workers run scripts from the ray package)."""
+    words = [os.fsdecode(a) for a in args]
+    if any(PurePath(w).name in SERVER_PROGRAMS or "site-packages/ray/" in w for w in words):
+        return True
+    module = words[words.index("-m") + 1] if "-m" in words[:-1] else ""
+    return any(module == m or module.startswith(f"{m}.") for m in SERVER_MODULES)
+
+
+_execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+
+def _guarded_execute_child(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> Any:
+    command = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+    if _fast_test is not None and _starts_a_server(command):
+        pytest.fail(f"{_fast_test} is not marked slow but starts `{' '.join(map(os.fsdecode, command))[:200]}`: "
+                    "mark it (or the test using the fixture that starts it) @pytest.mark.slow", pytrace=False)
+    return _execute_child(self, args, *rest, **kwargs)
+
+
+subprocess.Popen._execute_child = _guarded_execute_child  # type: ignore[attr-defined]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Teacher training checks _fast_test too, where the collected tests imported the teacher's module
+    (looked up, not imported: that would cost a run of one light test file seconds)."""
+    teacher = sys.modules.get("modeltailor.experiments.search.teacher")
+    if teacher is None or getattr(teacher.train_model, "guarded", False):
+        return
+    train_model = teacher.train_model
+
+    @functools.wraps(train_model)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if _fast_test is not None:
+            pytest.fail(f"{_fast_test} is not marked slow but trains a teacher: mark it @pytest.mark.slow",
+                        pytrace=False)
+        return train_model(*args, **kwargs)
+
+    guarded.guarded = True  # type: ignore[attr-defined]
+    teacher.train_model = guarded
+
+
+@contextlib.contextmanager
+def _fast_only(item: pytest.Item) -> Iterator[None]:
+    """While a test not marked slow sets up and runs, it may start no server and train no teacher.
+    (Teardown is left alone: it may stop a server a slow test started, `pg_ctl stop` included.)"""
+    global _fast_test
+    _fast_test = None if item.get_closest_marker("slow") else item.nodeid
+    try:
+        yield
+    finally:
+        _fast_test = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _fast_only(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _fast_only(item):
+        return (yield)
 
 
 @pytest.fixture(autouse=True)

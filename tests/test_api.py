@@ -113,6 +113,7 @@ MUTATIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path,body", MUTATIONS, ids=[m[0] for m in MUTATIONS])
 @pytest.mark.parametrize("token,said", [(None, "missing token"), ("wrong", "wrong token"), ("", "missing token")])
 def test_every_mutation_needs_the_token(api, path, body, token, said):
@@ -129,6 +130,7 @@ def test_the_api_modules_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_serve_refuses_to_start_without_a_token(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "MODELTAILOR_API_TOKEN"}
     done = subprocess.run([*MODELTAILOR, "serve", "--jobs", str(tmp_path)], env=env, capture_output=True, text=True,
@@ -176,6 +178,7 @@ BAD_BODIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_BODIES))
 def test_bad_launch_bodies_name_the_field(api, case):
     path, body, status, field = BAD_BODIES[case]
@@ -186,6 +189,7 @@ def test_bad_launch_bodies_name_the_field(api, case):
     assert "\n" not in error["error"]
 
 
+@pytest.mark.slow
 def test_reads_are_open_and_health_says_no_torch(registry):
     api = registry
     health = get(api, "/v1/health").json()
@@ -214,6 +218,7 @@ BAD_GETS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_GETS))
 def test_bad_queries_are_json_4xx(registry, case):
     api = registry
@@ -224,6 +229,7 @@ def test_bad_queries_are_json_4xx(registry, case):
     assert response.json().get("field") == field and response.json()["error"]
 
 
+@pytest.mark.slow
 def test_malformed_json_unsupported_media_and_methods(api):
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     broken = requests.post(f"{api.url}/v1/searches", data=b'{"search": ', headers=headers, timeout=10)
@@ -235,6 +241,7 @@ def test_malformed_json_unsupported_media_and_methods(api):
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
 
 
+@pytest.mark.slow
 def test_oversize_bodies_get_413_declared_or_chunked(api):
     big = {"name": "x", "model": {"kwargs": {"pad": "y" * 30_000}}}
     assert post(api, "/v1/searches", big).status_code == 413
@@ -259,6 +266,7 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_jobs_are_read_back_from_disk_and_finished_ones_cannot_be_cancelled(api):
     """State lives in the jobs folder: what an earlier API process left is reported as it is."""
     write_job(api, "aaaaaaaaaaa1", exit_code=0, pid=dead_pid(), ended=time.time())
@@ -272,6 +280,7 @@ def test_jobs_are_read_back_from_disk_and_finished_ones_cannot_be_cancelled(api)
     assert {"aaaaaaaaaaa1", "aaaaaaaaaaa2"} <= {j["id"] for j in get(api, "/v1/jobs").json()}
 
 
+@pytest.mark.slow
 def test_a_job_still_running_after_an_api_restart_is_adopted_and_cancelled(api):
     """A job started by an earlier API process (not this one's child) is found running through its
     pid and command line, and a cancel reaches its process group."""

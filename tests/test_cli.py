@@ -70,6 +70,7 @@ def test_unknown_class_name_flag(tmp_path, monkeypatch, capsys):
     assert code == 2 and "unknown class name 'x'" in err
 
 
+@pytest.mark.slow
 def test_real_process_prints_no_traceback(tmp_path):
     env = {**os.environ, "MODELTAILOR_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(

@@ -128,6 +128,7 @@ def board(url: str, token: str | None = TOKEN, **kwargs) -> RemoteDevice:
 # --- the real agent, through RemoteDevice -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_remote_measurement_is_sane(agent_url, small_onnx):
     result = board(agent_url, runs=60).measure(small_onnx)
     stats = result.latency
@@ -138,6 +139,7 @@ def test_remote_measurement_is_sane(agent_url, small_onnx):
     assert result.memory == onnx_memory(small_onnx)
 
 
+@pytest.mark.slow
 def test_describe_has_the_agents_health(agent_url):
     info = board(agent_url).describe()
     assert info["kind"] == "remote" and info["url"] == agent_url
@@ -147,6 +149,7 @@ def test_describe_has_the_agents_health(agent_url):
     assert agent["onnxruntime"] and agent["machine"]["machine"]
 
 
+@pytest.mark.slow
 def test_wrong_token_is_rejected(agent_url, small_onnx):
     for token in ("wrong", None):
         with pytest.raises(DeviceError, match="rejected the token") as err:
@@ -154,6 +157,7 @@ def test_wrong_token_is_rejected(agent_url, small_onnx):
         assert "'board'" in str(err.value) and agent_url in str(err.value)
 
 
+@pytest.mark.slow
 def test_garbage_bytes_give_the_agents_422_message(agent_url):
     with pytest.raises(DeviceError) as err:
         board(agent_url).measure(b"this is not an onnx model")
@@ -162,11 +166,13 @@ def test_garbage_bytes_give_the_agents_422_message(agent_url):
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_oversized_model_gives_413(agent_url):
     with pytest.raises(DeviceError, match="answered 413: the model is 2,097,152 bytes"):
         board(agent_url).measure(b"\0" * (2 * 1024 * 1024))
 
 
+@pytest.mark.slow
 def test_timeout_gives_504_and_the_agent_recovers(agent_url, small_onnx):
     start = time.monotonic()
     with pytest.raises(DeviceError, match="answered 504: .*timeout of 3 s"):
@@ -176,6 +182,7 @@ def test_timeout_gives_504_and_the_agent_recovers(agent_url, small_onnx):
     assert board(agent_url, runs=20).measure(small_onnx).latency.runs == 20
 
 
+@pytest.mark.slow
 def test_concurrent_requests_queue(agent_url, small_onnx):
     results: list[int] = []
 
@@ -198,6 +205,7 @@ def test_unreachable_agent_fails_fast(small_onnx):
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.slow
 def test_registry_remote_device_works(agent_url, small_onnx, tmp_path, monkeypatch):
     registry = tmp_path / "devices.yaml"
     registry.write_text(
@@ -231,6 +239,7 @@ def test_search_on_a_device_agent_takes_its_latencies_from_the_agent(agent_url, 
     assert after - before >= 2 + distinct + 2
 
 
+@pytest.mark.slow
 def test_wrong_token_in_a_search_is_one_clear_error(agent_url, tmp_path, monkeypatch):
     from modeltailor.experiments.search.run import run_search
     from modeltailor.experiments.spec.deployment import load_config

@@ -15,6 +15,8 @@ import pytest
 from modeltailor.experiments.tracking.tracker import Tracker, get_run_summary
 from tests.pg_mlflow import mlflow_server, postgres_server
 
+pytestmark = pytest.mark.slow  # PostgreSQL and mlflow servers
+
 
 def _query(pg, sql: str, *args) -> list[tuple]:
     conn = pg.connect()

@@ -233,6 +233,7 @@ def test_registry_add_registers_a_folder_once(tmp_path, store, monkeypatch, caps
     assert code == 2 and "is not a folder" in err
 
 
+@pytest.mark.slow
 def test_the_registry_works_through_a_real_server_on_postgresql(tmp_path, mlflow_postgres):
     """The team setup: registration, champion moves, queries and downloads over HTTP, PostgreSQL behind."""
     uri = mlflow_postgres.uri

@@ -111,6 +111,7 @@ def test_interrupt_while_finalizing_is_search_interrupted_and_kills_the_run(tmp_
     assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     """`kill <pid>` before any episode finished: exit 130, one line saying how to resume."""
     config = tmp_path / "d.yaml"

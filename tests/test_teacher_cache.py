@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 from modeltailor.experiments.search import teacher as teacher_module
 from modeltailor.experiments.search.teacher import load_teacher, teacher_cache_path
 from modeltailor.experiments.search.workbench import load_deployment_data
 from modeltailor.experiments.spec.deployment import load_config
+
+pytestmark = pytest.mark.slow  # trains a real teacher
 
 
 def test_two_searches_train_the_teacher_once(monkeypatch):
