@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo campaign test test-fast lint bench mlflow-ui up down clean
+.PHONY: install demo campaign test test-fast lint docs bench mlflow-ui up down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: install  ## ruff, then mypy on the package (through a link so module names
 	$(BIN)/ruff check .
 	mkdir -p $(VENV)/typecheck && ln -sfn $(CURDIR) $(VENV)/typecheck/modeltailor
 	$(BIN)/mypy -p modeltailor
+
+# (NO_MKDOCS_2_WARNING=1: mkdocs-material 9.7+ prints an end-of-life banner on every build)
+docs: install  ## the docs site (mkdocs-material) into site/, reference pages generated from the code; --strict: no warning
+	$(BIN)/pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python bench/search_default.py
