@@ -77,7 +77,7 @@ def _type(schema: dict[str, Any]) -> str:
         name = _ref_name(schema["$ref"])
         return f"[{name}](#{_anchor(name)})"
     if "anyOf" in schema or "oneOf" in schema:
-        options = schema.get("anyOf") or schema.get("oneOf")
+        options: list[dict[str, Any]] = schema.get("anyOf") or schema.get("oneOf") or []
         kinds = [_type(s) for s in options if s.get("type") != "null"]
         text = " or ".join(dict.fromkeys(kinds))
         if any(s.get("type") == "null" for s in options):
