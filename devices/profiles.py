@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from modeltailor.common.validation import Strict, read_yaml, validation_line
 from modeltailor.devices.base import TOKEN_ENV, Device
 from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.errors import ConfigError, DeviceError
@@ -25,8 +25,8 @@ DEFAULT_TOKEN_ENV = TOKEN_ENV
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Spec(Strict):
+    model_config = ConfigDict(frozen=True)
 
     int8: bool = Field(False, description="whether int8 kernels are worth trying on this device")
     description: str = ""
@@ -122,37 +122,19 @@ def user_path() -> Path | None:
     return default if default.is_file() else None
 
 
-def _read_yaml(path: Path) -> Any:
-    if not path.exists():
-        raise ConfigError(f"device profiles file {path} does not exist: fix the path or ${REGISTRY_ENV}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"device profiles file {path} is not valid YAML{where}: {problem}") from None
-    except OSError as exc:
-        raise ConfigError(f"device profiles file {path} cannot be read: {exc.strerror or exc}") from None
-
-
-def _validation_message(path: Path, name: str, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(part) for part in ("devices", name, *err["loc"]))
-    if err["type"] == "extra_forbidden":
-        return f"device profiles file {path}: unknown key '{key}'"
-    return f"device profiles file {path}: '{key}': {err['msg']}"
+def _where(path: Path) -> str:
+    return f"device profiles file '{path}'"
 
 
 def _parse_entry(path: Path, name: str, raw: Any) -> DeviceSpec:
     if not _NAME.match(name):
-        raise ConfigError(f"device profiles file {path}: bad device name 'devices.{name}': use letters, digits, '-', '_', '.'")
+        raise ConfigError(f"{_where(path)}: bad device name 'devices.{name}': use letters, digits, '-', '_', '.'")
     if not isinstance(raw, dict):
-        raise ConfigError(f"device profiles file {path}: 'devices.{name}' must be a mapping with a 'kind'")
+        raise ConfigError(f"{_where(path)}: 'devices.{name}' must be a mapping with a 'kind'")
     kind = raw.get("kind")
     if kind not in _KINDS:
         raise ConfigError(
-            f"device profiles file {path}: 'devices.{name}.kind' is {kind!r}: choose one of {', '.join(_KINDS)}"
+            f"{_where(path)}: 'devices.{name}.kind' is {kind!r}: choose one of {', '.join(_KINDS)}"
         )
     data = dict(raw)
     if kind == "table" and data.get("table") is not None:
@@ -160,26 +142,19 @@ def _parse_entry(path: Path, name: str, raw: Any) -> DeviceSpec:
     try:
         return _KINDS[kind].model_validate(data)  # type: ignore[return-value]
     except ValidationError as exc:
-        allowed = ", ".join(_KINDS[kind].model_fields)
-        message = _validation_message(path, name, exc)
-        if "unknown key" in message:
-            message += f" (a {kind} device takes {allowed})"
-        raise ConfigError(message) from None
+        allowed = f" (a {kind} device takes {', '.join(_KINDS[kind].model_fields)})"
+        raise ConfigError(validation_line(exc, _where(path), under=f"devices.{name}", unknown_hint=allowed)) from None
 
 
 def read_profiles_file(path: Path) -> dict[str, DeviceSpec]:
     """Parse and validate one device profiles file; ConfigError naming the file and the bad key."""
-    data = _read_yaml(path)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"device profiles file {path} must be a mapping with a 'devices' key")
+    data = read_yaml(path, _where(path), missing=f"fix the path or ${REGISTRY_ENV}", expect="a mapping with a 'devices' key")
     extra = sorted(set(data) - {"devices"})
     if extra:
-        raise ConfigError(f"device profiles file {path}: unknown key '{extra[0]}' (only 'devices' is allowed)")
+        raise ConfigError(f"{_where(path)}: unknown key '{extra[0]}' (only 'devices' is allowed)")
     devices = data.get("devices") or {}
     if not isinstance(devices, dict):
-        raise ConfigError(f"device profiles file {path}: 'devices' must be a mapping of name -> profile")
+        raise ConfigError(f"{_where(path)}: 'devices' must be a mapping of name -> profile")
     return {str(name): _parse_entry(path, str(name), raw) for name, raw in devices.items()}
 
 

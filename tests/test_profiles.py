@@ -122,7 +122,7 @@ def test_invalid_registry_names_file_and_key(tmp_path, monkeypatch, text, expect
 
 def test_missing_registry_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MODELTAILOR_DEVICES", str(tmp_path / "missing.yaml"))
-    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml' not found: fix the path or \$MODELTAILOR_DEVICES"):
         load_profiles()
 
 

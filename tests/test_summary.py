@@ -103,15 +103,15 @@ def test_a_summary_without_best_is_rejected_clearly(tmp_path):
         SearchSummary.model_validate(data)
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ModelTailorError, match=r"^'.*summary.json' is not a modeltailor search summary: best: Field required$"):
+    with pytest.raises(ModelTailorError, match=r"^'.*summary.json' is not a modeltailor search summary: required key 'best' is missing$"):
         load_search_summary(str(tmp_path))
 
 
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"onnx_max_abs_diff": 1e-6}, "onnx_max_abs_diff: Extra inputs are not permitted"),
-        ({"device": {"kind": "local"}}, "device: Value error, the device needs a 'name'"),
+        ({"onnx_max_abs_diff": 1e-6}, "unknown key 'onnx_max_abs_diff': remove it"),
+        ({"device": {"kind": "local"}}, "device: the device needs a 'name'"),
         ({"speedup": "fast"}, "speedup: Input should be a valid number"),
     ],
 )

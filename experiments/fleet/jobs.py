@@ -39,6 +39,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from modeltailor.common.storage import atomic_write, read_json_object
+from modeltailor.common.validation import error_text, first_error, key_path
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, NotFoundError
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.campaign import PATH_KEYS, Campaign, CampaignSpec, build_campaign
@@ -220,29 +221,14 @@ def _check_deployments(campaign: Campaign, kind: JobKind) -> None:
             raise BodyError(f"{at}device.profiles", f"cannot be read: {type(exc).__name__}") from None
 
 
-TYPE_TAGS = {"int", "str", "float", "bool", "none", "list", "dict", "function-after", "function-before"}
-
-
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """('deployments', 1, 'device', 'nmae') -> 'deployments[1].device.nmae' (union tags dropped)."""
-    key = ""
-    for part in loc:
-        if isinstance(part, int):
-            key += f"[{part}]"
-        elif re.fullmatch(r"[\w-]+", str(part)) and str(part) not in TYPE_TAGS and not str(part).startswith("function-"):
-            key += f".{part}" if key else str(part)
-    return key
-
-
 def _body_error(exc: ValidationError) -> BodyError:
-    errors = exc.errors()
-    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    field = field_path(error["loc"])
+    error = first_error(exc)
+    field = key_path(error["loc"])
     if error["type"] == "extra_forbidden":
         return BodyError(field, "unknown key: remove it or check the spelling (GET /openapi.json lists the keys)")
     if error["type"] == "missing":
         return BodyError(field, "required key is missing")
-    return BodyError(field or None, re.sub(r"^(Value|Assertion) error, ", "", error["msg"]))
+    return BodyError(field or None, error_text(error))
 
 
 def _field_of(message: str, kind: JobKind) -> str | None:

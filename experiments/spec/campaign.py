@@ -24,11 +24,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modeltailor.common.validation import Strict, first_error, key_path, read_yaml, validation_line
 from modeltailor.errors import ConfigError
 from modeltailor.experiments.spec.deployment import (
+    UNKNOWN_KEY_HINT,
     DeploymentConfig,
     TrackingConfig,
-    read_yaml,
+    read_deployment_yaml,
     set_dotted,
 )
 
@@ -36,16 +38,14 @@ OVERRIDE_KEYS = ("name", "classes", "device", "objective", "model", "data", "sea
 """What a deployment entry may override in the base (tracking and training are campaign-wide)."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class TrialResources(Strict):
+    """What Ray reserves for each deployment's trial (YAML key ``resources``)."""
 
-
-class Resources(_Strict):
     cpus: float = Field(1, gt=0, description="CPUs per deployment (torch threads are pinned to them)")
     gpus: float = Field(0, ge=0, description="GPUs per deployment (0 on a CPU-only machine)")
 
 
-class DeploymentEntry(_Strict):
+class DeploymentEntry(Strict):
     """One deployment of the campaign: overrides of the base, or a whole deployment file."""
 
     name: str | None = Field(None, description="folder and run name (default: derived from classes and device)")
@@ -69,13 +69,13 @@ class DeploymentEntry(_Strict):
         return {k: getattr(self, k) for k in OVERRIDE_KEYS if getattr(self, k) is not None}
 
 
-class CampaignSpec(_Strict):
+class CampaignSpec(Strict):
     name: str = Field("campaign", description="campaign name (the MLflow parent run's name)")
     base: Path | dict[str, Any] | None = Field(
         None, description="base deployment: a deployment YAML (relative to the campaign file) or an inline mapping"
     )
     deployments: list[DeploymentEntry] = Field(description="the deployments: overrides of the base, or files")
-    resources: Resources = Field(default_factory=Resources)
+    resources: TrialResources = Field(default_factory=TrialResources)
     max_concurrent: int = Field(2, ge=1, description="deployments searched at once")
     tracking: TrackingConfig | None = Field(
         None, description="MLflow for the campaign and every deployment (default: the base's)"
@@ -115,11 +115,12 @@ class Campaign(BaseModel):
 def load_campaign(path: Path, overrides: dict[str, Any] | None = None) -> Campaign:
     """Read and validate a campaign YAML; `overrides` are dotted keys of the spec
     ("max_concurrent", "resources.cpus") or of every deployment ("deployment.search.episodes")."""
-    if not path.is_file():
-        raise ConfigError(f"campaign file '{path}' not found: pass a campaign YAML (see examples/campaign-digits.yaml)")
     where = f"campaign file '{path}'"
     data = read_yaml(
-        path, where, expect="a mapping (name, base, deployments, ...): see examples/campaign-digits.yaml"
+        path,
+        where,
+        missing="pass a campaign YAML (see examples/campaign-digits.yaml)",
+        expect="a mapping (name, base, deployments, ...): see examples/campaign-digits.yaml",
     )
     deployment_overrides: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
@@ -132,7 +133,7 @@ def load_campaign(path: Path, overrides: dict[str, Any] | None = None) -> Campai
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_line(exc, where, campaign=True)) from None
+        raise ConfigError(_spec_line(exc, where)) from None
     return build_campaign(spec, path.parent, path, deployment_overrides)
 
 
@@ -191,7 +192,7 @@ def _deployment_file(path: Path, root: Path, where: str) -> dict[str, Any]:
     if not full.is_file():
         raise ConfigError(f"{where}: deployment file '{full}' not found: fix the path (relative to the campaign file)")
     try:
-        data = read_yaml(full)
+        data = read_deployment_yaml(full)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return _absolute_paths(data, full.parent)
@@ -231,42 +232,17 @@ def _validate(data: dict[str, Any], where: str) -> DeploymentConfig:
     try:
         return DeploymentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_line(exc, where)) from None
+        raise ConfigError(validation_line(exc, where, unknown_hint=UNKNOWN_KEY_HINT)) from None
 
 
-TYPE_TAGS = {"int", "str", "float", "bool", "none", "list", "dict"}
-"""Parts of a pydantic error location that name a union member, not a key."""
-
-
-def _location(loc: tuple[Any, ...]) -> str:
-    """('deployments', 1, 'device', 'nmae') -> 'deployments[1].device.nmae' (union member tags dropped)."""
-    key = ""
-    for part in loc:
-        if isinstance(part, int):
-            key += f"[{part}]"
-        elif re.fullmatch(r"\w+", str(part)) and str(part) not in TYPE_TAGS:
-            key += f".{part}" if key else str(part)
-    return key
-
-
-def _validation_line(exc: ValidationError, where: str, campaign: bool = False) -> str:
-    """One line for the first error (an unknown key first); `campaign`: of the spec, else of a deployment."""
-    errors = exc.errors()
-    # an unknown key first: a misspelt 'deploymnts' explains the missing 'deployments'
-    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = _location(error["loc"])
-    if error["type"] == "extra_forbidden":
-        if not campaign:
-            hint = " (`modeltailor config-schema` lists the deployment keys)"
-        elif re.fullmatch(r"deployments\[\d+\]\.\w+", key):
-            hint = f" (a deployment entry may set: {', '.join(OVERRIDE_KEYS + ('file',))})"
-        elif re.fullmatch(r"\w+", key):
-            hint = f" (a campaign may set: {', '.join(CampaignSpec.model_fields)})"
-        else:
-            hint = ""
-        return f"{where}: unknown key '{key}': remove it or check the spelling{hint}"
-    if error["type"] == "missing":
-        hint = ": list the deployments (see examples/campaign-digits.yaml)" if key == "deployments" else ""
-        return f"{where}: required key '{key}' is missing{hint}"
-    message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
-    return f"{where}: {key or 'top level'}: {message}"
+def _spec_line(exc: ValidationError, where: str) -> str:
+    """One line for a campaign spec's first error; an unknown key is told what may be set there."""
+    key = key_path(first_error(exc)["loc"])
+    if re.fullmatch(r"deployments\[\d+\]\.\w+", key):
+        hint = f" (a deployment entry may set: {', '.join(OVERRIDE_KEYS + ('file',))})"
+    elif re.fullmatch(r"\w+", key):
+        hint = f" (a campaign may set: {', '.join(CampaignSpec.model_fields)})"
+    else:
+        hint = ""
+    missing = ": list the deployments (see examples/campaign-digits.yaml)" if key == "deployments" else ""
+    return validation_line(exc, where, unknown_hint=hint, missing_hint=missing)

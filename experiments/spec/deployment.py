@@ -9,16 +9,12 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from modeltailor.common.validation import Strict, read_yaml, validation_line
 from modeltailor.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 RENAMED_KEYS: dict[str, str] = {"agent": "searcher", "registry": "profiles"}
@@ -41,21 +37,21 @@ def _renamed(section: str, data: Any) -> Any:
 _RENAMED_IN = {"agent": ("search",), "registry": ("device",)}
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name: str | None = Field("resnet20", description="built-in zoo model: resnet20, resnet56, vgg, mobilenetv2, shufflenet")
     factory: str | None = Field(None, description="bring your own: 'package.module:factory' (overrides name)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory or zoo model")
     weights: Path | None = Field(None, description="state-dict file (torch.save); zoo models default to a cached teacher")
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     name: str = Field("digits", description="digits (embedded), cifar10, cifar100, imagefolder")
     root: Path | None = Field(None, description="local folder for cifar10/cifar100/imagefolder")
     input_size: int = Field(32, ge=4, le=512, description="images are resized to input_size x input_size")
     seed: int = Field(0, description="seed of the train/val/test split")
 
 
-class DeviceConfig(_Strict):
+class DeviceConfig(Strict):
     name: str = Field("cpu-1t", description="a device profile from `modeltailor devices list` (cpu-1t, cpu-2t, a device server, a latency table)")
     profiles: Path | None = Field(None, description="extra device profiles YAML (merged over the built-in and user ones)")
     runs: int = Field(200, ge=5, description="timed runs per latency measurement (after warm-up)")
@@ -67,13 +63,13 @@ class DeviceConfig(_Strict):
         return _renamed("device", data)
 
 
-class TradeoffWeights(_Strict):
+class TradeoffWeights(Strict):
     accuracy: float = 1.0
     latency: float = 0.1
     memory: float = 0.02
 
 
-class ObjectiveConfig(_Strict):
+class ObjectiveConfig(Strict):
     kind: Literal["budget", "tradeoff", "accuracy"] = Field(
         "budget",
         description="budget: most accurate model within the budgets (reward = accuracy); "
@@ -104,7 +100,7 @@ def _default_methods() -> list[SearchMethod]:
     return ["prune"]
 
 
-class PPOConfig(_Strict):
+class PPOConfig(Strict):
     """PPO's settings (stable-baselines3): episodes are short and their last step is the expensive one."""
 
     episodes_per_rollout: int = Field(2, ge=1, le=64, description="episodes per PPO update (n_steps = units x this)")
@@ -121,7 +117,7 @@ class PPOConfig(_Strict):
     )
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     searcher: Literal["ppo", "random", "uniform", "greedy", "evolution", "ddpg"] = Field(
         "ppo",
         description="ppo or ddpg (stable-baselines3; ddpg is AMC's agent), or a baseline: random, uniform, "
@@ -175,7 +171,7 @@ class SearchConfig(_Strict):
         return self
 
 
-class RecoveryConfig(_Strict):
+class RecoveryConfig(Strict):
     episode_steps: int = Field(40, ge=0, description="distillation steps inside each episode")
     final_steps: int = Field(800, ge=0, description="distillation steps for each finalist")
     finalists: int = Field(3, ge=1, description="best distinct policies given the long distillation")
@@ -191,14 +187,14 @@ class RecoveryConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(30, ge=1, description="teacher training epochs (when no weights are given)")
     batch_size: int = 64
     lr: float = 0.05
     seed: int = 0
 
 
-class ComputeConfig(_Strict):
+class ComputeConfig(Strict):
     """Where torch trains and distils; latency is still measured on the device profile."""
 
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -209,13 +205,13 @@ class ComputeConfig(_Strict):
     )
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db")
     experiment: str = "modeltailor"
 
 
-class DeploymentConfig(_Strict):
+class DeploymentConfig(Strict):
     name: str = "default"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -233,34 +229,23 @@ class DeploymentConfig(_Strict):
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> DeploymentConfig:
     """Read `path` (YAML), apply dotted `overrides` ({"search.episodes": 8}), validate."""
-    data = read_yaml(path) if path is not None else {}
+    data = read_deployment_yaml(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
     try:
         return DeploymentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, path)) from None
+        where = f"config file '{path}'" if path else "config"
+        raise ConfigError(validation_line(exc, where, unknown_hint=UNKNOWN_KEY_HINT)) from None
 
 
-def read_yaml(path: Path, where: str | None = None, expect: str = "a mapping of settings") -> dict[str, Any]:
-    """The mapping a YAML file holds; one-line ConfigErrors naming the file (``where``) otherwise."""
-    where = where or f"config file '{path}'"
-    if not path.is_file():
-        raise ConfigError(f"{where} not found: pass a deployment YAML (see examples/)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where} is not valid YAML{line}: fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where} cannot be read ({type(exc).__name__}): pass a readable YAML file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must hold {expect}, not {type(data).__name__}")
-    return data
+UNKNOWN_KEY_HINT = " (`modeltailor config-schema` lists the deployment keys)"
+
+
+def read_deployment_yaml(path: Path) -> dict[str, Any]:
+    """The mapping a deployment YAML holds; one-line ConfigErrors naming the file otherwise."""
+    return read_yaml(path, f"config file '{path}'", missing="pass a deployment YAML (see examples/)")
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -273,12 +258,3 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             where = ".".join(parents[: depth + 1])
             raise ConfigError(f"config key '{where}' must be a mapping of settings to override '{dotted}', not {node!r}")
     node[leaf] = value
-
-
-def _one_line(exc: ValidationError, path: Path | None) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"]) or "config"
-    source = f"config file '{path}'" if path else "config"
-    if error["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{where}': remove it or check the spelling (`modeltailor config-schema` lists the keys)"
-    return f"{source}: {where}: {error['msg']}"

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from modeltailor.common.validation import Strict, validation_line
 from modeltailor.compressors.policy import POLICY_FORMAT, Policy
 from modeltailor.devices.measurement import Measurement
 from modeltailor.env.records import EpisodeRecord
@@ -22,11 +23,7 @@ from modeltailor.errors import ModelTailorError
 SUMMARY_SCHEMA_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown key is an error, not silently dropped
-
-
-class PolicyUnit(_Strict):
+class PolicyUnit(Strict):
     """What the policy does to one unit (a prunable channel group and the layers it feeds)."""
 
     unit: str = Field(description="unit name: the module path of the unit's root layer")
@@ -38,7 +35,7 @@ class PolicyUnit(_Strict):
     bits: Literal[32, 8] = Field(description="8: the unit's layers run in int8 (ONNX Runtime QDQ); 32: float")
 
 
-class PolicyData(_Strict):
+class PolicyData(Strict):
     """A compression policy in its policy.json form: plain data, never pickled code."""
 
     format: int = Field(default=POLICY_FORMAT, description="policy format version")
@@ -57,7 +54,7 @@ class PolicyData(_Strict):
         return Policy.from_dict(self.model_dump(mode="json"), source=source)
 
 
-class ModelMetrics(_Strict):
+class ModelMetrics(Strict):
     """One model (the baseline or the chosen one) measured at the end of the search."""
 
     accuracy: float = Field(description="test-split accuracy, a fraction in [0, 1]")
@@ -98,7 +95,7 @@ class ModelMetrics(_Strict):
         )
 
 
-class ParetoPoint(_Strict):
+class ParetoPoint(Strict):
     """One search episode on the Pareto front (accuracy vs latency vs memory), as measured during the search."""
 
     episode: int = Field(description="episode number (0-based)")
@@ -119,7 +116,7 @@ class ParetoPoint(_Strict):
         )
 
 
-class ObjectiveCheck(_Strict):
+class ObjectiveCheck(Strict):
     """The objective's reward, its limits in absolute units, and whether the final measurement meets them."""
 
     reward: str = Field(description="reward class: BudgetReward, AccuracyFloorReward or TradeoffReward")
@@ -141,7 +138,7 @@ class ObjectiveCheck(_Strict):
         return {k: v for k, v in named.items() if v is not None}
 
 
-class OnnxParity(_Strict):
+class OnnxParity(Strict):
     """How closely the exported model.onnx matches the torch model it was exported from."""
 
     metric: Literal["max_abs_logit_diff", "int8_prediction_disagreement"] = Field(
@@ -151,7 +148,7 @@ class OnnxParity(_Strict):
     value: float = Field(description="the metric's value (0 = identical)")
 
 
-class SearchSummary(_Strict):
+class SearchSummary(Strict):
     """summary.json: what one search of one deployment found, measured on the deployment's device.
 
     Accuracies are fractions, latencies milliseconds, memory bytes. `baseline` and `best` are
@@ -201,12 +198,9 @@ class SearchSummary(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "top level"
             more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise ModelTailorError(
-                f"{source} is not a modeltailor search summary: {where}: {first['msg']}{more}"
-            ) from None
+            line = validation_line(exc, f"{source} is not a modeltailor search summary")
+            raise ModelTailorError(line + more) from None
 
     @classmethod
     def load(cls, path: Path) -> SearchSummary:
