@@ -4,7 +4,8 @@
 raw ONNX bytes, query ``runs`` and ``warmup``) times the model with :class:`LocalOrtDevice` and
 answers ``Measurement.to_dict()`` plus ``latency`` and ``memory`` dicts. Measurements run one at a
 time in a worker process that is killed and replaced when it exceeds ``timeout_s``. Every error
-is a JSON ``{"error": "..."}`` with a 4xx status, never a 500.
+is a JSON ``{"error": "..."}``: a 4xx for a bad request or a model that cannot be measured, a 500
+naming a request id (its traceback in the server's log) for a bug (common/http_errors.py).
 
 Run it with ``modeltailor device-server`` or ``python -m modeltailor.devices.server``.
 """
@@ -29,10 +30,9 @@ from typing import IO, Any
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modeltailor.common.http_errors import HttpError, add_error_handlers
 from modeltailor.devices.base import TOKEN_ENV, token_from_environment
 from modeltailor.devices.local import LocalOrtDevice
 from modeltailor.errors import ConfigError, ModelTailorError, first_line
@@ -42,17 +42,6 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 WORKER_START_TIMEOUT_S = 120.0
 WORKER_MODULE = "modeltailor.devices.server"
-
-
-class ServerError(Exception):
-    """An error answered as JSON ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 
 
 def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) -> dict[str, Any]:
@@ -172,7 +161,7 @@ class MeasureWorker:
                 _read_frame(_pipe(self._process.stdout), time.monotonic() + WORKER_START_TIMEOUT_S)
             except (EOFError, TimeoutError, OSError, ValueError):
                 self._kill()
-                raise ServerError(
+                raise HttpError(
                     422, "the measuring process did not start: check the server's log"
                 ) from None
             self._ready = True
@@ -187,7 +176,7 @@ class MeasureWorker:
             self._kill()
 
     def measure(self, onnx_bytes: bytes, runs: int, warmup: int, timeout_s: float) -> dict[str, Any]:
-        """The measurement payload; ServerError 504 on timeout, 422 on a model ORT rejects."""
+        """The measurement payload; HttpError 504 on timeout, 422 on a model ORT rejects."""
         with self._lock:
             process = self._ensure_ready()
             try:
@@ -196,7 +185,7 @@ class MeasureWorker:
             except TimeoutError:
                 self._kill()
                 self._spawn()  # the replacement starts while the answer goes out
-                raise ServerError(
+                raise HttpError(
                     504,
                     f"the measurement took longer than the server's timeout of {timeout_s:g} s: "
                     "lower runs or start the server with a larger --timeout-s",
@@ -204,11 +193,11 @@ class MeasureWorker:
             except (EOFError, OSError, ValueError):
                 code = process.poll()
                 self._kill()
-                raise ServerError(
+                raise HttpError(
                     422, f"the measuring process died (exit code {code}) on this model"
                 ) from None
             if "error" in answer:
-                raise ServerError(422, str(answer["error"]))
+                raise HttpError(422, str(answer["error"]))
             return answer["ok"]
 
 
@@ -232,9 +221,9 @@ def _bearer(request: Request) -> str | None:
 def _check_token(request: Request, token: str) -> None:
     given = _bearer(request)
     if given is None:
-        raise ServerError(401, "missing token: send the header 'Authorization: Bearer <token>'")
+        raise HttpError(401, "missing token: send the header 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ServerError(401, "wrong token: use the token the server was started with")
+        raise HttpError(401, "wrong token: use the token the server was started with")
 
 
 def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
@@ -244,9 +233,9 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
     try:
         value = int(raw)
     except ValueError:
-        raise ServerError(422, f"query parameter {key}={raw!r} is not an integer") from None
+        raise HttpError(422, f"query parameter {key}={raw!r} is not an integer") from None
     if not low <= value <= high:
-        raise ServerError(422, f"query parameter {key}={value} is out of range [{low}, {high}]")
+        raise HttpError(422, f"query parameter {key}={value} is out of range [{low}, {high}]")
     return value
 
 
@@ -254,19 +243,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ServerError(400, f"Content-Length {declared!r} is not a byte count")
+            raise HttpError(400, f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
-            raise ServerError(413, _too_big(int(declared), limit))
+            raise HttpError(413, _too_big(int(declared), limit))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ServerError(413, _too_big(size, limit, at_least=True))
+            raise HttpError(413, _too_big(size, limit, at_least=True))
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise ServerError(422, "empty body: send the ONNX model's bytes (application/octet-stream)")
+        raise HttpError(422, "empty body: send the ONNX model's bytes (application/octet-stream)")
     return body
 
 
@@ -276,33 +265,6 @@ def _too_big(size: int, limit: int, at_least: bool = False) -> str:
         f"the model is {more}{size:,} bytes, over the server's limit of {limit:,} bytes: "
         "start the server with a larger --max-model-mb"
     )
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServerError)
-    async def _server_error(request: Request, exc: ServerError) -> JSONResponse:
-        return _error(exc.status, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        status = exc.status_code if 400 <= exc.status_code < 500 else 422
-        return _error(status, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
-        return _error(422, f"the server failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def create_app(
@@ -331,7 +293,7 @@ def create_app(
     app = FastAPI(title="modeltailor device server", lifespan=lifespan)
     app.state.worker = worker
     app.state.measured = 0
-    _add_error_handlers(app)
+    add_error_handlers(app, log)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

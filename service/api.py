@@ -20,7 +20,9 @@ started with ``--token-for-reads``. The token is never logged or passed to jobs.
 
 Errors: every error is a JSON ``{"error": "<one line naming the input and what to do>"}``, plus
 ``field`` (the bad key or parameter) or ``closest`` (a query nothing satisfies); bad input is a 4xx
-(a tracking store that does not answer is a 503).
+(a tracking store that does not answer is a 503). An unexpected error is a 500 naming a request id
+(``request_id`` and the ``X-Request-ID`` header) under which the server logs the traceback
+(common/http_errors.py).
 Bodies are JSON, at most ``max_body_bytes`` (Content-Length checked before reading, chunked
 bodies counted while read).
 """
@@ -41,9 +43,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modeltailor import __version__
+from modeltailor.common.http_errors import HttpError, add_error_handlers, error_response
+from modeltailor.common.validation import error_text, first_error, key_path
 from modeltailor.errors import (
     ConfigError,
     ModelTailorError,
@@ -57,7 +60,6 @@ from modeltailor.experiments.fleet.jobs import (
     JobStatus,
     JobStore,
     TooManyJobs,
-    field_path,
 )
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.campaign import CampaignSpec
@@ -90,6 +92,7 @@ class ErrorBody(BaseModel):
     error: str = Field(description="one line: the bad input and what to do")
     field: str | None = Field(None, description="the key or parameter at fault")
     closest: list[dict[str, Any]] | None = Field(None, description="best query: the nearest versions")
+    request_id: str | None = Field(None, description="an unexpected error (500): the id its traceback is logged under")
 
 
 class Accepted(BaseModel):
@@ -155,7 +158,7 @@ def authorized(
 ) -> None:
     """The gate checked the token already; this declares the scheme in the OpenAPI spec and checks again."""
     if credentials is None or not _same(credentials.credentials, request.app.state.token):
-        raise _ApiError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+        raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
 
 
 def _registry_routes(tracking_uri: str) -> APIRouter:
@@ -164,7 +167,7 @@ def _registry_routes(tracking_uri: str) -> APIRouter:
     @router.get("/devices", response_model=list[registry.DeviceEntry], tags=["registry"])
     def devices() -> list[registry.DeviceEntry]:
         """Every device with registered versions, and its deployments' champions."""
-        return registry.list_devices(tracking_uri)
+        return registry.registered_devices(tracking_uri)
 
     @router.get("/devices/{name}/best", response_model=registry.BestAnswer, tags=["registry"])
     def best(
@@ -255,18 +258,6 @@ def parse_classes(text: str | None) -> list[int] | None:
 # -- errors ---------------------------------------------------------------------------------------
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    body = {"error": message, **{k: v for k, v in extra.items() if v is not None}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 STATUS_OF: tuple[tuple[type[ModelTailorError], int], ...] = (
     (NoMatchError, 404), (NotFoundError, 404), (JobConflict, 409), (TooManyJobs, 429),
 )
@@ -289,10 +280,9 @@ def _named_filter(message: str) -> str | None:
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    errors = list(exc.errors()) or [{"loc": (), "msg": "invalid request", "type": "invalid"}]
-    error = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+    error = first_error(exc.errors())
     loc = tuple(error.get("loc", ()))
-    where, field = (str(loc[0]), field_path(loc[1:])) if loc else ("request", "")
+    where, field = (str(loc[0]), key_path(loc[1:])) if loc else ("request", "")
     if error.get("type") == "json_invalid":
         return error_response(400, "body: not valid JSON: send a JSON object (application/json)", field="body")
     if where == "body" and not field:
@@ -305,40 +295,15 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         return error_response(422, f"{field}: required", field=field)
     if error.get("type") == "string_pattern_mismatch" and field in PATTERN_HINTS:
         return error_response(422, f"{field}: {PATTERN_HINTS[field]}", field=field)
-    message = re.sub(r"^(Value|Assertion) error, ", "", str(error.get("msg", "invalid")))
-    return error_response(422, f"{field}: {message}", field=field)
+    return error_response(422, f"{field}: {error_text(error)}", field=field)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(exc)
+    add_error_handlers(app, log, validation=_validation_response)
 
     @app.exception_handler(ModelTailorError)
     async def _project(request: Request, exc: ModelTailorError) -> JSONResponse:
         return _project_error(exc)
-
-    @app.exception_handler(_ApiError)
-    async def _api(request: Request, exc: _ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        status = exc.status_code if 400 <= exc.status_code < 500 else 422
-        if status == 404:
-            message = f"no route {request.method} {request.url.path}: /docs lists the routes"
-        elif status == 405:
-            message = f"{request.method} is not allowed on {request.url.path}: /docs lists the methods"
-        else:
-            message = str(exc.detail)
-        response = error_response(status, message)
-        response.headers.update(exc.headers or {})
-        return response
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}): the server's log has the traceback")
 
 
 # -- the gate: token and body size before any route sees the request ---------------------------

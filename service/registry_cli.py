@@ -113,9 +113,9 @@ def _policy_table(policy: dict[str, Any]) -> Table:
 @registry_app.command("list")
 def list_command(tracking_uri: TrackingOpt = None) -> None:
     """Devices in the registry and each deployment's champion."""
-    from modeltailor.experiments.tracking.registry import list_devices
+    from modeltailor.experiments.tracking.registry import registered_devices
 
-    entries = list_devices(_uri(tracking_uri))
+    entries = registered_devices(_uri(tracking_uri))
     if not entries:
         console.print("the registry holds no models yet: run `modeltailor search` or `modeltailor campaign`")
         return

@@ -299,7 +299,7 @@ def test_a_job_still_running_after_an_api_restart_is_adopted_and_cancelled(api):
         stand_in.kill()
 
 
-def test_in_process_app_reads_token_unexpected_errors_and_a_store_that_is_down(tmp_path, monkeypatch):
+def test_in_process_app_reads_token_unexpected_errors_and_a_store_that_is_down(tmp_path, monkeypatch, caplog):
     """create_app under TestClient: --token-for-reads, a bug answered as a JSON 500 without its
     text, an unreachable tracking store as a 503."""
     import urllib.error
@@ -323,16 +323,21 @@ def test_in_process_app_reads_token_unexpected_errors_and_a_store_that_is_down(t
     def down(uri: str) -> None:
         raise ModelTailorError(f"tracking server '{uri}' is unreachable") from urllib.error.URLError("refused")
 
-    monkeypatch.setattr(registry, "list_devices", down)
+    monkeypatch.setattr(registry, "registered_devices", down)
     unavailable = client.get("/v1/devices", headers=auth)
     assert unavailable.status_code == 503 and "unreachable" in unavailable.json()["error"]
 
     def bug(uri: str) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(registry, "list_devices", bug)
-    broken = client.get("/v1/devices", headers=auth)
-    assert broken.status_code == 500 and "secret" not in broken.text and "RuntimeError" in broken.json()["error"]
+    monkeypatch.setattr(registry, "registered_devices", bug)
+    with caplog.at_level("ERROR", logger="modeltailor.service.api"):
+        broken = client.get("/v1/devices", headers=auth)
+    assert broken.status_code == 500 and "secret" not in broken.text and "RuntimeError" not in broken.text
+    request_id = broken.json()["request_id"]
+    assert broken.headers["X-Request-ID"] == request_id and f"request {request_id}" in broken.json()["error"]
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "secret internals" in caplog.text  # the traceback, server-side
     with pytest.raises(ConfigError, match="needs a token"):
         create_app(tmp_path / "jobs", "http://127.0.0.1:9", token="")
 

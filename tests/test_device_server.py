@@ -304,14 +304,24 @@ def test_unknown_route_is_json(client):
     assert response.status_code == 404 and "error" in response.json()
 
 
-def test_unexpected_errors_are_422(client, monkeypatch):
+def test_unexpected_errors_are_a_500_naming_a_request_id(client, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom\nsecond line")
 
     monkeypatch.setattr(client.app.state.worker, "measure", boom)
-    response = client.post("/measure", content=b"x", headers=AUTH)
-    assert response.status_code == 422
-    assert response.json() == {"error": "the server failed: RuntimeError: kaboom"}
+    with caplog.at_level("ERROR", logger="modeltailor.devices.server"):
+        response = client.post("/measure", content=b"x", headers=AUTH)
+    assert response.status_code == 500
+    body = response.json()
+    request_id = body["request_id"]
+    assert body == {"error": f"internal error (request {request_id}): the server's log has the traceback",
+                    "request_id": request_id}
+    assert response.headers["X-Request-ID"] == request_id
+    assert "kaboom" not in response.text and "RuntimeError" not in response.text  # nothing internal leaks
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "kaboom" in caplog.text  # the traceback stays here
+    given = client.post("/measure", content=b"x", headers={**AUTH, "X-Request-ID": "trace-42"})
+    assert given.json()["request_id"] == given.headers["X-Request-ID"] == "trace-42"
 
 
 def test_agent_refuses_to_start_without_a_token(monkeypatch, capsys):

@@ -251,4 +251,4 @@ def test_the_registry_works_through_a_real_server_on_postgresql(tmp_path, mlflow
     assert answer.chosen.version == better.version and answer.runners_up == []
     files = registry.download_version(uri, device["name"], better.version, tmp_path / "dl")
     assert files["model.onnx"].read_bytes() == (tmp_path / "2" / "a" / "model.onnx").read_bytes()
-    assert device["name"] in [d.device for d in registry.list_devices(uri)]
+    assert device["name"] in [d.device for d in registry.registered_devices(uri)]

@@ -464,7 +464,7 @@ def _versions(client: mlflow.MlflowClient, name: str) -> list[VersionInfo]:
     return sorted(infos, key=lambda v: v.version)
 
 
-def list_devices(tracking_uri: str) -> list[DeviceEntry]:
+def registered_devices(tracking_uri: str) -> list[DeviceEntry]:
     """Every device with registered versions, and its deployments' champions."""
     client = _client(tracking_uri)
     with _mlflow_errors(normalize_tracking_uri(tracking_uri)):
