@@ -59,14 +59,16 @@ class PPOSettings:
     warm_noise: str = "keep"  # a warm start keeps the checkpoint's action noise, or resets it to log_std_init
 
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+"""2: the network's state dict under "network" (format 1 named it "policy", like the compression
+policy it is not); format-1 files still load (restore_checkpoint reads either key)."""
 
 
 def agent_checkpoint(model: BaseAlgorithm, env: CompressionEnv, settings: PPOSettings) -> dict[str, Any]:
     """The agent checkpoint: plain tensors and values only (loads with weights_only=True)."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "policy": model.policy.state_dict(),
+        "network": model.policy.state_dict(),
         "optimizer": model.policy.optimizer.state_dict(),
         "settings": asdict(settings),
         "num_timesteps": int(model.num_timesteps),
@@ -104,7 +106,7 @@ def restore_checkpoint(
     """Load the network (and the optimizer) saved at `path` into `model`; its layout must match `env`'s."""
     state = read_checkpoint(path, env, advice)
     try:
-        model.policy.load_state_dict(state["policy"])
+        model.policy.load_state_dict(network_state(state))
         if optimizer:
             model.policy.optimizer.load_state_dict(state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
@@ -114,6 +116,15 @@ def restore_checkpoint(
     if optimizer:
         model.num_timesteps = int(state.get("num_timesteps", 0))
     return state
+
+
+def network_state(state: dict[str, Any]) -> Any:
+    """The PPO network's state dict of a checkpoint: "network", or "policy" in a format-1 file
+    (old agent checkpoints still load); a KeyError when neither is there."""
+    network = state.get("network", state.get("policy"))
+    if network is None:
+        raise KeyError("network")
+    return network
 
 
 def checkpoint_layout(env: CompressionEnv) -> dict[str, int]:

@@ -16,7 +16,8 @@ import torch
 
 from modeltailor.errors import ConfigError
 
-DeviceName = Literal["auto", "cpu", "cuda"]
+TorchDevice = Literal["auto", "cpu", "cuda"]
+"""Where torch runs (compute.device); not a device profile, which says where latency is measured."""
 Precision = Literal["fp32", "bf16"]
 
 

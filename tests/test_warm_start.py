@@ -39,7 +39,7 @@ def test_checkpoint_round_trip_gives_the_same_actions(model, tmp_path):
     first = trained(env, path)
     original = first.build(env)
     state = torch.load(path, weights_only=True)  # plain tensors and values: no pickle needed
-    original.policy.load_state_dict(state["policy"])
+    original.policy.load_state_dict(state["network"])
     assert state["observation_layout"] == OBS_LAYOUT and state["episodes"] == 3
     warm = PPOSearcher(seed=99, warm_start=path).start(make_env(model, JOINT), done=0)
     cold = PPOSearcher(seed=99).start(make_env(model, JOINT), done=0)
@@ -62,6 +62,28 @@ def test_checkpoint_of_another_layout_is_refused(model, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelTailorError, match="cannot be read"):
         PPOSearcher(warm_start=tmp_path / "junk.pt").start(env, done=0)
+
+
+def test_checkpoint_of_the_old_layout_still_restores(model, tmp_path):
+    """Format 1 saved the PPO network under "policy"; such files still warm-start and resume."""
+    env = make_env(model, PRUNE)
+    path = tmp_path / "agent_checkpoint.pt"
+    trained(env, path)
+    state = torch.load(path, weights_only=True)
+    old = {**{k: v for k, v in state.items() if k != "network"}, "format": 1, "policy": state["network"]}
+    torch.save(old, tmp_path / "old.pt")
+    obs = observations(env)
+    new_actions = PPOSearcher(warm_start=path).start(make_env(model, PRUNE), done=0).predict(obs, deterministic=True)[0]
+    old_actions = PPOSearcher(warm_start=tmp_path / "old.pt").start(make_env(model, PRUNE), done=0).predict(
+        obs, deterministic=True
+    )[0]
+    np.testing.assert_allclose(old_actions, new_actions, atol=1e-6)
+    resumed = PPOSearcher(checkpoint=tmp_path / "old.pt").start(make_env(model, PRUNE), done=3)
+    assert resumed.num_timesteps == state["num_timesteps"]
+    np.testing.assert_allclose(resumed.predict(obs, deterministic=True)[0], new_actions, atol=1e-6)
+    torch.save({k: v for k, v in old.items() if k != "policy"}, tmp_path / "headless.pt")
+    with pytest.raises(ModelTailorError, match="does not fit this PPO network"):
+        PPOSearcher(warm_start=tmp_path / "headless.pt").start(make_env(model, PRUNE), done=0)
 
 
 def test_checkpoint_of_another_width_is_refused(model, tmp_path):
@@ -89,7 +111,7 @@ def test_agent_checkpoint_is_plain_data(model):
     searcher = PPOSearcher(seed=0)
     state = agent_checkpoint(searcher.build(env), env, searcher.settings)
     assert {k: state[k] for k in checkpoint_layout(env)} == checkpoint_layout(env)
-    assert all(isinstance(v, torch.Tensor) for v in state["policy"].values())
+    assert all(isinstance(v, torch.Tensor) for v in state["network"].values())
 
 
 def config_for(tmp_path: Path, **search):
@@ -166,7 +188,7 @@ def test_warm_start_can_reset_the_action_noise(model, tmp_path):
     env = make_env(model, PRUNE)
     path = tmp_path / "agent_checkpoint.pt"
     trained(env, path)
-    saved = torch.load(path, weights_only=True)["policy"]
+    saved = torch.load(path, weights_only=True)["network"]
     kept = PPOSearcher(warm_start=path).start(make_env(model, PRUNE), done=0)
     reset = PPOSearcher(warm_start=path)
     reset.settings = dataclasses.replace(reset.settings, warm_noise="reset")
