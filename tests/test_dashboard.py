@@ -8,22 +8,30 @@ its search is over: its final metrics and artifacts, a real (tiny) ONNX model re
 `run_description`. Then a real ``mlflow server`` serves that store and headless Chromium
 (Debian's, driven by Playwright) opens the pages a person opens:
 
-* the experiment opens in the model-training view (its runs table), not the GenAI one, and so do
-  the experiment pages the descriptions link to;
+* a first-time visitor (a fresh browser context: no localStorage) opening the experiment through
+  its link lands in the model-training view (its runs table), not the GenAI one, and so do the
+  experiment and run pages the descriptions link to;
 * a deployment's run shows its description (the result table, the Pareto plot, loaded, a link to
   its registered version and one to its logged model, both of which resolve) and lists its logged
   model with the version it became;
 * the campaign's parent run compares its deployments, linking their runs and versions;
-* the Models page lists `modeltailor-cpu-1t` with its champion aliases.
+* the Models page and a version's page (the registry) show `modeltailor-cpu-1t`, its versions and
+  their champion aliases to a first-time visitor.
 
-The view. MLflow 3.17's UI ignores the experiment's `mlflow.experimentKind` tag: the GenAI or
+The view. The MLflow UI ignores the experiment's `mlflow.experimentKind` tag: the GenAI or
 model-training view follows the ``workflowType`` query parameter of the page's (hash) URL, else
 the browser's last choice of the sidebar toggle (localStorage ``mlflow.workflowType``), else
-GenAI (upstream: mlflow/mlflow#24498). So a link that opens an experiment page in the
-model-training view carries ``?workflowType=machine_learning`` (`ml_link`), the links in the
-runs' descriptions included (they open in a new tab, where only the link's own query counts); the
-tag stays, for UIs that read it. The view check is shown to fail on the GenAI view of the same
-experiment.
+GenAI (upstream: mlflow/mlflow#24498, closed; its fix, PR #24493, was closed unmerged). Checked
+on 3.17.2 and on 3.18.0, whose WorkflowTypeProvider is the same code: a first-time visitor
+opening ``#/experiments/<id>`` without the query is sent on to the GenAI overview
+(``.../overview?workflowType=genai``, "send your first trace"), and a run page without it shows
+the GenAI sidebar too. So a link that opens an experiment page in the model-training view carries
+``?workflowType=machine_learning`` (`ml_link`), the links in the runs' descriptions included
+(they open in a new tab, where only the link's own query counts); the tag stays, for UIs that
+read it. The first test also opens the experiment and a run without the query and expects the
+GenAI view: that shows the view check tells the views apart, and fails once an MLflow opens the
+experiment's own view by itself (then the query can go). The registry pages (``#/models...``)
+have no experiment sidebar; their content is the same in either view.
 
 Skips without Chromium or Playwright, except in CI (``CI`` set), where that fails. The module
 takes 40-60 s, most of it the store's schema and the server's start (they overlap).
@@ -66,13 +74,18 @@ REPO = Path(__file__).resolve().parents[1]
 CAMPAIGN = REPO / "examples" / "campaign-digits.yaml"
 EXPERIMENT = "modeltailor"
 DEVICE_MODEL = "modeltailor-cpu-1t"
-ML_VIEW = "workflowType=machine_learning"  # the query that opens MLflow 3.17's model-training view
+ML_VIEW = "workflowType=machine_learning"  # the query that opens the model-training view (3.17, 3.18)
 BROWSER_ARGS = ["--no-sandbox", "--disable-background-networking"]
 VIEWPORT = {"width": 1400, "height": 1000}
 UI_TIMEOUT_MS = 20_000
 GENAI_LINK = (
-    "a description's link opened the GenAI view: MLflow 3.17 picks the view from the link's "
+    "a description's link opened the GenAI view: MLflow (3.17, 3.18) picks the view from the link's "
     f"`?{ML_VIEW}`, not from the experiment's kind tag"
+)
+UPSTREAM_FIXED = (
+    "this MLflow opens the experiment in the model-training view without `?workflowType=...`: "
+    "it reads the experiment's kind tag now (mlflow/mlflow#24498), so `ml_link` and TRAINING_VIEW "
+    "(experiments/tracking/tracker.py) can go, with a lower bound on mlflow in pyproject.toml"
 )
 NO_VERSION_LINK = (
     "the logged model shows no registered version: registering must also set the logged model's "
@@ -264,10 +277,13 @@ def test_the_experiment_opens_in_the_model_training_view(dashboard):
     page.wait_for_url(re.compile(rf"#/experiments/{exp}/runs\b"))  # the runs table, not Overview
     assert workflow_view(page) == "model training"
     expect(page.get_by_role("link", name="digits-fleet")).to_be_visible()  # the campaign's run, listed
-    # the check tells the views apart: the same experiment in the GenAI view fails it
-    genai = dashboard.page(f"{dashboard.base}/#/experiments/{exp}?workflowType=genai")
-    genai.wait_for_url(re.compile(rf"#/experiments/{exp}/(overview|traces)"))
-    assert workflow_view(genai) == "genai"
+    # without the query a first-time visitor gets the GenAI view (mlflow/mlflow#24498): what the
+    # query is for, and proof that the check tells the views apart
+    bare = dashboard.page(f"{dashboard.base}/#/experiments/{exp}")
+    bare.wait_for_url(re.compile(rf"#/experiments/{exp}/(overview|traces)"))
+    assert workflow_view(bare) == "genai", UPSTREAM_FIXED
+    bare_run = dashboard.page(f"{dashboard.base}/#/experiments/{exp}/runs/{store.runs['c037-cpu1t']}")
+    assert workflow_view(bare_run) == "genai", UPSTREAM_FIXED
 
 
 def test_a_search_run_shows_its_description_plot_and_model(dashboard):
@@ -310,6 +326,7 @@ def test_the_campaign_run_compares_its_deployments(dashboard):
 
     store, base, exp = dashboard.store, dashboard.base, dashboard.store.experiment_id
     page = dashboard.page(ml_link(base, f"#/experiments/{exp}/runs/{store.parent_run_id}"))
+    assert workflow_view(page) == "model training"
     note = page.get_by_test_id("note-editor-preview-content")
     expect(note).to_contain_text("campaign digits-fleet: 2 of 4 deployments finished")
     table = note.locator("table")
@@ -342,6 +359,12 @@ def test_the_models_page_lists_the_device_model_and_its_champions(dashboard):
     for version in store.versions.values():
         versions_row = page.get_by_role("row").filter(has_text=f"Version {version.version}")
         expect(versions_row.first).to_contain_text(version.aliases[0])
+    # a version's page, opened by a first-time visitor as the descriptions link it
+    latest = store.versions["all-cpu1t"]
+    page = dashboard.page(f"{base}/#/models/{DEVICE_MODEL}/versions/{latest.version}")
+    expect(page.get_by_text(f"Version {latest.version}", exact=True).first).to_be_visible()
+    expect(page.get_by_text(latest.aliases[0]).first).to_be_visible()
+    expect(page.get_by_role("link", name="all-cpu1t").first).to_be_visible()  # its source run
     # the experiment's Models tab lists both logged models (named after their deployments), with their source runs
     page = dashboard.page(ml_link(base, f"#/experiments/{store.experiment_id}/models"))
     grid = page.get_by_role("grid").filter(has_text="Source run")
