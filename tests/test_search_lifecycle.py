@@ -77,7 +77,7 @@ def test_agent_checkpoint_is_plain_data_and_refuses_another_layout(tmp_path):
     searcher = PPOSearcher(seed=1, checkpoint=path)
     save_checkpoint(path, searcher.build(env), env, searcher.settings)
     state = torch.load(path, weights_only=True)
-    assert {"policy", "optimizer", "settings", "num_timesteps", "episodes"} <= state.keys()
+    assert {"network", "optimizer", "settings", "num_timesteps", "episodes"} <= state.keys()
     assert state["observation_size"] == env.observation_space.shape[0] and state["action_dims"] == 1
     assert restore_checkpoint(path, searcher.build(env, seed=2), env)["episodes"] == 0
     joint = small_env(int8=True)  # three action dims

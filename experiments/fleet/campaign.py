@@ -347,7 +347,7 @@ def campaign_description(name: str, statuses: list[DeploymentStatus], experiment
         run = f"[{s.name}](#/experiments/{experiment_id}/runs/{s.mlflow_run_id}{TRAINING_VIEW})" if s.mlflow_run_id else s.name
         version = r.get("registered_version")
         model = f"modeltailor-{s.device}"
-        link = f"[{model} v{version}](#/models/{model}/versions/{version})" if version else "-"
+        link = f"[{model} v{version}](#/models/{model}/versions/{version}{TRAINING_VIEW})" if version else "-"
         numbers = (
             f"{r['accuracy']:.4f} | {r['latency_ms']:.3f} | {r['speedup']:.2f}x | {r['memory_bytes']:,} | "
             f"{'met' if r.get('objective_met') else 'not met'}" if r else "- | - | - | - | -"

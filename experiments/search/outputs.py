@@ -166,7 +166,7 @@ def run_description(summary: SearchSummary, run_id: str, experiment_id: str, reg
     if registered is not None:
         name = f"modeltailor-{registered.device}"
         lines.append(
-            f"Registered as [{name} version {registered.version}](#/models/{name}/versions/{registered.version})"
+            f"Registered as [{name} version {registered.version}](#/models/{name}/versions/{registered.version}{TRAINING_VIEW})"
             + (f", alias `{', '.join(registered.aliases)}`" if registered.aliases else "")
             + (f"; logged model [{registered.model_id}](#/experiments/{experiment_id}/models/{registered.model_id}{TRAINING_VIEW})"
                if registered.model_id else "") + "."
