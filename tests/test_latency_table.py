@@ -19,6 +19,7 @@ from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.units import analyze_model
 from modeltailor.devices.base import Device, DeviceDefaults
 from modeltailor.devices.latency_table import (
+    GraphNode,
     LatencyTable,
     TableDevice,
     graph_nodes,
@@ -27,7 +28,7 @@ from modeltailor.devices.latency_table import (
     single_node_model,
 )
 from modeltailor.devices.local import LocalOrtDevice
-from modeltailor.devices.measurement import Measurement
+from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import onnx_memory
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError
 from modeltailor.experiments.tools.calibrate import calibrate
@@ -116,8 +117,11 @@ def test_table_device_predicts(table_file: Path, tiny_onnx: bytes) -> None:
     assert result.latency.runs == 0 and device.last_estimated == 0
     assert result.latency.std_ms == 0 and result.latency.p90_ms == result.latency.median_ms
     assert result.memory == onnx_memory(tiny_onnx) and result.device == "remote"
-    real = FAST.measure(tiny_onnx).latency.median_ms
-    assert 0.3 * real < result.latency.median_ms < 3 * real
+    # the table was fitted on this model: its prediction is the fixture's measurement of it, so it
+    # is off a fresh one by the machine's noise alone (ratios 0.70-1.01 over four runs here while the
+    # whole suite ran beside; 0.70 when a load burst slowed the fixture's measurement of the other model)
+    real = float(np.median([FAST.measure(tiny_onnx).latency.median_ms for _ in range(3)]))
+    assert 0.5 * real < result.latency.median_ms < 2 * real, (result.latency.median_ms, real)
     info = device.describe()
     assert info["kind"] == "table" and info["path"] == str(table_file)
     assert info["measured_on"]["name"] == "cpu-1t"
@@ -150,7 +154,10 @@ def test_calibrate_tiny(tmp_path: Path) -> None:
         FAST, in_channels=1, input_size=SIZE, architectures=5, held_out=2, table_path=path,
         progress=messages.append, model_kwargs={"width": 0.5}, node_runs=20,
     )
-    assert math.isfinite(report.mape) and report.mape >= 0 and messages
+    # the error itself is timed on this (shared, loaded) machine: 3-63% over four runs here, so it
+    # is bounded on a deterministic device below (test_calibrated_table_error_is_bounded_on_a_known_device)
+    assert math.isfinite(report.mape) and messages
+    assert report.mape == pytest.approx(np.mean([abs(r.predicted_ms / r.measured_ms - 1) * 100 for r in report.rows]))
     assert len(report.rows) == 2 and report.nodes_measured > 0 and report.seconds > 0
     assert report.table_path == path and path.is_file()
     assert json.loads(json.dumps(report.to_dict()))["rows"][0]["measured_ms"] > 0
@@ -200,3 +207,76 @@ def test_calibrate_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "held-out MAPE:" in result.output and "over 1 architectures" in result.output
     assert out.is_file()
+
+
+class CostModelDevice(DeviceDefaults):
+    """A deterministic device: a model's latency is a known function of its nodes, so the table's
+    error is a property of the table alone, not of this machine's load.
+
+    One `session.run` costs CALL_MS; a Conv costs its MACs at an efficiency that grows with its
+    output channels (wide convs run closer to peak), so a conv key missing from the table, estimated
+    on a line in MACs through its neighbours, is off by a little; any other node costs per element
+    read and written, only ELEMENTWISE_FUSED of that inside a whole model (fused into the conv
+    before it) but all of it when timed alone, which the table's fitted scale has to absorb.
+    """
+
+    name = "cost-model"
+    kind = "fake"
+    CALL_MS = 0.02
+    ELEMENTWISE_FUSED = 0.4
+
+    def node_ms(self, node: GraphNode, alone: bool) -> float:
+        if node.node.op_type == "Conv":
+            channels = node.outputs[0].shape[1]
+            return 0.004 + node.cost * 2e-7 * (1 + 8 / channels)
+        share = 1.0 if alone or node.node.op_type not in ("Relu", "Add") else self.ELEMENTWISE_FUSED
+        return 0.001 + node.cost * 1e-7 * share
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        nodes = graph_nodes(onnx_bytes)
+        ms = self.CALL_MS + sum(self.node_ms(n, alone=len(nodes) == 1) for n in nodes)
+        latency = LatencyStats(ms, ms, ms, 0.0, ms, 0.0, 1)
+        return Measurement(latency=latency, memory=onnx_memory(onnx_bytes), device=self.name)
+
+    def describe(self) -> dict:
+        return {"kind": "fake", "name": self.name}
+
+
+TABLE_MAPE_BOUND = 1.0
+"""Held-out MAPE (%) bound of a table calibrated on CostModelDevice: 0.34% when it was set (rows 0.25,
+0.32, 0.44%; train 0.03%), the same on every run and machine (no timing involved). Broken on
+purpose, the table landed far above it: a missing key read from its nearest neighbour unscaled
+2.6% (a row 6.8%), from the mean of its neighbours 12.4%, only a scale fitted 2.6% (train 1.6%),
+nothing fitted 14.0%. (Not subtracting the call overhead goes unseen here: pruning keeps the node
+count, so the intercept absorbs it.) The docs quote 3.8-8.7% for the real cpu-1t."""
+
+
+def test_calibrated_table_error_is_bounded_on_a_known_device(tmp_path: Path) -> None:
+    device = CostModelDevice()
+    report = calibrate(
+        device, in_channels=1, input_size=SIZE, architectures=8, held_out=3, table_path=tmp_path / "t.json",
+        model_kwargs={"width": 0.5}, node_runs=3,
+    )
+    assert report.estimated_keys > 0  # the held-out variants have convs the table never timed
+    assert len(report.rows) == 3 and report.mape == pytest.approx(np.mean([r.error_pct for r in report.rows]))
+    assert report.mape < TABLE_MAPE_BOUND, [r.error_pct for r in report.rows]
+    assert max(r.error_pct for r in report.rows) < 2 * TABLE_MAPE_BOUND
+    assert report.train_mape < TABLE_MAPE_BOUND / 2
+
+
+def test_table_device_predicts_a_known_device(tmp_path: Path) -> None:
+    """Fitted on a deterministic device, the table predicts the models it was fitted on within 0.1%
+    and one it never saw (35 of its nodes estimated) within 3% (0.01% and 1.2% when this was written)."""
+    device = CostModelDevice()
+    table = LatencyTable(device=device.describe())
+    models = [export_onnx(tiny(), SHAPE), export_onnx(pruned(0.5), SHAPE), export_onnx(pruned(0.25), SHAPE)]
+    for onnx_bytes in models:
+        measure_nodes(device, onnx_bytes, table, runs=3)
+    truth = [device.measure(b).latency.median_ms for b in models]
+    table.fit([table.explain(b).node_sum_ms for b in models], truth)
+    predicted = TableDevice("remote", table.save(tmp_path / "t.json"))
+    for onnx_bytes, ms in zip(models, truth, strict=True):
+        assert predicted.measure(onnx_bytes).latency.median_ms == pytest.approx(ms, rel=0.001)
+    unseen = export_onnx(pruned(0.75), SHAPE)
+    assert predicted.measure(unseen).latency.median_ms == pytest.approx(device.measure(unseen).latency.median_ms, rel=0.03)
+    assert predicted.last_estimated > 0
