@@ -1,15 +1,28 @@
 """The signature cache: reuse a device's latency for models of the same architecture.
 
 :func:`architecture_signature` hashes a model's structure, not its weight values or tensor names;
-:class:`CachedDevice` keys latencies by ``"<device name>|<signature>"`` (memory is always
-recomputed). Search-time candidates that differ only in weights are timed once.
+:class:`CachedDevice` keys latencies by ``"<device name>|<identity>|<signature>"`` (memory is
+always recomputed). Search-time candidates that differ only in weights are timed once.
+
+A latency is reused only where it would be measured again the same way: the identity
+(:func:`measurement_identity`) holds this host's name and CPU model and what the device says about
+itself (its kind and settings: threads, graph optimization level, url, runs, warm-up, rounds, ONNX
+Runtime version, a device server's machine), and its short hash is part of every key. An entry
+records when (UTC) and on which host it was measured; entries older than the maximum age
+(``MODELTAILOR_CACHE_MAX_AGE_DAYS``, default 7 days) or from another host are never served.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +33,7 @@ from modeltailor.common.storage import atomic_write, locked
 from modeltailor.devices.base import Device, K
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import load_model, onnx_memory
-from modeltailor.errors import DeviceError, first_line
+from modeltailor.errors import ConfigError, DeviceError, first_line
 
 
 def _type_text(value: onnx.ValueInfoProto) -> str:
@@ -90,30 +103,168 @@ def architecture_signature(onnx_bytes: bytes) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+MAX_AGE_ENV = "MODELTAILOR_CACHE_MAX_AGE_DAYS"
+"""Environment variable: the age (days) past which a cached latency is measured again."""
+DEFAULT_MAX_AGE_DAYS = 7.0
+"""A week: long enough for a campaign's searches to share timings, short enough that a host's
+changed load, firmware or power settings are measured again soon."""
+VOLATILE_KEYS = frozenset({"busy", "measured", "status", "timeout_s", "max_model_bytes", "cache"})
+"""What a device's ``describe()`` may hold that changes between calls or never changes a timing
+(a device server's busy flag and counter, its limits; the cache's own path)."""
+
+
+def cpu_model() -> str:
+    """This host's CPU model (from /proc/cpuinfo), else what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_name() -> str:
+    """This host's name: a cached latency is served on the host that measured it only."""
+    return socket.gethostname()
+
+
+def _stable(value: Any) -> Any:
+    """`value` less the VOLATILE_KEYS of every mapping in it."""
+    if isinstance(value, Mapping):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list | tuple):
+        return [_stable(v) for v in value]
+    return value
+
+
+def measurement_identity(device: Device) -> dict[str, Any]:
+    """Everything that changes a latency `device` measures: this host and its CPU, and the device's
+    own description (kind, settings, timing runs, warm-up and rounds, ONNX Runtime version, ...)."""
+    return {"host": host_name(), "cpu": cpu_model(), "device": _stable(device.describe())}
+
+
+def identity_hash(identity: Mapping[str, Any]) -> str:
+    """A short hash of a measurement identity (12 hex chars of a sha256 of its sorted JSON)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def max_age_days_from_environment() -> float:
+    """MODELTAILOR_CACHE_MAX_AGE_DAYS as a number of days (>= 0), else DEFAULT_MAX_AGE_DAYS."""
+    text = os.environ.get(MAX_AGE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_AGE_DAYS
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:  # also NaN
+        raise ConfigError(
+            f"{MAX_AGE_ENV}='{text}' is not a number of days: set it to e.g. 7 (0 serves no cached latency)"
+        )
+    return days
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached latency: what was measured, when (UTC, ISO 8601) and on which host."""
+
+    latency: LatencyStats
+    measured_at: str
+    host: str
+
+    def age_days(self, now: datetime) -> float | None:
+        """Days since it was measured; None when its timestamp cannot be read."""
+        try:
+            when = datetime.fromisoformat(self.measured_at)
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            return None
+        return (now - when).total_seconds() / 86400.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latency": self.latency.to_dict(), "measured_at": self.measured_at, "host": self.host}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CacheEntry | None:
+        """The entry, or None for one in another form (an older cache's: never served)."""
+        if not isinstance(data, dict) or not {"latency", "measured_at", "host"} <= data.keys():
+            return None
+        return cls(LatencyStats.from_dict(data["latency"]), str(data["measured_at"]), str(data["host"]))
+
+
 class CachedDevice:
     """Wraps a device and reuses its latency for models with the same architecture.
 
-    The cache key is ``"<device name>|<architecture_signature>"``; memory is recomputed on
-    every call. With ``path``, the cache is a JSON file ``{key: LatencyStats.to_dict()}``
-    read at construction and, on every new entry, re-read, merged and rewritten under an
-    inter-process lock (unique temp file + rename), so processes that fill one cache at once
-    never lose each other's entries.
+    The cache key is ``"<device name>|<identity hash>|<architecture_signature>"``; memory is
+    recomputed on every call. An entry is served only when it was measured on this host and is at
+    most ``max_age_days`` old (default: ``MODELTAILOR_CACHE_MAX_AGE_DAYS``, else 7); otherwise the
+    model is measured again and the entry replaced.
+
+    With ``path``, the cache is a JSON file ``{key: CacheEntry.to_dict()}`` read at construction
+    and, on every new entry, re-read, merged (the newer of two entries wins) and rewritten under
+    an inter-process lock (unique temp file + rename), so processes that fill one cache at once
+    never lose each other's entries. Without it, the cache lives in memory: repeats within this
+    run are still reused.
+
+    Counters, each named for what it counts: ``hits_earlier_runs`` (served an entry this object
+    did not measure: an earlier run's, or another process's on this host), ``repeats_this_run``
+    (served an entry this object measured), ``measured`` (measured on the device), ``expired``
+    (of those, how many replaced an entry past the maximum age).
     """
 
-    def __init__(self, device: Device, path: Path | str | None = None) -> None:
+    def __init__(self, device: Device, path: Path | str | None = None, max_age_days: float | None = None) -> None:
         self.device = device
         self.name = device.name
         self.path = Path(path) if path is not None else None
-        self.hits = 0
-        self.misses = 0
-        self._cache: dict[str, LatencyStats] = self._read() if self.path else {}
+        self.max_age_days = max_age_days_from_environment() if max_age_days is None else float(max_age_days)
+        self.hits_earlier_runs = 0
+        self.repeats_this_run = 0
+        self.measured = 0
+        self.expired = 0
+        self._mine: set[str] = set()
+        self._cache: dict[str, CacheEntry] = self._read() if self.path else {}
+
+    @property
+    def hits(self) -> int:
+        """Latencies served from the cache, whoever measured them (earlier runs + repeats)."""
+        return self.hits_earlier_runs + self.repeats_this_run
+
+    @property
+    def misses(self) -> int:
+        """Latencies measured on the device (the same as ``measured``)."""
+        return self.measured
 
     @property
     def kind(self) -> str:
         return self.device.kind
 
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """This device's measurement identity on this host (asked once: a remote device is asked over HTTP)."""
+        return measurement_identity(self.device)
+
     def describe(self) -> dict[str, Any]:
         return {**self.device.describe(), "cache": str(self.path) if self.path else None}
+
+    def stats(self) -> dict[str, Any]:
+        """The counters and settings, JSON-ready (summary.json's ``latency_cache``)."""
+        return {
+            "enabled": self.path is not None,
+            "path": str(self.path) if self.path else None,
+            "max_age_days": self.max_age_days,
+            "identity": identity_hash(self.identity),
+            "host": self.identity["host"],
+            "hits_earlier_runs": self.hits_earlier_runs,
+            "repeats_this_run": self.repeats_this_run,
+            "measured": self.measured,
+            "expired": self.expired,
+        }
 
     def uncached(self) -> Device:
         return self.device.uncached()
@@ -132,40 +283,58 @@ class CachedDevice:
         return self.measure(onnx_bytes).latency
 
     def key(self, onnx_bytes: bytes) -> str:
-        return f"{self.name}|{architecture_signature(onnx_bytes)}"
+        return f"{self.name}|{identity_hash(self.identity)}|{architecture_signature(onnx_bytes)}"
 
     def measure(self, onnx_bytes: bytes) -> Measurement:
         key = self.key(onnx_bytes)
-        if key in self._cache:
-            self.hits += 1
-            memory = onnx_memory(onnx_bytes)
-            return Measurement(latency=self._cache[key], memory=memory, device=self.name)
-        self.misses += 1
+        entry = self._cache.get(key)
+        if entry is not None and self._servable(entry):
+            if key in self._mine:
+                self.repeats_this_run += 1
+            else:
+                self.hits_earlier_runs += 1
+            return Measurement(latency=entry.latency, memory=onnx_memory(onnx_bytes), device=self.name)
+        if entry is not None:
+            self.expired += 1
+        self.measured += 1
         result = self.device.measure(onnx_bytes)
-        self._put(key, result.latency)
+        self._mine.add(key)
+        self._put(key, CacheEntry(result.latency, utc_now().isoformat(timespec="seconds"), self.identity["host"]))
         return result
+
+    def _servable(self, entry: CacheEntry) -> bool:
+        """Measured on this host, at most max_age_days ago (a clock set back counts as age 0)."""
+        if entry.host != self.identity["host"]:
+            return False
+        age = entry.age_days(utc_now())
+        return age is not None and max(age, 0.0) <= self.max_age_days
 
     def __len__(self) -> int:
         return len(self._cache)
 
-    def _read(self) -> dict[str, LatencyStats]:
+    def _read(self) -> dict[str, CacheEntry]:
         assert self.path is not None
         if not self.path.exists():
             return {}
         try:
             raw = json.loads(self.path.read_text())
-            return {key: LatencyStats.from_dict(value) for key, value in raw.items()}
+            entries = {key: CacheEntry.from_dict(value) for key, value in raw.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DeviceError(
                 f"latency cache {self.path} is unreadable ({first_line(exc)}): delete it or pass another path"
             ) from exc
+        return {key: entry for key, entry in entries.items() if entry is not None}
 
-    def _put(self, key: str, latency: LatencyStats) -> None:
-        self._cache[key] = latency
+    def _put(self, key: str, entry: CacheEntry) -> None:
+        self._cache[key] = entry
         if self.path is None:
             return
         with locked(self.path):
-            merged = {**self._read(), **self._cache}
+            merged = self._read()
+            for k, mine in self._cache.items():
+                theirs = merged.get(k)
+                if theirs is None or (k == key or mine.measured_at >= theirs.measured_at):
+                    merged[k] = mine
             self._cache = merged
             payload = {k: v.to_dict() for k, v in sorted(merged.items())}
             atomic_write(self.path, json.dumps(payload, indent=1))

@@ -138,14 +138,17 @@ class PolicyEvaluator:
         names = ", ".join(f"'{a.unit}'" for a in changed[:6]) + (", ..." if len(changed) > 6 else "")
         return f"units {names} together" if changed else "the unchanged model"
 
-    def measure(self, model: nn.Module, start: float | None = None, policy: Policy | None = None) -> Outcome:
-        """Accuracy on the scoring split plus device measurement of the exported model."""
+    def measure(
+        self, model: nn.Module, start: float | None = None, policy: Policy | None = None, device: Device | None = None
+    ) -> Outcome:
+        """Accuracy on the scoring split plus the exported model measured on `device` (default: the
+        evaluator's device)."""
         start = time.perf_counter() if start is None else start
         analysis = self._stage("analysing", policy, lambda: analyze_model(model, self.example))
         onnx_bytes = self._stage("exporting", policy, lambda: self.export(model, policy))
         quantized = sorted(policy.quantized()) if policy is not None else []
         acc = self._stage("scoring", policy, lambda: self.score(model, onnx_bytes, bool(quantized)))
-        measurement = self.device.measure(onnx_bytes)
+        measurement = (self.device if device is None else device).measure(onnx_bytes)
         channels = unit_widths(model, analysis)
         return Outcome(
             accuracy=acc,

@@ -92,6 +92,14 @@ def search(
     tracking_uri: Annotated[str | None, typer.Option(help="override tracking.uri")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="keep the episodes already in OUT and run the rest")] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="measure every architecture anew: no latency from earlier runs (device.cache: false); "
+            "repeats within this search are still reused",
+        ),
+    ] = False,
 ) -> None:
     """Search a compression policy for one deployment and write OUT/summary.json, model.onnx, policy.json."""
     from modeltailor.experiments.search.run import run_search
@@ -101,6 +109,7 @@ def search(
         "classes": _parse_classes(classes), "search.seed": seed, "tracking.uri": tracking_uri,
         "search.methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         "tracking.enabled": False if no_tracking else None, "search.warm_start": warm_start,
+        "device.cache": False if no_cache else None,
     }
     cfg = load_config(config, overrides)
     reporter = RichReporter()

@@ -18,6 +18,7 @@ from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, TradeoffRe
 from modeltailor.errors import ModelTailorError
 from modeltailor.experiments.search.finalize import describe_objective
 from modeltailor.experiments.spec.summary import (
+    LatencyCacheStats,
     ModelMetrics,
     ObjectiveCheck,
     OnnxParity,
@@ -60,7 +61,12 @@ def sample_summary(quantized: bool = False, pareto: list[ParetoPoint] | None = N
         speedup=2.5, memory_reduction=4.0, accuracy_drop=5.0,
         objective=describe_objective(BudgetReward(max_latency_ms=0.25), met=True),
         pareto=pareto if pareto is not None else [ParetoPoint.from_record(chosen)],
-        policy=policy, chosen_episode=3, episodes=4, episodes_cached=1, interrupted=False,
+        policy=policy, chosen_episode=3, episodes=4, episodes_cached=1,
+        latency_cache=LatencyCacheStats(
+            enabled=True, path="cache/latency-cache-v3.json", max_age_days=7.0, identity="0123456789ab",
+            host="node-1", hits_earlier_runs=2, repeats_this_run=1, measured=5, expired=1,
+        ),
+        interrupted=False,
         searcher="ppo", search_seconds=10.0, total_seconds=20.0,
         device={"name": "cpu-1t", "kind": "local", "threads": 1},
         classes=[0, 3, 7], class_names=["0", "3", "7"], subset=True, teacher="cache/resnet20.pt",

@@ -39,7 +39,11 @@ from modeltailor.experiments.search.episodes import load_episodes
 from modeltailor.experiments.search.run import check_out_dir
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.campaign import Campaign
-from modeltailor.experiments.spec.deployment import DeploymentConfig
+from modeltailor.experiments.spec.deployment import (
+    DeploymentConfig,
+    changed_settings,
+    resume_refusal,
+)
 from modeltailor.experiments.tracking.server import serving
 from modeltailor.experiments.tracking.tracker import TRAINING_VIEW, Tracker
 
@@ -199,16 +203,27 @@ def _prepare(campaign: Campaign, out_dir: Path, resume: bool) -> dict[str, Any]:
             raise ConfigError(
                 f"--out '{out_dir}' holds a campaign already: pass --resume to continue it, or another --out"
             )
-        if previous.get("deployments_config") != _configs(campaign):
-            raise ConfigError(
-                f"--resume: '{out_dir}' holds a campaign with other deployments: use another --out or drop --resume"
-            )
+        _check_resumable(out_dir, previous.get("deployments_config") or {}, _configs(campaign))
         previous["spec"] = spec
+        previous["deployments_config"] = _configs(campaign)
         return dict(previous)
     return {
         "name": campaign.spec.name, "spec": spec, "source": str(campaign.source) if campaign.source else None,
         "deployments_config": _configs(campaign), "mlflow_run_id": None, "wall_seconds": 0.0,
     }
+
+
+def _check_resumable(out_dir: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    """ConfigError unless `now` has the same deployments as `before`, each changed at most in settings
+    its episodes do not depend on (run_search's own --resume rule, `deployment.RESUME_KEYS`)."""
+    if set(before) != set(now):
+        raise ConfigError(
+            f"--resume: '{out_dir}' holds a campaign with other deployments: use another --out or drop --resume"
+        )
+    for name in sorted(now):
+        changes = changed_settings(before[name], now[name])
+        if changes:
+            raise ConfigError(resume_refusal(f"deployment '{name}' of the campaign in '{out_dir}'", changes))
 
 
 def _configs(campaign: Campaign) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from modeltailor.experiments.search.plots import plot_pareto
 from modeltailor.experiments.search.workbench import Workbench
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.summary import (
+    LatencyCacheStats,
     ModelMetrics,
     ParetoPoint,
     PolicyData,
@@ -83,6 +84,7 @@ def build_summary(
         chosen_episode=chosen.record.episode,
         episodes=len(result.episodes),
         episodes_cached=sum(r.cached for r in result.episodes),
+        latency_cache=LatencyCacheStats(**bench.latency_cache.stats()) if bench.latency_cache is not None else None,
         interrupted=result.interrupted,
         searcher=result.searcher,
         search_seconds=info.search_seconds,

@@ -43,9 +43,14 @@ from modeltailor.experiments.search.warm_start import (
     publish_agent,
     resolve_warm_start,
 )
-from modeltailor.experiments.search.workbench import Workbench, build_workbench
+from modeltailor.experiments.search.workbench import Workbench, build_workbench, cache_line
 from modeltailor.experiments.spec import files
-from modeltailor.experiments.spec.deployment import DeploymentConfig
+from modeltailor.experiments.spec.deployment import (
+    DeploymentConfig,
+    changed_settings,
+    resume_refusal,
+    resume_settings,
+)
 from modeltailor.experiments.spec.summary import SearchSummary
 from modeltailor.experiments.tracking.registry import VersionInfo, register_search
 from modeltailor.experiments.tracking.tracker import Tracker, open_tracker
@@ -83,9 +88,6 @@ class SearchRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-RESUME_KEYS = ("model", "data", "classes", "device", "objective", "search")
-
-
 def run_search(
     config: DeploymentConfig,
     out_dir: Path,
@@ -114,6 +116,8 @@ def run_search(
     registered: VersionInfo | None = None
     try:
         result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter)
+        if bench.latency_cache is not None:
+            reporter.message(cache_line(bench.latency_cache))
         final = finalize(
             bench, result.episodes, make_reward(config, _baseline(bench), final=True),
             bench.device.uncached(), reporter.message,
@@ -212,16 +216,18 @@ def _search(
 
 def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> list[EpisodeRecord]:
     """Create OUT (a writable folder, checked before any training); with `resume`, the episodes a
-    previous run of the same deployment finished, else a fresh OUT (no episodes, checkpoint, run)."""
+    previous run of the same deployment finished, else a fresh OUT (no episodes, checkpoint, run).
+
+    A --resume whose settings differ from OUT's `deployment.json` in anything an episode's numbers
+    depend on (`deployment.RESUME_KEYS`) is refused, naming the settings."""
     check_out_dir(out_dir)
     stamp = out_dir / files.DEPLOYMENT
-    current = {k: v for k, v in config.model_dump(mode="json").items() if k in RESUME_KEYS}
+    current = resume_settings(config.model_dump(mode="json"))
     previous: list[EpisodeRecord] = []
     if resume and stamp.is_file():
-        if json.loads(stamp.read_text()) != current:
-            raise ConfigError(
-                f"--resume: '{out_dir}' holds a search of a different deployment: use another --out or drop --resume"
-            )
+        changes = changed_settings(json.loads(stamp.read_text()), current)
+        if changes:
+            raise ConfigError(resume_refusal(f"'{out_dir}'", changes))
         previous = repair_episodes(out_dir / files.EPISODES)
     else:
         (out_dir / files.EPISODES).write_text("")

@@ -2,7 +2,8 @@
 
 Loads the data, the teacher (trained on every class: it is the one model shipped to every
 deployment), restricts the data to the deployment's classes and narrows the head to them, finds the
-compressible units, sets up the device and the policy evaluator, and measures the baseline once.
+compressible units, sets up the device and the policy evaluator, and measures the baseline once
+(always timed fresh, past the latency cache: a budget is set from it).
 
 Label spaces: `splits` keep original class ids; the search works on the narrowed model, whose
 outputs are the deployment's classes in order, so its labels are remapped (`remap_labels`).
@@ -65,6 +66,8 @@ class Workbench:
     """Latency of a one-node model on the device: its fixed cost per inference."""
     checks: UnitChecks | None = None
     """Which methods passed the pre-search check on each unit (`analysis` holds the unfrozen units)."""
+    latency_cache: CachedDevice | None = None
+    """The latency cache `device` is, with its counters; None when the search was handed a device."""
 
     def units_for(self, method: str) -> frozenset[str]:
         """Units `method` may be used on in this search (every unit when unchecked)."""
@@ -108,17 +111,31 @@ def recovery_config(config: DeploymentConfig, final: bool = False) -> DistillCon
     )
 
 
-LATENCY_CACHE = "latency-cache-v2.json"
-"""v2: latency is the quietest round's median (v1 held pooled medians; never mix the two)."""
+LATENCY_CACHE = "latency-cache-v3.json"
+"""v3: keys hold a hash of the measurement's identity (host, CPU, device settings, ORT version, runs,
+warm-up) and entries when and where they were measured (v2 keyed by profile name only, v1 held
+pooled medians: neither is ever read)."""
 
 
-def build_device(config: DeploymentConfig, cached: bool = True) -> Device:
+def build_device(config: DeploymentConfig) -> CachedDevice:
+    """The deployment's device behind the latency cache: persistent (LATENCY_CACHE in the cache
+    folder) unless `device.cache` is false, in memory then (repeats within the search reused)."""
     device = get_device(
         config.device.name, profiles=config.device.profiles, runs=config.device.runs, warmup=config.device.warmup
     )
-    if not cached:
-        return device
-    return CachedDevice(device, path=cache_dir() / LATENCY_CACHE)
+    return CachedDevice(device, path=cache_dir() / LATENCY_CACHE if config.device.cache else None)
+
+
+def cache_line(cache: CachedDevice) -> str:
+    """What the latency cache served and measured so far, in words, for the progress lines."""
+    if cache.path is None:
+        where = "persistent cache off (--no-cache / device.cache: false)"
+    else:
+        where = f"entries from this host up to {cache.max_age_days:g} days old in {cache.path}"
+    return (
+        f"latency cache: {cache.hits_earlier_runs} served from earlier runs, {cache.repeats_this_run} repeats "
+        f"within this run, {cache.measured} measured ({cache.expired} of them replaced expired entries); {where}"
+    )
 
 
 def probe_device(device: Device) -> float:
@@ -154,8 +171,9 @@ def build_workbench(
     config: DeploymentConfig, report: Report = log.info, device: Device | None = None
 ) -> Workbench:
     """Everything a search needs; on `device` when given (e.g. a campaign's), else the config's."""
-    if device is None:
-        device = build_device(config)
+    cache = build_device(config) if device is None else None
+    device = cache if cache is not None else device
+    assert device is not None
     overhead_ms = probe_device(device)  # fail fast on an unknown or unreachable device, before any training
     report(f"loading data '{config.data.name}'")
     full, splits, classes = load_deployment_data(config)
@@ -178,12 +196,12 @@ def build_workbench(
             "run `modeltailor check-model` for every unit's reason"
         )
     evaluator.analysis = analysis
-    report(f"measuring the baseline on '{config.device.name}'")
+    report(f"measuring the baseline on '{config.device.name}' (timed fresh, not from the latency cache)")
     baseline = _baseline(evaluator, teacher, base, input_shape)
     check_trained(baseline.accuracy, len(classes) if classes else splits.num_classes, source, _untrained_hint(config))
     return Workbench(
         config, splits, teacher, base, source, classes, input_shape, analysis, device, evaluator, baseline,
-        overhead_ms, checks,
+        overhead_ms, checks, cache,
     )
 
 
@@ -293,11 +311,13 @@ def make_applier(importance: str, round_to: int, train_x: torch.Tensor, train_y:
 def _baseline(
     evaluator: PolicyEvaluator, teacher: nn.Module, base: nn.Module, input_shape: tuple[int, ...]
 ) -> Outcome:
-    """The uncompressed teacher: accuracy restricted to the classes, latency of the original model."""
-    outcome = evaluator.measure(base)
+    """The uncompressed teacher: accuracy restricted to the classes, latency of the original model,
+    timed fresh on the device (past any cache: the budget is computed from it)."""
+    device = evaluator.device.uncached()
+    outcome = evaluator.measure(base, device=device)
     if base is teacher:
         return outcome
-    measurement = evaluator.device.measure(export_onnx(teacher, input_shape[1:]))
+    measurement = device.measure(export_onnx(teacher, input_shape[1:]))
     macs = analyze_model(teacher, torch.zeros(input_shape)).total_macs
     return replace(outcome, measurement=measurement, params=count_params(teacher), macs=macs)
 

@@ -5,6 +5,7 @@ Field descriptions double as documentation; `modeltailor config-schema` prints t
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,12 @@ class DeviceConfig(Strict):
     profiles: Path | None = Field(None, description="extra device profiles YAML (merged over the built-in and user ones)")
     runs: int = Field(200, ge=5, description="timed runs per latency measurement (after warm-up)")
     warmup: int = Field(20, ge=0, description="untimed warm-up runs")
+    cache: bool = Field(
+        True,
+        description="reuse latencies this host measured in earlier runs with the same device settings, up to "
+        "$MODELTAILOR_CACHE_MAX_AGE_DAYS (default 7) days old; false (`--no-cache`) measures every new architecture "
+        "(repeats within the search are still reused)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -258,3 +265,77 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             where = ".".join(parents[: depth + 1])
             raise ConfigError(f"config key '{where}' must be a mapping of settings to override '{dotted}', not {node!r}")
     node[leaf] = value
+
+
+# -- what --resume must find unchanged ----------------------------------------------------------
+
+RESUME_KEYS = ("model", "data", "classes", "device", "objective", "search", "recovery", "train", "compute.precision")
+"""The settings an episode's numbers depend on: a --resume that changes one would mix episodes
+measured two ways, so it is refused. model, data, classes: what is compressed and scored; device
+and search: how each policy is drawn, built and timed; objective: its reward and feasibility;
+recovery: the short distillation that sets every episode's accuracy; train: the teacher's recipe (a
+new recipe trains another teacher, distilled from and compared with); compute.precision: bf16
+autocast changes the distillation's numerics. Free to change (RESUME_FREE and the rest):
+compute.device (where torch runs, e.g. resuming a GPU search on a CPU), tracking, the name."""
+
+RESUME_FREE = ("device.cache", "recovery.final_steps", "recovery.final_lr", "recovery.finalists")
+"""Inside RESUME_KEYS, settings that do not change an episode: whether the latency cache is read
+(its entries are keyed on everything that changes a timing) and the finalization, which runs
+after the last episode on all of them."""
+
+
+def resume_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The RESUME_KEYS of a dumped config (``model_dump(mode="json")``), RESUME_FREE left out:
+    what `deployment.json` keeps beside a search's episodes."""
+    kept: dict[str, Any] = {}
+    for dotted in RESUME_KEYS:
+        section, _, leaf = dotted.partition(".")
+        if section not in config:
+            continue
+        if leaf:
+            if isinstance(config[section], dict) and leaf in config[section]:
+                kept.setdefault(section, {})[leaf] = config[section][leaf]
+        else:
+            kept[section] = config[section]
+    for dotted in RESUME_FREE:
+        section, _, leaf = dotted.partition(".")
+        if isinstance(kept.get(section), dict):
+            kept[section] = {k: v for k, v in kept[section].items() if k != leaf}
+    return kept
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        return {k: v for key, value in data.items() for k, v in _leaves(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {prefix: data}
+
+
+def _shown(leaves: dict[str, Any], key: str) -> str:
+    return json.dumps(leaves[key]) if key in leaves else "unset"
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for every setting of `resume_settings` that differs ('key: not recorded'
+    when `before` predates it), sorted by key."""
+    old, new = _leaves(resume_settings(before)), _leaves(resume_settings(now))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, ...) == new.get(key, ...):
+            continue
+        section = key.split(".")[0]
+        if section not in before:
+            text = f"{section}: not recorded"
+        else:
+            text = f"{key}: {_shown(old, key)} -> {_shown(new, key)}"
+        if text not in changes:
+            changes.append(text)
+    return changes
+
+
+def resume_refusal(where: str, changes: list[str], shown: int = 3) -> str:
+    """The one-line reason a --resume is refused: the changed settings named, and what to do."""
+    named = "; ".join(changes[:shown]) + (f"; and {len(changes) - shown} more" if len(changes) > shown else "")
+    return (
+        f"--resume: {where} holds episodes of a different deployment ({named}): restore the setting(s), or "
+        "rerun without --resume into a new --out"
+    )

@@ -1,6 +1,7 @@
 """``summary.json``: the published result contract of one search (pydantic; its JSON Schema is
 ``docs/summary.schema.json``), with its parts :class:`ModelMetrics`, :class:`ParetoPoint`,
-:class:`ObjectiveCheck`, :class:`OnnxParity` and :class:`PolicyData` (the ``policy.json`` form).
+:class:`ObjectiveCheck`, :class:`OnnxParity`, :class:`LatencyCacheStats` and :class:`PolicyData` (the
+``policy.json`` form).
 
 Every key is always present (null where it does not apply), whatever the model or objective.
 Torch-free: the HTTP API reads summaries.
@@ -148,6 +149,30 @@ class OnnxParity(Strict):
     value: float = Field(description="the metric's value (0 = identical)")
 
 
+class LatencyCacheStats(Strict):
+    """Where the search's latencies came from: the persistent latency cache, repeats, or the device.
+
+    Counts every latency the search asked of its device outside the final comparison (the limiter's
+    calibration models and every episode measured; the baseline and the final comparison are
+    always timed fresh and not counted), in this invocation only (a --resume counts what it ran).
+    """
+
+    enabled: bool = Field(description="whether the persistent cache was on (false: --no-cache or device.cache: false)")
+    path: str | None = Field(description="the cache file; null when the persistent cache was off")
+    max_age_days: float = Field(description="entries older than this many days were measured again")
+    identity: str = Field(
+        description="hash of the measurement identity the entries were keyed on: host, CPU model, the device's "
+        "kind and settings (threads, graph optimization, url, runs, warm-up, rounds, ONNX Runtime version)"
+    )
+    host: str = Field(description="the host the search ran on; entries are served on the host that measured them only")
+    hits_earlier_runs: int = Field(
+        description="latencies served from entries measured earlier on this host (earlier runs, or other processes)"
+    )
+    repeats_this_run: int = Field(description="latencies served from entries this search measured itself")
+    measured: int = Field(description="latencies measured on the device")
+    expired: int = Field(description="of `measured`: models whose cached entry was past max_age_days")
+
+
 class SearchSummary(Strict):
     """summary.json: what one search of one deployment found, measured on the deployment's device.
 
@@ -167,7 +192,16 @@ class SearchSummary(Strict):
     policy: PolicyData = Field(description="the chosen policy, as in policy.json")
     chosen_episode: int = Field(description="the episode whose policy was chosen")
     episodes: int = Field(description="episodes searched (resumed ones included)")
-    episodes_cached: int = Field(description="episodes whose architecture was measured before (cache hits)")
+    episodes_cached: int = Field(
+        description="episodes whose architecture an earlier episode of this search already evaluated: its accuracy "
+        "and latency reused, nothing recovered or measured (repeats within the search; see `latency_cache` for "
+        "latencies served from earlier runs)"
+    )
+    latency_cache: LatencyCacheStats | None = Field(
+        default=None,
+        description="latencies served from the persistent cache, repeated within the search, or measured; null "
+        "when the search was handed a device of its own (and in summaries written before it existed)",
+    )
     interrupted: bool = Field(description="whether the search was stopped early (Ctrl-C)")
     searcher: str = Field(description="search agent: ppo, random or uniform")
     search_seconds: float = Field(description="time spent searching (s)")

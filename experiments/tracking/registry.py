@@ -45,6 +45,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from modeltailor.common.storage import cache_dir
+from modeltailor.devices.cache import cpu_model
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, TradeoffReward
 from modeltailor.errors import ModelTailorError, NoMatchError, NotFoundError
 from modeltailor.experiments.spec import files
@@ -154,19 +155,6 @@ def profile_fingerprint(device: dict[str, Any]) -> str:
     """What makes two latency measurements comparable: the profile's settings and the CPU."""
     kept = {k: device.get(k) for k in PROFILE_KEYS if device.get(k) is not None}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def cpu_model() -> str:
-    """This host's CPU model (from /proc/cpuinfo), part of a local profile's fingerprint."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 # -- registering -------------------------------------------------------------------------------
