@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from modeltailor.devices.local import LocalOrtDevice, time_alternately
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import MemoryStats, onnx_memory, tensor_bytes
 from modeltailor.devices.profiles import get_device
-from modeltailor.devices.session import run_onnx
+from modeltailor.devices.session import GRAPH_OPT_LEVELS, run_onnx
 from modeltailor.errors import DeviceError
 
 SHAPE = (3, 16, 16)
@@ -222,7 +223,11 @@ def test_latency_stats_are_sane(small_onnx: bytes) -> None:
     lat = result.latency
     assert lat.runs == 30
     assert 0 < lat.min_ms <= lat.median_ms <= lat.p90_ms
-    assert lat.spread >= 0 and lat.iqr_ms >= 0 and lat.std_ms >= 0
+    # 30 real timings are never all equal; the pooled statistics agree with each other
+    assert lat.std_ms > 0 and 0 < lat.iqr_ms <= lat.p90_ms - lat.min_ms
+    assert lat.min_ms < lat.mean_ms and lat.pooled_median_ms is not None
+    assert lat.min_ms <= lat.pooled_median_ms <= lat.p90_ms
+    assert lat.spread == pytest.approx((lat.p90_ms - lat.median_ms) / lat.median_ms)
     assert result.device == "cpu-1t" and result.memory == onnx_memory(small_onnx)
     flat = result.to_dict()
     assert set(flat) == {
@@ -236,6 +241,17 @@ def test_latency_stats_are_sane(small_onnx: bytes) -> None:
     }
     assert flat["latency_ms"] == lat.median_ms and flat["memory_bytes"] == result.memory.total_bytes
     assert LatencyStats.from_dict(lat.to_dict()) == lat
+
+
+def test_latency_stats_from_known_rounds() -> None:
+    """median = the quietest round's median; the rest pools every run."""
+    quiet, busy = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([4.0, 6.0, 8.0, 10.0, 12.0])
+    lat = LatencyStats.from_rounds([busy, quiet])
+    both = np.concatenate([busy, quiet])
+    assert lat.runs == 10 and lat.median_ms == 3.0 and lat.pooled_median_ms == 4.5
+    assert (lat.min_ms, lat.mean_ms) == (1.0, 5.5) and lat.std_ms == pytest.approx(float(np.std(both)))
+    assert lat.p90_ms == pytest.approx(10.2) and lat.iqr_ms == pytest.approx(7.5 - 3.25)
+    assert lat.spread == pytest.approx((10.2 - 3.0) / 3.0)
 
 
 def test_min_time_extends_runs(small_onnx: bytes) -> None:
@@ -263,9 +279,15 @@ def test_wide_model_is_measured_slower() -> None:
 
 def test_optimization_levels_and_threads(small_onnx: bytes) -> None:
     for level in ("disable", "basic", "extended", "all"):
-        assert LocalOrtDevice(graph_optimization_level=level, warmup=0, runs=2).measure(small_onnx)
-    assert get_device("cpu-2t", warmup=0, runs=2).measure(small_onnx).device == "cpu-2t"
-    assert get_device("cpu-2t").describe()["intra_op_threads"] == 2
+        device = LocalOrtDevice(graph_optimization_level=level, warmup=0, runs=2, rounds=1)
+        options = device.session(small_onnx).get_session_options()
+        assert options.graph_optimization_level == GRAPH_OPT_LEVELS[level], level
+        assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+        result = device.measure(small_onnx)
+        assert result.latency.runs == 2 and result.latency.median_ms > 0 and result.device == "cpu-1t"
+    two = get_device("cpu-2t", warmup=0, runs=2)
+    assert two.session(small_onnx).get_session_options().intra_op_num_threads == 2
+    assert two.measure(small_onnx).device == "cpu-2t" and two.describe()["intra_op_threads"] == 2
 
 
 # --------------------------------------------------------------------------- signature and cache
@@ -278,7 +300,7 @@ def test_signature_ignores_weight_values_but_not_widths() -> None:
     wide = export_onnx(conv_net(width=16), SHAPE)
     assert a != b
     sig = architecture_signature(a)
-    assert len(sig) == 16 and int(sig, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", sig), sig
     assert sig == architecture_signature(b) == architecture_signature(fresh)
     assert sig != architecture_signature(wide)
     assert sig != architecture_signature(export_onnx(conv_net(depth=3), SHAPE))

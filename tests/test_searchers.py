@@ -160,8 +160,13 @@ def test_every_policy_lies_in_the_declared_range(model, methods, name):
     offered = {"prune", "skip"} | ({"lowrank"} if "lowrank" in methods else set())
     if name == "greedy":  # pruning and skipping only, in float
         offered, methods = {"prune", "skip"}, ("prune",)
+    assert len(env.history) == 6
+    checked = 0
     for record in env.history:
+        # one action per unit of the env: the loop below checks every unit's action
+        assert sorted(a.unit for a in record.policy.actions) == sorted(u.name for u in env.units), record.policy
         for action in record.policy.actions:
+            checked += 1
             unit = env.analysis.unit(action.unit)
             assert action.method in offered and (action.bits == 32 or "int8" in methods), action
             if action.method == "skip":
@@ -170,6 +175,7 @@ def test_every_policy_lies_in_the_declared_range(model, methods, name):
                 assert env.range.min_keep <= action.keep <= env.range.max_keep, action
             if action.method == "lowrank":
                 assert action.unit in env.lowrank_units, action
+    assert checked == 6 * len(env.units) > 0
 
 
 @pytest.mark.parametrize("methods", METHOD_SETS[1:], ids="+".join)
