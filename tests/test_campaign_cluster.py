@@ -4,7 +4,9 @@ The cluster (tests/ray_nodes.py) is two `ray start` processes of one CPU each, s
 two deployments must run one on each node: a head and a worker, each in a network namespace of its
 own (10.213.0.1 and 10.213.0.2, two hosts on one link) where this process may create them (root /
 CAP_NET_ADMIN), else side by side on loopback (MODELTAILOR_TEST_RAY_NODES=netns|loopback forces
-one); the mode is printed when the cluster starts, and warned about when it is loopback. The
+one); the mode is printed when the cluster starts, and warned about when it is loopback. In CI
+(`CI` or MODELTAILOR_REQUIRE_POSTGRES=1) the two hosts are required: no namespaces fails the tests
+that need the cluster, unless MODELTAILOR_TEST_RAY_NODES=loopback asks for one host. The
 campaign runs on the head's host and connects by HOST:PORT.
 
 Token auth in Ray 2.60, as these tests found it (see also experiments/fleet/ray_cluster.py):
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_nodes import RayNodes, ray_cluster
+from tests.pg_mlflow import required
+from tests.ray_nodes import RayNodes, _reason, ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +61,29 @@ resources: {cpus: 1}
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[RayNodes]:
+    """The two-node cluster. In CI (`CI` or MODELTAILOR_REQUIRE_POSTGRES=1, as tests/pg_mlflow.py
+    decides) its nodes must be two hosts: where network namespaces cannot be made, the tests that
+    use it fail in one line instead of running on loopback (unless MODELTAILOR_TEST_RAY_NODES=loopback
+    asks for that); elsewhere they fall back to loopback with a warning."""
     if not sys.platform.startswith("linux"):
+        if required():
+            pytest.fail("the two-host test cluster needs Linux (network namespaces, /proc)", pytrace=False)
         pytest.skip("the test cluster needs Linux (network namespaces, /proc)")
-    with ray_cluster(workers=1, cpus=1, mode=os.environ.get("MODELTAILOR_TEST_RAY_NODES", "auto")) as nodes:
+    mode = os.environ.get("MODELTAILOR_TEST_RAY_NODES", "auto")
+    if mode == "auto" and required():
+        mode = "netns"  # in CI: two hosts, or a failure
+    with contextlib.ExitStack() as stack:
+        no_hosts = ""
+        try:
+            nodes = stack.enter_context(ray_cluster(workers=1, cpus=1, mode=mode))
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            if not (mode == "netns" and required()):
+                raise
+            no_hosts = _reason(exc)
+        if no_hosts:
+            pytest.fail(f"the two-host test cluster is required here (CI) but no network namespaces could be "
+                        f"made: {no_hosts} (needs root or CAP_NET_ADMIN and iproute2; "
+                        "MODELTAILOR_TEST_RAY_NODES=loopback runs it on one host)", pytrace=False)
         _say(request, nodes.describe())
         if nodes.mode != "netns":
             warnings.warn(f"{nodes.describe()}: the nodes share one IP address", stacklevel=1)
