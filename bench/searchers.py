@@ -78,8 +78,9 @@ def deployment_config(overrides: dict[str, Any], episode_steps: int | None, conf
     return load_config(config, flat)
 
 
-def build_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None) -> Deployment:
-    config = deployment_config(overrides, episode_steps)
+def build_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None,
+                     config_path: Path = DEFAULT_CONFIG) -> Deployment:
+    config = deployment_config(overrides, episode_steps, config_path)
     bench = build_workbench(config, lambda _m: None)
     b = bench.baseline
     return Deployment(name, config, bench, Resources(b.accuracy, b.latency_ms, b.memory_bytes))
@@ -189,6 +190,8 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="the deployment the benchmark's deployments override (default: examples/digits-resnet20.yaml)")
     parser.add_argument("--episodes", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--searchers", default="ppo,random,uniform,greedy,evolution")
@@ -207,7 +210,7 @@ def main() -> None:
     earlier = earlier_runs(args) if args.merge else {}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {name: dict(runs) for name, runs in earlier.items()}
     for dname in args.deployments.split(","):
-        d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps)
+        d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps, args.config)
         reward = make_reward(d.config, d.baseline)
         print(f"\n{dname}: baseline val acc {d.baseline.accuracy:.4f}, {d.baseline.latency_ms:.3f} ms; {reward}",
               flush=True)
