@@ -360,7 +360,7 @@ def test_resume_accepts_settings_that_do_not_change_an_episode(tmp_path, changes
     resumed(tmp_path, changes)
 
 
-def test_resume_refuses_a_folder_whose_stamp_predates_the_recovery_check(tmp_path):
+def test_resume_of_a_folder_whose_stamp_predates_the_recovery_check_warns_and_keeps_its_episodes(tmp_path, caplog):
     from modeltailor.experiments.search.run import prepare_out_dir
 
     out = tmp_path / "out"
@@ -370,7 +370,15 @@ def test_resume_refuses_a_folder_whose_stamp_predates_the_recovery_check(tmp_pat
     for key in ("recovery", "train", "compute"):
         del stamp[key]
     (out / files.DEPLOYMENT).write_text(json.dumps(stamp))
-    with pytest.raises(ConfigError, match="compute: not recorded; recovery: not recorded; train: not recorded"):
+    (out / files.EPISODES).write_text("")
+    with caplog.at_level("WARNING"):
+        assert prepare_out_dir(config, out, resume=True) == []
+    assert "compute, recovery, train" in caplog.text
+    changed = json.loads((out / files.DEPLOYMENT).read_text())
+    changed["objective"] = {**changed["objective"], "kind": "tradeoff"}
+    del changed["recovery"]
+    (out / files.DEPLOYMENT).write_text(json.dumps(changed))
+    with pytest.raises(ConfigError, match="objective.kind"):
         prepare_out_dir(config, out, resume=True)
 
 

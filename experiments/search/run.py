@@ -50,6 +50,7 @@ from modeltailor.experiments.spec.deployment import (
     changed_settings,
     resume_refusal,
     resume_settings,
+    unrecorded_settings,
 )
 from modeltailor.experiments.spec.summary import SearchSummary
 from modeltailor.experiments.tracking.registry import VersionInfo, register_search
@@ -225,9 +226,13 @@ def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> li
     current = resume_settings(config.model_dump(mode="json"))
     previous: list[EpisodeRecord] = []
     if resume and stamp.is_file():
-        changes = changed_settings(json.loads(stamp.read_text()), current)
+        before = json.loads(stamp.read_text())
+        changes = changed_settings(before, current)
         if changes:
             raise ConfigError(resume_refusal(f"'{out_dir}'", changes))
+        if unchecked := unrecorded_settings(before):
+            log.warning("--resume: %s predates the check of %s: resuming without checking them",
+                        stamp, ", ".join(unchecked))
         previous = repair_episodes(out_dir / files.EPISODES)
     else:
         (out_dir / files.EPISODES).write_text("")

@@ -315,21 +315,21 @@ def _shown(leaves: dict[str, Any], key: str) -> str:
 
 
 def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """'key: old -> new' for every setting of `resume_settings` that differs ('key: not recorded'
-    when `before` predates it), sorted by key."""
+    """'key: old -> new' for every setting of `resume_settings` that differs, sorted by key.
+    Sections `before` does not record (a `deployment.json` written before they were checked) are
+    left out: `unrecorded_settings` names them, and the search resumes with a warning."""
     old, new = _leaves(resume_settings(before)), _leaves(resume_settings(now))
     changes = []
     for key in sorted(set(old) | set(new)):
-        if old.get(key, ...) == new.get(key, ...):
+        if old.get(key, ...) == new.get(key, ...) or key.split(".")[0] not in before:
             continue
-        section = key.split(".")[0]
-        if section not in before:
-            text = f"{section}: not recorded"
-        else:
-            text = f"{key}: {_shown(old, key)} -> {_shown(new, key)}"
-        if text not in changes:
-            changes.append(text)
+        changes.append(f"{key}: {_shown(old, key)} -> {_shown(new, key)}")
     return changes
+
+
+def unrecorded_settings(before: dict[str, Any]) -> list[str]:
+    """The RESUME_KEYS sections a `deployment.json` from an older modeltailor does not record."""
+    return sorted({key.split(".")[0] for key in RESUME_KEYS} - set(before))
 
 
 def resume_refusal(where: str, changes: list[str], shown: int = 3) -> str:
