@@ -163,8 +163,8 @@ def test_calibrate_tiny(tmp_path: Path) -> None:
     assert json.loads(json.dumps(report.to_dict()))["rows"][0]["measured_ms"] > 0
     table = LatencyTable.load(path)
     assert table.mape == pytest.approx(report.mape) and table.meta["held_out"] == 2
-    heavy, full = export_onnx(pruned(0.25), SHAPE), export_onnx(tiny(), SHAPE)
-    assert table.predict(heavy) < table.predict(full)
+    # that a fitted table ranks a pruned model below the full one is checked on the deterministic
+    # device (test_table_device_predicts_a_known_device): here, under load, node timings can invert it
 
 
 def test_calibrate_needs_training_architectures(tmp_path: Path, table_file: Path) -> None:
