@@ -1,5 +1,6 @@
 """The bench scripts (bench/*.py) run: every one answers --help, and those with a small setting
-run it (marked slow) and print their table: its header and at least one row of numbers.
+run it and print their table: its header and at least one row of numbers (all marked slow: each
+starts Python processes that import torch).
 
 Smoke runs share one tiny deployment (a width-0.5 ResNet-20 on 16x16 digits, 3 training epochs,
 a few episodes) and one MODELTAILOR_CACHE, so the teacher trains once for the module. Scripts
@@ -63,6 +64,7 @@ def test_every_bench_script_is_covered() -> None:
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
 
+@pytest.mark.slow  # eleven processes that import torch, ONNX Runtime, Ray...: half a minute on two cores
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help(helps: dict[str, subprocess.CompletedProcess[str]], name: str) -> None:
     done = helps[name]
