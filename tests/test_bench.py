@@ -1,6 +1,6 @@
 """The bench scripts (bench/*.py) run: every one answers --help, and those with a small setting
-run it and print their table: its header and at least one row of numbers (all marked slow: each
-starts Python processes that import torch).
+run it (marked slow) and print their table: its header and at least one row of numbers. The
+--help checks run every script in one interpreter (about 10 s).
 
 Smoke runs share one tiny deployment (a width-0.5 ResNet-20 on 16x16 digits, 3 training epochs,
 a few episodes) and one MODELTAILOR_CACHE, so the teacher trains once for the module. Scripts
@@ -17,11 +17,11 @@ without a smoke run, and why:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,21 +40,41 @@ def _env(cache: Path | None = None) -> dict[str, str]:
     return env
 
 
+HELP_ALL = """
+import contextlib, io, json, os, runpy, sys, traceback
+done = {}
+for path in sys.argv[1:]:
+    if os.path.dirname(path) not in sys.path:  # as `python bench/X.py` does: the script's folder first
+        sys.path.insert(0, os.path.dirname(path))
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [path, "--help"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    done[path] = {"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+print(json.dumps(done))
+"""
+"""Every script's ``--help`` in one interpreter (runpy, as ``__main__``): the scripts import torch,
+ONNX Runtime and Ray, which one process imports once instead of eleven times."""
+
+
 @pytest.fixture(scope="module")
-def helps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
-    """`python bench/X.py --help` of every script, started at once (each imports torch and more:
-    seconds apiece, so they overlap)."""
+def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """`python bench/X.py --help` of every script, as run by one interpreter."""
     cache = tmp_path_factory.mktemp("help-cache")
-    running = {
-        name: subprocess.Popen([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--help"], cwd=ROOT,
-                               env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name in SCRIPTS
-    }
-    done = {}
-    for name, process in running.items():
-        out, err = process.communicate(timeout=300)
-        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
-    yield done
+    paths = [str(ROOT / "bench" / f"{name}.py") for name in SCRIPTS]
+    run = subprocess.run([sys.executable, "-c", HELP_ALL, *paths], cwd=ROOT, env=_env(cache),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    return {name: subprocess.CompletedProcess([path, "--help"], results[path]["returncode"], results[path]["stdout"],
+                                              results[path]["stderr"])
+            for name, path in zip(SCRIPTS, paths, strict=True)}
 
 
 def test_every_bench_script_is_covered() -> None:
@@ -64,7 +84,6 @@ def test_every_bench_script_is_covered() -> None:
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
 
-@pytest.mark.slow  # eleven processes that import torch, ONNX Runtime, Ray...: half a minute on two cores
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help(helps: dict[str, subprocess.CompletedProcess[str]], name: str) -> None:
     done = helps[name]
