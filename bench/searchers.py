@@ -10,13 +10,18 @@ learns from it as from a fresh measurement); every episode still counts against 
 budget. Deterministic searchers (uniform, greedy) therefore give the same
 result for every seed.
 
+Deployments with the same classes share one evaluator cache too (the budget changes the reward,
+not what an architecture measures). The surrogate-assisted searchers (ppo, evolution-surrogate)
+start with no experience: their seed episodes come out of the same episode budget.
+
 Per searcher (mean and spread over seeds): the best validation accuracy within the budget (or the
-best speedup meeting the accuracy floor), the fraction of episodes that met the budget / floor, and
-the episodes until the search was within 0.5 points (or 5% of latency) of its own final best.
+best speedup meeting the accuracy floor) after k = 3, 6, 12, 24, 48 real episodes (as many of
+them as --episodes allows), the fraction of episodes that met the budget / floor, and the episodes
+until the search was within 0.5 points (or 5% of latency) of its own final best.
 
 Usage: python bench/searchers.py [--episodes 48] [--seeds 0,1,2] [--episode-steps 40]
-       [--searchers ppo,random,uniform,greedy,evolution] [--deployments all-30,all-50,c037-accuracy]
-       [--out runs/bench/searchers.json]
+       [--searchers ppo,evolution-surrogate,ppo-real,random,uniform,greedy,evolution]
+       [--deployments all-30,all-50,c037-accuracy] [--out runs/bench/searchers.json]
 Writes every episode to --out (JSON) so bench/warm_start.py can compare against the same runs.
 """
 
@@ -51,6 +56,8 @@ DEPLOYMENTS: dict[str, dict[str, Any]] = {
 """The benchmark's deployments: overrides of examples/digits-resnet20.yaml."""
 NEAR_POINTS = 0.5  # budget kind: within 0.5 accuracy points of the final best
 NEAR_LATENCY = 0.05  # accuracy kind: within 5% of the final best latency
+CHECKPOINTS = (3, 6, 12, 24, 48)
+"""Real-episode counts the table reports each searcher's best after."""
 
 
 @dataclass
@@ -79,9 +86,13 @@ def deployment_config(overrides: dict[str, Any], episode_steps: int | None, conf
 
 
 def build_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None,
-                     config_path: Path = DEFAULT_CONFIG) -> Deployment:
+                     config_path: Path = DEFAULT_CONFIG, caches: dict[str, dict] | None = None) -> Deployment:
+    """The deployment's workbench; with `caches`, its evaluator cache is the one of every deployment
+    with the same classes (an architecture measures the same whatever the budget)."""
     config = deployment_config(overrides, episode_steps, config_path)
     bench = build_workbench(config, lambda _m: None)
+    if caches is not None:
+        bench.evaluator.cache = caches.setdefault(json.dumps(bench.classes), bench.evaluator.cache)
     b = bench.baseline
     return Deployment(name, config, bench, Resources(b.accuracy, b.latency_ms, b.memory_bytes))
 
@@ -104,7 +115,7 @@ class FirstSight:
 def run_searcher(d: Deployment, name: str, seed: int, episodes: int, **kwargs: Any) -> list[EpisodeRecord]:
     env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
     env.evaluator = FirstSight(env.evaluator)
-    make_searcher(name, seed, **kwargs).search(env, episodes)
+    make_searcher(name, seed, report=lambda _m: None, **kwargs).search(env, episodes)
     return env.history
 
 
@@ -169,10 +180,12 @@ def fmt(values: list[float | None], kind: str) -> str:
     return f"{mean:.{digits}f}{unit} ± {spread:.{digits}f}{missing}"
 
 
-def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, str]) -> str:
+def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, str], episodes: int) -> str:
+    ks = [k for k in CHECKPOINTS if k <= episodes]
     lines = [
-        "| deployment | searcher | best (mean ± sd over seeds) | within budget / floor | episodes to near best (median) |",
-        "| --- | --- | --- | --- | --- |",
+        "| deployment | searcher | " + " | ".join(f"best after {k}" for k in ks)
+        + " | within budget / floor | episodes to near best (median) |",
+        "| --- | --- | " + " | ".join("---" for _ in ks) + " | --- | --- |",
     ]
     for dname, by_searcher in results.items():
         kind = kinds[dname]
@@ -181,11 +194,14 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, 
             reach = [r["to_near_best"] for r in runs if r["to_near_best"] is not None]
             feasible = statistics.fmean(r["feasible"] for r in runs)
             median = f"{statistics.median(reach):.0f}" if reach else "-"
-            lines.append(
-                f"| {dname} ({what}) | {sname} | {fmt([r['best'] for r in runs], kind)} | "
-                f"{feasible:.0%} | {median} |"
-            )
+            after = " | ".join(fmt([_at(r["curve"], k) for r in runs], kind) for k in ks)
+            lines.append(f"| {dname} ({what}) | {sname} | {after} | {feasible:.0%} | {median} |")
     return "\n".join(lines)
+
+
+def _at(curve: list[float | None], k: int) -> float | None:
+    """The best score after `k` episodes (the last one for a shorter run)."""
+    return curve[min(k, len(curve)) - 1] if curve else None
 
 
 def main() -> None:
@@ -194,7 +210,7 @@ def main() -> None:
                         help="the deployment the benchmark's deployments override (default: examples/digits-resnet20.yaml)")
     parser.add_argument("--episodes", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--searchers", default="ppo,random,uniform,greedy,evolution")
+    parser.add_argument("--searchers", default="ppo,evolution-surrogate,ppo-real,random,uniform,greedy,evolution")
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument("--episode-steps", type=int, default=None,
                         help="distillation steps per episode (default: the config's, 40)")
@@ -207,10 +223,11 @@ def main() -> None:
     searchers = args.searchers.split(",")
     started = time.perf_counter()
     deployments: dict[str, Deployment] = {}
+    caches: dict[str, dict] = {}
     earlier = earlier_runs(args) if args.merge else {}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {name: dict(runs) for name, runs in earlier.items()}
     for dname in args.deployments.split(","):
-        d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps, args.config)
+        d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps, args.config, caches)
         reward = make_reward(d.config, d.baseline)
         print(f"\n{dname}: baseline val acc {d.baseline.accuracy:.4f}, {d.baseline.latency_ms:.3f} ms; {reward}",
               flush=True)
@@ -222,12 +239,12 @@ def main() -> None:
                 run = summarize_run(d, run_searcher(d, sname, seed, args.episodes))
                 run["seed"], run["seconds"] = seed, time.perf_counter() - t0
                 results[dname][sname].append(run)
-                print(f"  seed {seed} {sname:<9} best {run['best']}  feasible {run['feasible']:.0%}  "
+                print(f"  seed {seed} {sname:<19} best {run['best']}  feasible {run['feasible']:.0%}  "
                       f"near best at {run['to_near_best']}  ({run['seconds']:.0f} s)", flush=True)
         save(args, results, deployments, started)
     print()
     kinds = {name: m["kind"] for name, m in json.loads(args.out.read_text())["deployments"].items()}
-    print(table(results, kinds))
+    print(table(results, kinds, args.episodes))
     print(f"\n{args.episodes} episodes, seeds {args.seeds}, episode recovery "
           f"{next(iter(deployments.values())).config.recovery.episode_steps} steps, "
           f"{time.perf_counter() - started:.0f} s in all")

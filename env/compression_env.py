@@ -30,7 +30,7 @@ import numpy as np
 from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.units import ModelAnalysis, Unit
 from modeltailor.env.features import OBS_SIZE, DeploymentContext, DeploymentFeatures, observe
-from modeltailor.env.limiter import ActionLimiter, NoLimit, Trial
+from modeltailor.env.limiter import ActionLimiter, NoLimit, ReadOnlyLimiter, Trial
 from modeltailor.env.records import EpisodeRecord, Outcome
 from modeltailor.env.reward import Resources, RewardFunction
 from modeltailor.errors import EpisodeFailed
@@ -112,6 +112,15 @@ class CompressionEnv(gym.Env):
         self._method: dict[str, str] = {}
         self._bits: dict[str, int] = {}
         self._previous = 1.0
+
+    def sibling(self, evaluator: Callable[[Policy], Outcome]) -> CompressionEnv:
+        """The same deployment (units, reward, baseline, actions, observations) on another
+        evaluator, e.g. the surrogate: an empty history, no callbacks, and this env's limits read
+        but never refitted by the sibling's outcomes."""
+        return CompressionEnv(
+            self.analysis, evaluator, self.reward_fn, self.baseline, self.range, ReadOnlyLimiter(self.limiter),
+            self.class_fraction, self.lowrank_units, self.int8, self.context, self.int8_units, self.int8_model,
+        )
 
     # gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -97,6 +97,26 @@ class NoLimit:
         return None
 
 
+@dataclass(frozen=True)
+class ReadOnlyLimiter:
+    """Another limiter's limits, not taught by what it is told: for an env on the surrogate, whose
+    predicted outcomes must never refit the cost models the real episodes fit."""
+
+    inner: ActionLimiter
+
+    def max_keep(self, trial: Trial, lo: float, hi: float) -> float | None:
+        return self.inner.max_keep(trial, lo, hi)
+
+    def budget_fraction(self, total_macs: float) -> float:
+        return self.inner.budget_fraction(total_macs)
+
+    def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
+        return self.inner.fits(analysis, keep, ranks)
+
+    def record(self, outcome: Outcome) -> None:
+        return None
+
+
 BACK_OFF = 1e-3
 """A cap found among rounded channel counts is returned this far inside its step, so that the
 policy's 4-decimal keep ratio cannot round it onto the next channel count."""

@@ -98,3 +98,6 @@ class SearchResult:
     pareto: list[EpisodeRecord] = field(default_factory=list)
     best: EpisodeRecord | None = None
     interrupted: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What the searcher says about how it searched (a surrogate-assisted one: real and surrogate
+    episodes, where its agent came from); empty for the others."""

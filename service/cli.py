@@ -61,7 +61,7 @@ class RichReporter:
 
     def start(self, episodes: int) -> None:
         self.progress.start()
-        self.task = self.progress.add_task("search", total=episodes, best="")
+        self.task = self.progress.add_task("real episodes", total=episodes, best="")
 
     def episode(self, record: EpisodeRecord, best: EpisodeRecord | None) -> None:
         text = ""
@@ -80,7 +80,7 @@ def search(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/search"),
     episodes: Annotated[int | None, typer.Option(help="override search.episodes")] = None,
     searcher: Annotated[
-        str | None, typer.Option("--searcher", "--agent", help="override search.searcher: ppo, random, uniform, greedy, evolution, ddpg")
+        str | None, typer.Option("--searcher", "--agent", help="override search.searcher: ppo, ppo-real, evolution-surrogate, random, uniform, greedy, evolution, ddpg")
     ] = None,
     warm_start: Annotated[
         str | None, typer.Option(help="override search.warm_start: a PPO search's --out folder, its MLflow run id, or auto")

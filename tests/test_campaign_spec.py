@@ -78,9 +78,10 @@ def test_example_campaign_loads_four_deployments_merged_over_its_base():
         assert deployment.name == name  # the entry's name, not the base file's
         # everything an entry does not override is the base's
         assert deployment.model == base.model and deployment.data == base.data
-        later = name.startswith("c037")  # the two that start later warm-start from the first two
-        expected = base.search.model_copy(update={"warm_start": "auto" if later else None})
-        assert deployment.search == expected and deployment.recovery == base.recovery
+        # every PPO search warm-starts from the nearest finished agent (auto, the default): the two
+        # that start later find the first two's
+        assert deployment.search == base.search and deployment.search.warm_start == "auto"
+        assert deployment.recovery == base.recovery
         assert deployment.search.round_to == 8 and deployment.recovery.final_steps == 800
         assert deployment.objective.kind == "budget"
     # no campaign tracking: the campaign tracks like its (first) deployment

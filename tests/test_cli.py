@@ -42,7 +42,7 @@ def cases(tmp_path):
         "unknown class name": ("classes: ['3', 'seven']\n", "unknown class name 'seven'"),
         "malformed yaml": ("search: {episodes: [1,\n", "not valid YAML"),
         "unknown key": ("search: {agents: ppo}\n", "unknown key 'search.agents'"),
-        "warm start without ppo": ("search: {searcher: random, warm_start: auto}\n", "warm_start needs searcher: ppo"),
+        "warm start without ppo": ("search: {searcher: random, warm_start: runs/x}\n", "warm_start needs searcher: ppo"),
         "warm start from nothing": ("search: {warm_start: /no/such/run}\n", "'/no/such/run' is neither an agent"),
         "warm start from a run without tracking": (f"search: {{warm_start: '{'a' * 32}'}}\n", "tracking is disabled"),
     }

@@ -81,8 +81,12 @@ def test_ppo_settings_come_from_the_yaml_and_default_to_the_searchers_own():
 
     assert load_config(None).search.ppo.model_dump() == dataclasses.asdict(PPOSettings())
     config = load_config(None, {"search.ppo.hidden": 32, "search.ppo.ent_coef": 0.01})
-    searcher = make_searcher("ppo", 0, None, config.search.ppo.model_dump())
-    assert searcher.settings.hidden == 32 and searcher.settings.ent_coef == 0.01  # type: ignore[attr-defined]
+    real = make_searcher("ppo-real", 0, None, config.search.ppo.model_dump())
+    assert real.settings.hidden == 32 and real.settings.ent_coef == 0.01  # type: ignore[attr-defined]
+    config = load_config(None, {"search.ppo.hidden": 32, "search.surrogate.round_episodes": 7})
+    assisted = make_searcher("ppo", 0, None, config.search.ppo.model_dump(), surrogate=config.search.surrogate.model_dump())
+    assert assisted.ppo.hidden == 32 and assisted.settings.round_episodes == 7  # type: ignore[attr-defined]
+    assert assisted.name == "ppo" and real.name == "ppo-real"
     with pytest.raises(ConfigError, match=r"search.ppo.lr"):
         load_config(None, {"search.ppo.lr": 0.1})
     with pytest.raises(ConfigError, match=r"search.ppo.hidden"):

@@ -180,8 +180,10 @@ def test_warm_start_by_path_and_by_run(model, tmp_path):
 
 
 def test_warm_start_needs_ppo(tmp_path):
-    with pytest.raises(ConfigError, match="warm_start needs searcher: ppo"):
-        config_for(tmp_path, warm_start="auto", searcher="random")
+    with pytest.raises(ConfigError, match="warm_start needs searcher: ppo or ppo-real"):
+        config_for(tmp_path, warm_start=str(tmp_path), searcher="random")
+    # auto, the default, is ignored by the searchers without an agent
+    assert config_for(tmp_path, warm_start="auto", searcher="random").search.warm_start == "auto"
 
 
 def test_warm_start_can_reset_the_action_noise(model, tmp_path):

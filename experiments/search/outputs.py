@@ -27,6 +27,7 @@ from modeltailor.experiments.spec.summary import (
     ModelMetrics,
     ParetoPoint,
     PolicyData,
+    SearchAgentInfo,
     SearchSummary,
 )
 from modeltailor.experiments.tracking.tracker import TRAINING_VIEW, Tracker
@@ -85,6 +86,7 @@ def build_summary(
         episodes=len(result.episodes),
         episodes_cached=sum(r.cached for r in result.episodes),
         latency_cache=LatencyCacheStats(**bench.latency_cache.stats()) if bench.latency_cache is not None else None,
+        search_agent=SearchAgentInfo(**result.notes) if result.notes else None,
         interrupted=result.interrupted,
         searcher=result.searcher,
         search_seconds=info.search_seconds,

@@ -12,6 +12,7 @@ continued.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modeltailor.agent import make_searcher
+from modeltailor.agent import SURROGATE_SEARCHERS, make_searcher
 from modeltailor.common.storage import atomic_write
 from modeltailor.devices.base import Device
 from modeltailor.env.compression_env import CompressionEnv
@@ -34,6 +35,7 @@ from modeltailor.experiments.search.episodes import (
     load_episodes,
     repair_episodes,
 )
+from modeltailor.experiments.search.experience import Experience, open_experience
 from modeltailor.experiments.search.finalize import FinalResult, finalize
 from modeltailor.experiments.search.objective import build_env, make_reward
 from modeltailor.experiments.search.outputs import RunInfo, run_description, write_outputs
@@ -46,6 +48,7 @@ from modeltailor.experiments.search.warm_start import (
 from modeltailor.experiments.search.workbench import Workbench, build_workbench, cache_line
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.deployment import (
+    WARM_STARTABLE,
     DeploymentConfig,
     changed_settings,
     resume_refusal,
@@ -116,7 +119,8 @@ def run_search(
         raise _interrupted(config, out_dir) from None
     registered: VersionInfo | None = None
     try:
-        result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter)
+        experience = open_experience(bench, _baseline(bench), run=experience_run(out_dir))
+        result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter, experience)
         if bench.latency_cache is not None:
             reporter.message(cache_line(bench.latency_cache))
         final = finalize(
@@ -124,6 +128,7 @@ def run_search(
             bench.device.uncached(), reporter.message,
             judge=lambda paired: make_reward(config, paired, final=True),
         )
+        experience.append_finals([(f.record.episode, f.val_accuracy) for f in final.finalists])
         info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)
         if tracker is not None and run_id is not None:
@@ -163,14 +168,17 @@ def _run_searcher(
     out_dir: Path,
     tracker: Tracker | None,
     reporter: Reporter,
+    experience: Experience,
 ) -> tuple[SearchResult, float]:
-    """The search on a fresh env holding `previous`: its result and how long it took (s)."""
+    """The search on a fresh env holding `previous`: its result and how long it took (s). Every
+    real episode also lands in the experience."""
     env = build_env(bench, make_reward(config, _baseline(bench)), _baseline(bench))
     env.history.extend(previous)
     attach_episode_sinks(env, out_dir / files.EPISODES, tracker, reporter)
+    experience.attach(env)
     reporter.start(max(0, config.search.episodes - len(previous)))
     started = time.perf_counter()
-    result = _search(env, config, len(previous), out_dir, tracker, reporter)
+    result = _search(env, config, len(previous), out_dir, tracker, reporter, experience)
     if not result.episodes:
         raise KeyboardInterrupt
     if tracker is not None:
@@ -187,13 +195,22 @@ def _interrupted(config: DeploymentConfig, out_dir: Path) -> SearchInterrupted:
     )
 
 
+def experience_run(out_dir: Path) -> str:
+    """The id this search's episodes carry in the experience: stable across --resume of one OUT,
+    whose own episodes the search already holds (they are not read back as earlier experience)."""
+    return hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
+
+
 def _search(
     env: CompressionEnv, config: DeploymentConfig, done: int, out_dir: Path, tracker: Tracker | None,
-    reporter: Reporter,
+    reporter: Reporter, experience: Experience,
 ) -> SearchResult:
     """Run the searcher for the episodes not done yet; every record (old and new) in the result."""
-    warm = None if done else resolve_warm_start(config, env, tracker, exclude_run=tracker.run_id if tracker else None)
-    if config.search.warm_start == "auto" and warm is None and not done:
+    startable = config.search.searcher in WARM_STARTABLE
+    warm = None if done or not startable else resolve_warm_start(
+        config, env, tracker, exclude_run=tracker.run_id if tracker else None
+    )
+    if config.search.warm_start == "auto" and warm is None and not done and startable:
         reporter.message("warm start (auto): no finished search of this model and data to start from; starting cold")
     if warm is not None:
         reporter.message(warm.note)
@@ -203,6 +220,9 @@ def _search(
         config.search.searcher, config.search.seed, out_dir / files.AGENT_CHECKPOINT, config.search.ppo.model_dump(),
         warm_start=warm.path if warm is not None else None,
         stats=tracker.log_metrics if tracker is not None else None,
+        surrogate=config.search.surrogate.model_dump(),
+        experience=experience.view(config.search.round_to) if config.search.searcher in SURROGATE_SEARCHERS else None,
+        report=reporter.message,
     )
     episodes_file = out_dir / files.EPISODES
     try:
@@ -212,7 +232,11 @@ def _search(
             f"{exc} (after {len(env.history)} episodes, all kept in {episodes_file}: "
             "fix the device and rerun with --resume)"
         ) from None
-    return search_result(searcher.name, env.history, interrupted=result.interrupted)
+    final = search_result(searcher.name, env.history, interrupted=result.interrupted)
+    final.notes = {**result.notes, **({"experience": str(experience.path)} if result.notes else {})}
+    if warm is not None and result.notes:
+        final.notes["warm_start"] = warm.source
+    return final
 
 
 def prepare_out_dir(config: DeploymentConfig, out_dir: Path, resume: bool) -> list[EpisodeRecord]:

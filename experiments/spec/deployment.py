@@ -124,12 +124,31 @@ class PPOConfig(Strict):
     )
 
 
+class SurrogateConfig(Strict):
+    """The surrogate-assisted searchers (ppo, evolution-surrogate): the agent learns on predictors
+    fitted on the experience, and real episodes verify its best proposals."""
+
+    seed_episodes: int = Field(
+        8, ge=0, le=1000,
+        description="real episodes the surrogate needs before it is trusted: with less experience of this model, "
+        "data and recovery, a space-filling set of seed episodes makes up the shortfall (out of search.episodes)",
+    )
+    pretrain_episodes: int = Field(600, ge=0, le=1_000_000, description="surrogate episodes before the first real proposal")
+    round_episodes: int = Field(60, ge=1, le=100_000, description="surrogate episodes between two real episodes")
+
+
+SEARCHER_NAMES = ("ppo", "ppo-real", "evolution-surrogate", "random", "uniform", "greedy", "evolution", "ddpg")
+WARM_STARTABLE = ("ppo", "ppo-real")
+
+
 class SearchConfig(Strict):
-    searcher: Literal["ppo", "random", "uniform", "greedy", "evolution", "ddpg"] = Field(
+    searcher: Literal["ppo", "ppo-real", "evolution-surrogate", "random", "uniform", "greedy", "evolution", "ddpg"] = Field(
         "ppo",
-        description="ppo or ddpg (stable-baselines3; ddpg is AMC's agent), or a baseline: random, uniform, "
-        "greedy (each unit's sensitivity alone, then tolerance-based allocations; prune/skip only), "
-        "evolution (regularized aging evolution)",
+        description="ppo (the default: PPO learns on a surrogate fitted on every real episode of this model and data, "
+        "real episodes verify its best proposals), evolution-surrogate (aging evolution on the same surrogate, "
+        "Once-for-All's recipe), ppo-real (PPO learning from real episodes only), ddpg (AMC's agent, real "
+        "episodes), or a baseline on real episodes: random, uniform, greedy (each unit's sensitivity alone, then "
+        "tolerance-based allocations; prune/skip only), evolution (regularized aging evolution)",
     )
     episodes: int = Field(48, ge=1, description="episodes (policies evaluated) in the search")
     seed: int = 0
@@ -151,9 +170,17 @@ class SearchConfig(Strict):
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
     )
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings (searcher: ppo)")
+    surrogate: SurrogateConfig = Field(
+        default_factory=SurrogateConfig, description="the surrogate-assisted searchers' settings (ppo, evolution-surrogate)"
+    )
+    experience: str = Field(
+        "auto",
+        description="where real episodes of this model and data are kept for later searches: auto (a file in "
+        "modeltailor's cache folder), a folder (e.g. shared storage for a campaign on a cluster), or off",
+    )
     warm_start: str | None = Field(
-        None,
-        description="searcher ppo: start from another search's agent: its --out folder or agent checkpoint "
+        "auto",
+        description="searcher ppo or ppo-real (ignored by the others when auto): null for a cold start, or start from another search's agent: its --out folder or agent checkpoint "
         "file, its MLflow run id, or auto (the most similar finished deployment of the same model and data)",
     )
     importance: Literal["l1", "l2", "fpgm", "lamp", "activation", "taylor"] = Field(
@@ -171,8 +198,10 @@ class SearchConfig(Strict):
     def _range(self) -> SearchConfig:
         if self.min_keep >= self.max_keep:
             raise ValueError(f"min_keep ({self.min_keep}) must be below max_keep ({self.max_keep})")
-        if self.warm_start is not None and self.searcher != "ppo":
-            raise ValueError(f"warm_start needs searcher: ppo (this search uses {self.searcher}); drop warm_start")
+        if self.warm_start not in (None, "auto") and self.searcher not in WARM_STARTABLE:
+            raise ValueError(f"warm_start needs searcher: ppo or ppo-real (this search uses {self.searcher}); drop warm_start")
+        if not self.experience.strip():
+            raise ValueError("experience is empty: give auto, off or a folder")
         if self.warm_start is not None and not self.warm_start.strip():
             raise ValueError("warm_start is empty: give a folder, a checkpoint file, an MLflow run id, or auto")
         return self
@@ -278,7 +307,7 @@ new recipe trains another teacher, distilled from and compared with); compute.pr
 autocast changes the distillation's numerics. Free to change (RESUME_FREE and the rest):
 compute.device (where torch runs, e.g. resuming a GPU search on a CPU), tracking, the name."""
 
-RESUME_FREE = ("device.cache", "recovery.final_steps", "recovery.final_lr", "recovery.finalists")
+RESUME_FREE = ("device.cache", "search.experience", "recovery.final_steps", "recovery.final_lr", "recovery.finalists")
 """Inside RESUME_KEYS, settings that do not change an episode: whether the latency cache is read
 (its entries are keyed on everything that changes a timing) and the finalization, which runs
 after the last episode on all of them."""

@@ -149,6 +149,24 @@ class OnnxParity(Strict):
     value: float = Field(description="the metric's value (0 = identical)")
 
 
+class SearchAgentInfo(Strict):
+    """How a surrogate-assisted search (ppo, evolution-surrogate) spent its episodes and where its agent came from."""
+
+    proposer: str = Field(description="what learned on the surrogate and proposed policies: ppo or evolution")
+    real_episodes: int = Field(description="real episodes (compressed, recovered, measured) this run spent")
+    seed_episodes: int = Field(description="of them, seed episodes (a space-filling design) for a surrogate short of experience")
+    surrogate_episodes: int = Field(description="episodes played on the surrogate (milliseconds each)")
+    prior_samples: int = Field(description="earlier real episodes of this model, data and recovery the surrogate started from")
+    agent_from: str = Field(description="cold, warm (another search's agent, checked against a cold one), "
+                            "'cold (the warm start fell back)', or resumed")
+    warm_start: str | None = Field(default=None, description="the run id or path of the warm start's agent checkpoint")
+    warm_check: dict[str, Any] | None = Field(default=None, description="the warm and the cold agent's best real rewards")
+    predictor: dict[str, Any] | None = Field(
+        default=None, description="the accuracy predictor: its kind and every candidate's cross-validated Kendall tau"
+    )
+    experience: str | None = Field(default=None, description="the experience file read and appended (null: off)")
+
+
 class LatencyCacheStats(Strict):
     """Where the search's latencies came from: the persistent latency cache, repeats, or the device.
 
@@ -202,8 +220,11 @@ class SearchSummary(Strict):
         description="latencies served from the persistent cache, repeated within the search, or measured; null "
         "when the search was handed a device of its own (and in summaries written before it existed)",
     )
+    search_agent: SearchAgentInfo | None = Field(
+        default=None, description="surrogate-assisted searchers: real and surrogate episodes, where the agent came from"
+    )
     interrupted: bool = Field(description="whether the search was stopped early (Ctrl-C)")
-    searcher: str = Field(description="search agent: ppo, random or uniform")
+    searcher: str = Field(description="the searcher: ppo, ppo-real, evolution-surrogate, random, uniform, greedy, evolution, ddpg")
     search_seconds: float = Field(description="time spent searching (s)")
     total_seconds: float = Field(description="time of the whole run, finalization included (s)")
     device: dict[str, Any] = Field(

@@ -1,0 +1,339 @@
+"""Surrogate-assisted search: the agent learns on the surrogate, real episodes verify (Dyna-style).
+
+A real episode costs seconds, so a search cannot afford the thousands an agent needs to learn.
+Here the proposer (PPO, or aging evolution for the rival recipe of Once-for-All) learns on a
+sibling of the real env whose evaluator is the surrogate (`env/surrogate.py`), fitted on the
+experience: every real episode of earlier searches of the same model and data, plus this one's.
+The search then repeats, until the real-episode budget is spent:
+
+1. the proposer plays `round_episodes` surrogate episodes (PPO learns from them);
+2. the policies it played are ranked by the surrogate's predicted reward, and the best one whose
+   model has not been measured yet is evaluated for real on the real env (so it lands in the
+   episode records, the experience, MLflow, and the budget limiter's cost models);
+3. the surrogate is refitted with it.
+
+Before the first round the proposer trains for `pretrain_episodes`. With too little experience to
+fit on (fewer than `seed_episodes` samples, or fewer than `MIN_DEVICE_SAMPLES` on this device),
+a designed set of seed episodes (a Latin hypercube over the overall compression level and each
+unit's deviation from it: mild to aggressive, every unit covered) is measured first, out of the
+episode budget.
+
+A warm start (another search's agent checkpoint) must never make the search worse than a cold
+one: the warm agent and a cold one both train on the surrogate, the first `2 * warm_trial` real
+episodes alternate between their proposals, and the agent whose proposals measured the better
+reward goes on (the warm one on a tie). `notes` says what was decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from modeltailor.agent.base import learn_episodes, run_episode
+from modeltailor.agent.evolution import EvolutionSearcher
+from modeltailor.agent.ppo import (
+    PPOSearcher,
+    PPOSettings,
+    Stats,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from modeltailor.compressors.policy import Policy
+from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.history import search_result
+from modeltailor.env.records import EpisodeRecord, SearchResult
+from modeltailor.env.reward import Resources
+from modeltailor.env.surrogate import (
+    MIN_DEVICE_SAMPLES,
+    PolicyEncoder,
+    Sample,
+    Surrogate,
+    SurrogateEvaluator,
+    fit_surrogate,
+    rank_policies,
+    sample_of,
+)
+
+log = logging.getLogger(__name__)
+
+PROPOSERS: tuple[str, ...] = ("ppo", "evolution")
+
+
+@dataclass(frozen=True)
+class SurrogateSettings:
+    seed_episodes: int = 8
+    """Samples the surrogate needs before it is trusted: seed episodes make up the shortfall."""
+    pretrain_episodes: int = 600
+    """Surrogate episodes the proposer plays before its first real proposal."""
+    round_episodes: int = 60
+    """Surrogate episodes between two real episodes."""
+    select_every: int = 12
+    """Real episodes between two choices of the regressor kind (by cross-validated Kendall tau)."""
+    warm_trial: int = 2
+    """Real episodes each for the warm and the cold agent before one of them goes on."""
+    optimism: float = 1.0
+    """Proposals are ranked with each predicted accuracy raised by this many standard deviations."""
+
+
+@dataclass(frozen=True)
+class ExperienceView:
+    """What the searcher knows about the deployment beyond its env: the earlier real episodes of
+    the same model and data (as samples), and how this deployment's episodes become samples."""
+
+    prior: tuple[Sample, ...] = ()
+    classes: tuple[int, ...] | None = None
+    num_classes: int = 1
+    device: str = "device"
+    round_to: int = 1
+
+    def sample(self, record: EpisodeRecord, baseline: Resources) -> Sample:
+        return sample_of(record.policy, record.accuracy, record.latency_ms, record.memory_bytes, baseline,
+                         self.classes, self.device)
+
+
+class Proposer(Protocol):
+    def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
+        """Play (and learn from) `episodes` surrogate episodes; the policies played."""
+        ...
+
+
+@dataclass
+class PPOProposer:
+    model: Any  # stable_baselines3.PPO bound to its own surrogate env
+
+    def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
+        start = len(env.history)
+        learn_episodes(self.model, env, episodes, [])
+        return [r.policy for r in env.history[start:]]
+
+
+@dataclass
+class EvolutionProposer:
+    evolution: EvolutionSearcher
+
+    def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
+        start = len(env.history)
+        self.evolution.search(env, episodes, done=len(env.history))
+        return [r.policy for r in env.history[start:]]
+
+
+@dataclass
+class _Agent:
+    """A proposer with its own surrogate env (SB3 keeps per-env episode state) and its real results."""
+
+    label: str
+    proposer: Proposer
+    env: CompressionEnv
+    model: Any = None
+    rewards: list[float] = field(default_factory=list)
+
+
+@dataclass
+class SurrogateSearcher:
+    """Dyna-style search on the surrogate with real verification (see the module doc)."""
+
+    proposer: str = "ppo"
+    seed: int = 0
+    settings: SurrogateSettings = field(default_factory=SurrogateSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    experience: ExperienceView | None = None
+    checkpoint: Path | None = None
+    warm_start: Path | None = None
+    report: Callable[[str], None] = log.info
+    stats: Stats | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return "ppo" if self.proposer == "ppo" else f"{self.proposer}-surrogate"
+
+    def search(self, env: CompressionEnv, episodes: int, *, done: int = 0) -> SearchResult:
+        start = len(env.history)
+        if episodes <= 0:
+            return search_result(self.name, [])
+        view = self.experience or ExperienceView(num_classes=1)
+        encoder = PolicyEncoder(env.analysis, view.num_classes, view.round_to)
+        self.notes = {"proposer": self.proposer, "prior_samples": len(view.prior), "seed_episodes": 0,
+                      "surrogate_episodes": 0, "agent_from": "cold"}
+        try:
+            seeds = self._seed(env, view, episodes)
+            if len(env.history) - start >= episodes:
+                return self._result(env, start, False)
+            surrogate = self._fit(env, view, encoder, None)
+            evaluator = SurrogateEvaluator(surrogate, env.baseline, view.classes, view.device, env.analysis,
+                                           view.round_to)
+            agents = self._agents(env, evaluator, done)
+            for agent in agents:
+                self._train(agent, self.settings.pretrain_episodes)
+            self.report(
+                f"surrogate: fitted on {len(surrogate.samples)} real episodes ({surrogate.kind}"
+                f"{_scores(surrogate)}); the agent trained on {self.settings.pretrain_episodes} surrogate "
+                f"episodes{' each (warm and cold)' if len(agents) > 1 else ''}"
+            )
+            measured = {_key(encoder, r.policy, view.classes) for r in env.history if r.failure is None}
+            real = seeds
+            while len(env.history) - start < episodes:
+                agent = agents[real % len(agents)] if len(agents) > 1 else agents[0]
+                policy, predicted = self._propose(agent, evaluator, measured, env)
+                record = env.evaluate(policy)
+                measured.add(_key(encoder, record.policy, view.classes))
+                agent.rewards.append(record.reward)
+                real += 1
+                self._log_round(real, predicted, record, surrogate)
+                reselect = real % self.settings.select_every == 0
+                surrogate = self._fit(env, view, encoder, None if reselect else surrogate.kind)
+                evaluator.surrogate = surrogate
+                if reselect:
+                    self.report(
+                        f"surrogate: {len(env.history) - start} of {episodes} real episodes, "
+                        f"{self.notes['surrogate_episodes']} surrogate episodes; refitted on {len(surrogate.samples)} "
+                        f"({surrogate.kind}{_scores(surrogate)})"
+                    )
+                if len(agents) > 1 and all(len(a.rewards) >= self.settings.warm_trial for a in agents):
+                    agents = [self._decide(agents)]
+                self._save(agents[0], env)
+        except KeyboardInterrupt:
+            return self._result(env, start, True)
+        return self._result(env, start, False)
+
+    # --- the steps ----------------------------------------------------------------------------
+    def _seed(self, env: CompressionEnv, view: ExperienceView, episodes: int) -> int:
+        """Measure the seed episodes the experience lacks (out of the budget); how many."""
+        own = [r for r in env.history if r.failure is None]
+        on_device = sum(1 for s in view.prior if s.device == view.device) + len(own)
+        total = len(view.prior) + len(own)
+        wanted = max(self.settings.seed_episodes - total, MIN_DEVICE_SAMPLES - on_device, 0)
+        wanted = min(wanted, episodes)
+        if wanted <= 0:
+            return 0
+        self.report(
+            f"experience: {len(view.prior)} earlier real episodes of this model and data ({on_device} on this "
+            f"device): measuring {wanted} seed episodes (a space-filling design, out of the {episodes}-episode budget)"
+        )
+        for genome in seed_design(len(env.units), _dims(env), wanted, self.seed + len(own)):
+            run_episode(env, lambda _obs, step, g=genome: g[step])
+        self.notes["seed_episodes"] = wanted
+        return wanted
+
+    def _fit(self, env: CompressionEnv, view: ExperienceView, encoder: PolicyEncoder, kind: str | None) -> Surrogate:
+        own = [view.sample(r, env.baseline) for r in env.history if r.failure is None]
+        surrogate = fit_surrogate([*view.prior, *own], encoder, kind=kind, seed=self.seed)
+        if surrogate.scores:
+            self.notes["predictor"] = {"kind": surrogate.kind, "samples": len(surrogate.samples),
+                                       "cv_kendall_tau": {k: round(v, 4) for k, v in surrogate.scores.items()}}
+        return surrogate
+
+    def _agents(self, env: CompressionEnv, evaluator: SurrogateEvaluator, done: int) -> list[_Agent]:
+        if self.proposer == "evolution":
+            sibling = env.sibling(evaluator)
+            return [_Agent("evolution", EvolutionProposer(EvolutionSearcher(seed=self.seed)), sibling)]
+        ppo = PPOSearcher(seed=self.seed, settings=self.ppo, checkpoint=self.checkpoint)
+        cold_env = env.sibling(evaluator)
+        cold = ppo.build(cold_env, seed=self.seed + done)
+        if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
+            restore_checkpoint(self.checkpoint, cold, cold_env)
+            self.notes["agent_from"] = "resumed"
+            return [_Agent("resumed", PPOProposer(cold), cold_env, cold)]
+        agents = [_Agent("cold", PPOProposer(cold), cold_env, cold)]
+        if self.warm_start is not None and done == 0:
+            warm_env = env.sibling(evaluator)
+            warm = PPOSearcher(seed=self.seed, settings=self.ppo, warm_start=self.warm_start).start(warm_env, 0)
+            warm.set_env(warm_env)
+            agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env, warm))
+        return agents
+
+    def _train(self, agent: _Agent, episodes: int) -> list[Policy]:
+        policies = agent.proposer.learn(agent.env, episodes)
+        self.notes["surrogate_episodes"] += len(policies)
+        return policies
+
+    def _propose(
+        self, agent: _Agent, evaluator: SurrogateEvaluator, measured: set[bytes], env: CompressionEnv
+    ) -> tuple[Policy, float]:
+        """The best policy by predicted reward among the agent's latest surrogate episodes whose
+        model has not been measured (up to three rounds of play to find one; else the best)."""
+        surrogate = evaluator.surrogate
+        best: tuple[float, Policy] | None = None
+        for _ in range(3):
+            policies = self._train(agent, self.settings.round_episodes)
+            ranked = rank_policies(surrogate, policies, evaluator.classes, evaluator.device, env.baseline, env.reward_fn,
+                                   self.settings.optimism)
+            fresh = [(s, p) for s, p in ranked if _key(surrogate.encoder, p, evaluator.classes) not in measured]
+            if fresh:
+                return fresh[0][1], fresh[0][0]
+            best = best or (ranked[0] if ranked else None)
+        assert best is not None
+        return best[1], best[0]
+
+    def _decide(self, agents: list[_Agent]) -> _Agent:
+        warm, cold = agents
+        keep = max(warm.rewards) >= max(cold.rewards)
+        chosen = warm if keep else cold
+        self.notes["agent_from"] = "warm" if keep else "cold (the warm start fell back)"
+        self.notes["warm_check"] = {"warm_best_reward": max(warm.rewards), "cold_best_reward": max(cold.rewards),
+                                    "episodes_each": len(warm.rewards), "kept": "warm" if keep else "cold"}
+        self.report(
+            f"warm start check: the warm agent's best of {len(warm.rewards)} real episodes {max(warm.rewards):.4f}, "
+            f"the cold agent's {max(cold.rewards):.4f}: going on with the {'warm' if keep else 'cold'} agent"
+        )
+        return chosen
+
+    def _log_round(self, real: int, predicted: float, record: EpisodeRecord, surrogate: Surrogate) -> None:
+        if self.stats is not None:
+            self.stats({"surrogate/predicted_reward": predicted, "surrogate/real_reward": record.reward,
+                        "surrogate/episodes": float(self.notes["surrogate_episodes"])}, real)
+
+    def _save(self, agent: _Agent, env: CompressionEnv) -> None:
+        if self.checkpoint is not None and agent.model is not None:
+            save_checkpoint(self.checkpoint, agent.model, env, self.ppo)
+
+    def _result(self, env: CompressionEnv, start: int, interrupted: bool) -> SearchResult:
+        self.notes["real_episodes"] = len(env.history) - start
+        result = search_result(self.name, env.history[start:], interrupted=interrupted)
+        result.notes = dict(self.notes)
+        return result
+
+
+def seed_design(units: int, dims: int, count: int, seed: int) -> list[np.ndarray]:
+    """`count` genomes (units x dims actions in [-1, 1]) from a Latin hypercube: one column sets the
+    overall level (spread evenly from mild to aggressive), one per unit its deviation from it; with
+    more action dimensions, the method selector and int8 flag of each unit are drawn too."""
+    from scipy.stats import qmc
+
+    columns = 1 + units * dims
+    design = qmc.LatinHypercube(d=columns, seed=seed).random(count) * 2.0 - 1.0
+    genomes = []
+    for row in design:
+        genome = np.zeros((units, dims), dtype=np.float32)
+        genome[:, 0] = np.clip(row[0] + 0.5 * row[1 : 1 + units], -1.0, 1.0)
+        if dims > 1:
+            genome[:, 1:] = np.where(row[1 + units :].reshape(units, dims - 1) > 0.4, 0.5, -0.5)
+        genomes.append(genome)
+    return genomes
+
+
+def _key(encoder: PolicyEncoder, policy: Policy, classes: tuple[int, ...] | None) -> bytes:
+    return encoder.encode(policy, classes).round(6).tobytes()
+
+
+def _dims(env: CompressionEnv) -> int:
+    shape = env.action_space.shape
+    assert shape is not None
+    return int(shape[0])
+
+
+def _scores(surrogate: Surrogate) -> str:
+    if not surrogate.scores:
+        return ""
+    return ", cross-validated Kendall tau " + ", ".join(f"{k} {v:.2f}" for k, v in surrogate.scores.items())
+
+
+def timed(step: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return step(), time.perf_counter() - start

@@ -1,0 +1,353 @@
+"""The surrogate: predictors of accuracy, latency and memory fitted on the experience, behind the
+evaluator interface, so the same `CompressionEnv` runs on it in milliseconds per episode.
+
+A real episode (compress, recover, export, measure) costs seconds; an agent needs thousands of
+episodes to learn. Following Once-for-All and APQ, every real episode ever measured for a (model,
+data) becomes a training `Sample`, and three regressors learn from them:
+
+- **accuracy**: the drop from the deployment's own baseline accuracy (so deployments with other
+  class subsets, whose baselines differ, share what they learned), over the policy encoding and the
+  class subset;
+- **latency** and **memory**: log of the ratio to the deployment's baseline, per device key
+  (a device profile's measurement identity: another host or ORT version is another device).
+
+The policy encoding (`PolicyEncoder`): per unit the channel fraction the compressor really keeps
+(rounded as it rounds; 0 for a removed block), the rank ratio of a factorized unit and an int8
+flag; then the estimated MACs and parameter ratios of the whole model and the class subset
+(multi-hot and fraction). Equal encodings are equal models.
+
+Which regressor (`KINDS`: a Gaussian process, extremely randomized trees, a small MLP ensemble) is
+picked by measurement: the one with the best cross-validated Kendall tau on the samples at hand
+(`select_kind`); `Surrogate.scores` keeps every candidate's score. Predictions steer the search
+only: every reported number is measured by a real episode.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from modeltailor.compressors.policy import Policy
+from modeltailor.compressors.pruning import channels_to_keep
+from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
+from modeltailor.devices.measurement import LatencyStats, Measurement
+from modeltailor.devices.memory import MemoryStats
+from modeltailor.env.records import Outcome
+from modeltailor.env.reward import Resources
+from modeltailor.errors import ModelTailorError
+
+KINDS: tuple[str, ...] = ("gp", "trees", "mlp")
+"""Regressors `select_kind` chooses among: a Gaussian process (Matern kernel plus noise),
+extremely randomized trees, an ensemble of five small MLPs (Once-for-All's predictor)."""
+DEFAULT_KIND = "gp"
+"""Below `SELECT_MIN` samples there is too little to cross-validate on: a GP then."""
+SELECT_MIN = 20
+FOLDS = 5
+MIN_DEVICE_SAMPLES = 3
+"""Real episodes on a device before its latency and memory can be predicted."""
+SURROGATE_DEVICE = "surrogate"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One real episode as the surrogate learns from it (ratios against its own deployment's baseline)."""
+
+    policy: Policy
+    classes: tuple[int, ...] | None
+    accuracy_drop: float
+    latency_ratio: float
+    memory_ratio: float
+    device: str
+
+
+@dataclass(frozen=True)
+class PolicyEncoder:
+    """Fixed-length features of (policy, class subset) for one model's compressible units."""
+
+    analysis: ModelAnalysis
+    num_classes: int
+    round_to: int = 1
+
+    @property
+    def size(self) -> int:
+        return 3 * len(self.analysis.units) + 3 + self.num_classes
+
+    def encode(self, policy: Policy, classes: Sequence[int] | None) -> np.ndarray:
+        actions = {a.unit: a for a in policy.actions}
+        row: list[float] = []
+        keep: dict[str, float] = {}
+        ranks: dict[str, float] = {}
+        for unit in self.analysis.units:
+            action = actions.get(unit.name)
+            built, rank, bits = 1.0, 1.0, 0.0
+            if action is not None:
+                if action.method == "skip":
+                    built = 0.0
+                elif action.method == "lowrank":
+                    rank = action.keep
+                    ranks[unit.name] = rank
+                else:
+                    built = channels_to_keep(unit.channels, action.keep, self.round_to) / max(unit.channels, 1)
+                bits = 1.0 if action.bits == 8 and action.method != "skip" else 0.0
+            keep[unit.name] = built
+            row += [built, rank, bits]
+        macs = estimate_macs(self.analysis, keep, ranks) / max(self.analysis.total_macs, 1)
+        params = estimate_params(self.analysis, keep, ranks) / max(self.analysis.total_params, 1)
+        hot = np.ones(self.num_classes) if not classes else np.isin(np.arange(self.num_classes), list(classes))
+        return np.r_[row, macs, params, hot.mean(), hot.astype(float)].astype(np.float64)
+
+    def encode_all(self, policies: Sequence[Policy], classes: Sequence[int] | None) -> np.ndarray:
+        return np.array([self.encode(p, classes) for p in policies]).reshape(len(policies), self.size)
+
+
+# --- regressors ------------------------------------------------------------------------------
+
+class Regressor:
+    """A fitted regressor of one target: `predict(x)` -> (mean, std) per row."""
+
+    def __init__(self, kind: str, seed: int = 0) -> None:
+        if kind not in KINDS:
+            raise ModelTailorError(f"surrogate kind '{kind}' is unknown: use one of {', '.join(KINDS)}")
+        self.kind, self.seed = kind, seed
+        self._models: list[Any] = []
+        self._mean = np.zeros(1)
+        self._scale = np.ones(1)
+        self._y = (0.0, 1.0)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Regressor:
+        spread = x.std(axis=0)
+        # a column constant in the samples (a class subset never seen) keeps its own scale
+        self._mean, self._scale = x.mean(axis=0), np.where(spread > 1e-6, spread, 1.0)
+        self._y = (float(y.mean()), float(max(y.std(), 1e-9)))
+        xs, ys = self._x(x), (y - self._y[0]) / self._y[1]
+        with warnings.catch_warnings():  # convergence chatter of small fits
+            warnings.simplefilter("ignore")
+            self._models = [_make(self.kind, self.seed + i) for i in range(5 if self.kind == "mlp" else 1)]
+            for model in self._models:
+                model.fit(xs, ys)
+        return self
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xs = self._x(np.atleast_2d(x))
+        if self.kind == "gp":
+            mean, std = self._models[0].predict(xs, return_std=True)
+        elif self.kind == "trees":
+            per_tree = np.array([tree.predict(xs) for tree in self._models[0].estimators_])
+            mean, std = per_tree.mean(axis=0), per_tree.std(axis=0)
+        else:
+            each = np.array([m.predict(xs) for m in self._models])
+            mean, std = each.mean(axis=0), each.std(axis=0)
+        return mean * self._y[1] + self._y[0], std * self._y[1]
+
+    def _x(self, x: np.ndarray) -> np.ndarray:
+        return (x - self._mean) / self._scale
+
+
+def _make(kind: str, seed: int) -> Any:
+    if kind == "gp":
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=5.0, length_scale_bounds=(1e-1, 1e3), nu=2.5)
+        kernel += WhiteKernel(0.05, (1e-5, 1.0))
+        return GaussianProcessRegressor(kernel, normalize_y=False, random_state=seed)
+    if kind == "trees":
+        from sklearn.ensemble import ExtraTreesRegressor
+
+        return ExtraTreesRegressor(n_estimators=100, min_samples_leaf=2, max_features=0.5, random_state=seed)
+    from sklearn.neural_network import MLPRegressor
+
+    return MLPRegressor(hidden_layer_sizes=(64, 64), alpha=1e-3, learning_rate_init=3e-3, max_iter=800, random_state=seed)
+
+
+def kendall_tau(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Kendall's tau-b of two rankings (0 when either is constant)."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(truth, predicted).statistic
+    return 0.0 if tau is None or math.isnan(float(tau)) else float(tau)
+
+
+def cross_validated_tau(kind: str, x: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = FOLDS) -> float:
+    """Kendall tau of out-of-fold predictions against the truth (every sample predicted once)."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    predicted = np.zeros(len(y))
+    for part in np.array_split(order, folds):
+        train = np.setdiff1d(order, part)
+        predicted[part] = Regressor(kind, seed).fit(x[train], y[train]).predict(x[part])[0]
+    return kendall_tau(y, predicted)
+
+
+def select_kind(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[str, dict[str, float]]:
+    """The regressor with the best cross-validated Kendall tau, and every candidate's tau
+    (`DEFAULT_KIND`, no scores, below `SELECT_MIN` samples)."""
+    if len(y) < SELECT_MIN:
+        return DEFAULT_KIND, {}
+    scores = {kind: cross_validated_tau(kind, x, y, seed) for kind in KINDS}
+    return max(KINDS, key=lambda k: (scores[k], -KINDS.index(k))), scores
+
+
+# --- the surrogate ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted outcomes of several policies for one deployment (arrays, one entry per policy)."""
+
+    accuracy: np.ndarray
+    accuracy_std: np.ndarray
+    latency_ms: np.ndarray
+    memory_bytes: np.ndarray
+
+    def resources(self, i: int) -> Resources:
+        return Resources(float(self.accuracy[i]), float(self.latency_ms[i]), float(self.memory_bytes[i]))
+
+
+@dataclass
+class Surrogate:
+    """Accuracy, latency and memory regressors fitted on `samples` (see the module doc)."""
+
+    encoder: PolicyEncoder
+    samples: list[Sample]
+    kind: str
+    accuracy: Regressor
+    latency: dict[str, Regressor]
+    memory: dict[str, Regressor]
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def devices(self) -> set[str]:
+        return set(self.latency)
+
+    def predict(
+        self, policies: Sequence[Policy], classes: Sequence[int] | None, device: str, baseline: Resources
+    ) -> Prediction:
+        if device not in self.latency:
+            raise ModelTailorError(
+                f"the surrogate has no measurement on device '{device}' yet: measure real episodes there first"
+            )
+        x = self.encoder.encode_all(policies, classes)
+        drop, drop_std = self.accuracy.predict(x)
+        latency = np.exp(self.latency[device].predict(x)[0])
+        memory = np.exp(self.memory[device].predict(x)[0])
+        accuracy = np.clip(baseline.accuracy - drop, 0.0, 1.0)
+        return Prediction(accuracy, drop_std, latency * baseline.latency_ms, memory * baseline.memory_bytes)
+
+
+def fit_surrogate(
+    samples: Sequence[Sample], encoder: PolicyEncoder, kind: str | None = None, seed: int = 0
+) -> Surrogate:
+    """Fit on `samples`; `kind` None picks the accuracy regressor by cross-validated Kendall tau
+    (latency and memory, near-monotone in the MACs and parameter ratios, use the same kind)."""
+    if not samples:
+        raise ModelTailorError("the surrogate needs at least one real episode to learn from")
+    samples = list(samples)
+    x = np.array([encoder.encode(s.policy, s.classes) for s in samples]).reshape(len(samples), encoder.size)
+    drops = np.array([s.accuracy_drop for s in samples])
+    scores: dict[str, float] = {}
+    if kind is None:
+        kind, scores = select_kind(x, drops, seed)
+    accuracy = Regressor(kind, seed).fit(x, drops)
+    latency: dict[str, Regressor] = {}
+    memory: dict[str, Regressor] = {}
+    for device in sorted({s.device for s in samples}):
+        rows = [i for i, s in enumerate(samples) if s.device == device]
+        if len(rows) < MIN_DEVICE_SAMPLES:
+            continue
+        lat = np.log([max(samples[i].latency_ratio, 1e-6) for i in rows])
+        mem = np.log([max(samples[i].memory_ratio, 1e-9) for i in rows])
+        latency[device] = Regressor(kind, seed).fit(x[rows], lat)
+        memory[device] = Regressor(kind, seed).fit(x[rows], mem)
+    return Surrogate(encoder, samples, kind, accuracy, latency, memory, scores)
+
+
+@dataclass
+class SurrogateEvaluator:
+    """The evaluator interface on the surrogate: a policy's predicted `Outcome` for one deployment
+    (its class subset, device and baseline). Predictions are memoized per policy encoding until
+    `surrogate` is replaced."""
+
+    surrogate: Surrogate
+    baseline: Resources
+    classes: tuple[int, ...] | None
+    device: str
+    analysis: ModelAnalysis
+    round_to: int = 1
+    calls: int = 0
+    _memo: dict[bytes, Outcome] = field(default_factory=dict, repr=False)
+    _fitted: int = field(default=-1, repr=False)
+
+    def __call__(self, policy: Policy) -> Outcome:
+        self.calls += 1
+        if self._fitted != id(self.surrogate):
+            self._memo.clear()
+            self._fitted = id(self.surrogate)
+        key = self.surrogate.encoder.encode(policy, self.classes).tobytes()
+        if key not in self._memo:
+            predicted = self.surrogate.predict([policy], self.classes, self.device, self.baseline)
+            self._memo[key] = self._outcome(policy, predicted.resources(0))
+        return self._memo[key]
+
+    def _outcome(self, policy: Policy, predicted: Resources) -> Outcome:
+        keep = policy.keep_ratios()
+        ranks = policy.lowrank_ratios()
+        latency = LatencyStats(predicted.latency_ms, predicted.latency_ms, predicted.latency_ms, 0.0,
+                               predicted.latency_ms, 0.0, 0)
+        memory = MemoryStats(int(predicted.memory_bytes), 0, int(predicted.memory_bytes), 0)
+        channels = {
+            u.name: channels_to_keep(u.channels, keep[u.name], self.round_to)
+            for u in self.analysis.units if keep.get(u.name, 1.0) > 0 and u.name in keep
+        }
+        return Outcome(
+            accuracy=predicted.accuracy,
+            measurement=Measurement(latency, memory, SURROGATE_DEVICE),
+            params=int(estimate_params(self.analysis, keep, ranks)),
+            macs=int(estimate_macs(self.analysis, keep, ranks)),
+            kept_channels=channels,
+            seconds=0.0,
+            cached=True,  # never a fresh measurement: a limiter must not learn from it
+        )
+
+
+def rank_policies(
+    surrogate: Surrogate,
+    policies: Sequence[Policy],
+    classes: Sequence[int] | None,
+    device: str,
+    baseline: Resources,
+    reward: Callable[[Resources, Resources], float],
+    optimism: float = 0.0,
+) -> list[tuple[float, Policy]]:
+    """(predicted reward, policy), best first, for policies of one deployment (one batch
+    prediction); each accuracy raised by `optimism` standard deviations of its prediction (an
+    upper confidence bound: where the surrogate is unsure, it is worth measuring)."""
+    if not policies:
+        return []
+    predicted = surrogate.predict(policies, classes, device, baseline)
+    hopeful = replace(predicted, accuracy=np.clip(predicted.accuracy + optimism * predicted.accuracy_std, 0.0, 1.0))
+    scored = [(float(reward(hopeful.resources(i), baseline)), p) for i, p in enumerate(policies)]
+    return sorted(scored, key=lambda item: -item[0])
+
+
+def sample_of(
+    policy: Policy, accuracy: float, latency_ms: float, memory_bytes: float, baseline: Resources,
+    classes: Sequence[int] | None, device: str,
+) -> Sample:
+    """A real episode's sample: its measured numbers as ratios of its deployment's baseline."""
+    return Sample(
+        policy=policy,
+        classes=tuple(classes) if classes else None,
+        accuracy_drop=baseline.accuracy - accuracy,
+        latency_ratio=latency_ms / max(baseline.latency_ms, 1e-12),
+        memory_ratio=memory_bytes / max(baseline.memory_bytes, 1e-12),
+        device=device,
+    )
+
+
+def unit_channels(encoder: PolicyEncoder, policy: Policy) -> Mapping[str, float]:
+    """The built channel fraction per unit (0: removed block): what makes two policies one model."""
+    row = encoder.encode(policy, None)
+    return {u.name: float(row[3 * i]) for i, u in enumerate(encoder.analysis.units)}

@@ -1,0 +1,182 @@
+"""The experience: every real episode ever measured for a (model, data), with its deployment.
+
+One append-only JSONL file per model and data set (`common/jsonl_log.py`: concurrent writers never
+interleave, a finished record survives a kill -9, a torn line is skipped), holding one record per
+real episode of every search and campaign trial:
+
+- the deployment: model, data, class subset, objective, device profile and its measurement
+  identity (host, CPU, ORT version, settings: another identity is another device to the surrogate);
+- the regime: a hash of everything that changes what an episode's accuracy means (the teacher's
+  recipe, the episode recovery, the channel ranking and rounding, the scoring sample). Only samples
+  of this search's regime train its surrogate;
+- the policy and the measured accuracy (short recovery), latency, memory, with the deployment's
+  baseline (so samples become ratios the surrogate can share across deployments);
+- a finalist's long-recovery accuracy, appended later as a `final` record naming its episode.
+
+Where it lives (`search.experience`): `auto`, a file under modeltailor's cache folder
+(`<cache>/experience/<model>--<data>.jsonl`); a folder path, the same file name there (shared
+storage for a campaign on a cluster or a team); `off`, nowhere (the search's surrogate learns from
+its own episodes only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from modeltailor.agent.surrogate_search import ExperienceView
+from modeltailor.common.jsonl_log import JsonlLog
+from modeltailor.common.storage import cache_dir
+from modeltailor.compressors.policy import Policy
+from modeltailor.devices.cache import identity_hash, measurement_identity
+from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.records import EpisodeRecord
+from modeltailor.env.reward import Resources
+from modeltailor.env.surrogate import Sample, sample_of
+from modeltailor.errors import ModelTailorError
+from modeltailor.experiments.search.objective import int8_model
+from modeltailor.experiments.search.workbench import Workbench
+from modeltailor.experiments.spec.deployment import DeploymentConfig
+
+FORMAT = 1
+FOLDER = "experience"
+
+
+def experience_path(config: DeploymentConfig) -> Path | None:
+    """The deployment's experience file; None with `search.experience: off`."""
+    setting = config.search.experience
+    if setting == "off":
+        return None
+    folder = cache_dir() / FOLDER if setting == "auto" else Path(setting).expanduser()
+    model = config.model.factory or config.model.name or "model"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}--{config.data.name}")
+    return folder / f"{name}.jsonl"
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """A hash of the teacher's weights: the same teacher on any machine, another one after retraining."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def regime(config: DeploymentConfig, teacher: str) -> str:
+    """A hash of what an episode's accuracy depends on besides the policy and the classes."""
+    r, s = config.recovery, config.search
+    settings = {
+        "teacher": teacher,
+        "model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
+        "recovery": {"steps": r.episode_steps, "batch": r.batch_size, "lr": r.lr, "t": r.temperature,
+                     "alpha": r.alpha, "val_samples": r.val_samples, "seed": s.seed},
+        "importance": s.importance, "round_to": s.round_to, "precision": config.compute.precision,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Experience:
+    """One deployment's view of its (model, data)'s experience file: what it reads and appends."""
+
+    log: JsonlLog | None
+    regime: str
+    device: str
+    baseline: Resources
+    classes: tuple[int, ...] | None
+    num_classes: int
+    deployment: dict[str, Any]
+    run: str
+    skipped: int = 0
+
+    @property
+    def path(self) -> Path | None:
+        return self.log.path if self.log is not None else None
+
+    def samples(self) -> list[Sample]:
+        """Every earlier real episode of this regime, as surrogate samples (torn lines skipped)."""
+        if self.log is None:
+            return []
+        contents = self.log.read()
+        self.skipped = contents.skipped
+        samples = []
+        for entry in contents.records:
+            if entry.get("kind") != "episode" or entry.get("regime") != self.regime or entry.get("run") == self.run:
+                continue
+            try:
+                samples.append(_sample(entry))
+            except (KeyError, TypeError, ValueError, ModelTailorError):
+                self.skipped += 1
+        return samples
+
+    def view(self, round_to: int) -> ExperienceView:
+        """What the surrogate-assisted searcher is handed."""
+        return ExperienceView(tuple(self.samples()), self.classes, self.num_classes, self.device, round_to)
+
+    def append(self, record: EpisodeRecord) -> None:
+        """Add a real episode (a failed one is left out: it measured nothing)."""
+        if self.log is None or record.failure is not None:
+            return
+        self.log.append({
+            "kind": "episode", "format": FORMAT, "id": f"{self.run}/{record.episode}", "run": self.run,
+            "regime": self.regime, "device": self.device, "deployment": self.deployment,
+            "classes": list(self.classes) if self.classes else None,
+            "policy": record.policy.to_dict(), "accuracy": record.accuracy, "latency_ms": record.latency_ms,
+            "memory_bytes": record.memory_bytes, "params": record.params, "macs": record.macs,
+            "baseline": {"accuracy": self.baseline.accuracy, "latency_ms": self.baseline.latency_ms,
+                         "memory_bytes": self.baseline.memory_bytes},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+
+    def append_finals(self, finals: Sequence[tuple[int, float]]) -> None:
+        """The long-recovery accuracy of finalists, by episode number."""
+        if self.log is None:
+            return
+        self.log.extend({"kind": "final", "format": FORMAT, "of": f"{self.run}/{episode}", "regime": self.regime,
+                         "final_accuracy": accuracy} for episode, accuracy in finals)
+
+    def attach(self, env: CompressionEnv) -> None:
+        """Append every real episode of `env` as it finishes."""
+        env.callbacks.append(self.append)
+
+
+def _sample(entry: dict[str, Any]) -> Sample:
+    base = entry["baseline"]
+    baseline = Resources(float(base["accuracy"]), float(base["latency_ms"]), float(base["memory_bytes"]))
+    policy = Policy.from_dict(entry["policy"], source="experience record")
+    return sample_of(policy, float(entry["accuracy"]), float(entry["latency_ms"]), float(entry["memory_bytes"]),
+                     baseline, entry.get("classes"), str(entry["device"]))
+
+
+def device_key(bench: Workbench) -> str:
+    """The device as the surrogate tells devices apart: profile, measurement identity, int8 scope."""
+    identity = bench.latency_cache.identity if bench.latency_cache is not None else measurement_identity(bench.device)
+    suffix = "|int8-model" if int8_model(bench.config) else ""
+    return f"{bench.config.device.name}|{identity_hash(identity)}{suffix}"
+
+
+def open_experience(bench: Workbench, baseline: Resources, run: str | None = None) -> Experience:
+    """The deployment's experience (reading and appending `experience_path`)."""
+    config = bench.config
+    path = experience_path(config)
+    objective = config.objective.model_dump(mode="json")
+    return Experience(
+        log=JsonlLog(path) if path is not None else None,
+        regime=regime(config, teacher_fingerprint(bench.teacher)),
+        device=device_key(bench),
+        baseline=baseline,
+        classes=tuple(bench.classes) if bench.classes else None,
+        num_classes=bench.splits.num_classes,
+        deployment={"name": config.name, "model": config.model.factory or config.model.name,
+                    "data": config.data.name, "device": config.device.name, "objective": objective},
+        run=run or uuid.uuid4().hex,
+    )

@@ -1,0 +1,228 @@
+"""The surrogate and the surrogate-assisted searchers.
+
+- the surrogate evaluator against the real one (a small real model compressed, recovered,
+  exported and timed on a deterministic device) on the same held-out policies;
+- the policy encoding: equal models encode equally, subsets and methods are told apart;
+- the search: seed episodes only where the experience is short, determinism for a seed, real
+  episodes never repeating a measured model, the fall-back from a poor warm start;
+- the experience: appended and read back by regime, finals, a torn line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeltailor.agent import make_searcher
+from modeltailor.agent.ppo import PPOSearcher, PPOSettings, save_checkpoint
+from modeltailor.agent.surrogate_search import ExperienceView, SurrogateSearcher, SurrogateSettings, seed_design
+from modeltailor.common.jsonl_log import JsonlLog
+from modeltailor.compressors.distill import DistillConfig, TeacherLogits
+from modeltailor.compressors.pipeline import PolicyApplier
+from modeltailor.compressors.policy import Policy, UnitAction
+from modeltailor.compressors.pruning import ChannelPruningCompressor
+from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.evaluator import EvalData, PolicyEvaluator
+from modeltailor.env.reward import AccuracyFloorReward, Resources
+from modeltailor.env.surrogate import (
+    PolicyEncoder,
+    SurrogateEvaluator,
+    fit_surrogate,
+    kendall_tau,
+    sample_of,
+    select_kind,
+)
+from modeltailor.experiments.search.experience import Experience
+from modeltailor.models import build_model
+from tests.conftest import synthetic_images
+from tests.test_latency_table import CostModelDevice
+from tests.test_searchers import make_env, model  # noqa: F401 - the fixture
+
+FAST = SurrogateSettings(seed_episodes=6, pretrain_episodes=40, round_episodes=12)
+SHAPE = (1, 1, 16, 16)
+
+
+def random_policy(units, rng: np.random.Generator) -> Policy:
+    top = rng.uniform(0.3, 1.0)
+    return Policy(tuple(UnitAction(u.name, keep=round(float(rng.uniform(0.25, top)), 4)) for u in units))
+
+
+@pytest.fixture(scope="module")
+def real_evaluator():
+    torch.manual_seed(0)
+    teacher = build_model("resnet20", in_channels=1, input_size=16, num_classes=4, width=0.5)
+    x, y = synthetic_images(160, 1, 16, 4)
+    optimizer = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9)
+    for step in range(40):  # a trained teacher: pruning it costs accuracy, by how much the surrogate learns
+        batch = slice(16 * (step % 6), 16 * (step % 6) + 16)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(teacher(x[batch]), y[batch]).backward()
+        optimizer.step()
+    teacher.eval()
+    evaluator = PolicyEvaluator(
+        teacher=teacher,
+        compressor=PolicyApplier(ChannelPruningCompressor(round_to=2)),
+        data=EvalData(x[:96], y[:96], x[96:], y[96:]),
+        teacher_logits=TeacherLogits(teacher, x[:96]),
+        recovery=DistillConfig(steps=0, batch_size=16),
+        device=CostModelDevice(),
+        input_shape=SHAPE,
+    )
+    return evaluator, evaluator.measure(teacher)
+
+
+@pytest.mark.slow  # 34 real episodes: compressed, recalibrated, exported (about 18 s)
+def test_surrogate_evaluator_predicts_the_real_one_on_held_out_policies(real_evaluator):
+    """Fitted on 24 real episodes, the surrogate ranks 10 policies it never saw the way the real
+    evaluator measures them: latency and memory (deterministic device) closely, accuracy (no
+    recovery: batch norm recalibrated only) clearly better than chance."""
+    evaluator, base = real_evaluator
+    analysis = evaluator.analysis
+    baseline = Resources(base.accuracy, base.latency_ms, base.memory_bytes)
+    rng = np.random.default_rng(0)
+    policies = [random_policy(analysis.units, rng) for _ in range(34)]
+    outcomes = [evaluator(p) for p in policies]
+    samples = [sample_of(p, o.accuracy, o.latency_ms, o.memory_bytes, baseline, None, "cost-model")
+               for p, o in zip(policies, outcomes, strict=True)]
+    encoder = PolicyEncoder(analysis, num_classes=4, round_to=2)
+    surrogate = fit_surrogate(samples[:24], encoder, seed=0)
+    predicted = SurrogateEvaluator(surrogate, baseline, None, "cost-model", analysis, round_to=2)
+    held = list(zip(policies[24:], outcomes[24:], strict=True))
+    guesses = [predicted(p) for p, _ in held]
+    latency_error = [abs(g.latency_ms / o.latency_ms - 1) for g, (_, o) in zip(guesses, held, strict=True)]
+    memory_error = [abs(g.memory_bytes / o.memory_bytes - 1) for g, (_, o) in zip(guesses, held, strict=True)]
+    assert np.median(latency_error) < 0.1, latency_error
+    assert np.median(memory_error) < 0.1, memory_error
+    assert kendall_tau(np.array([o.latency_ms for _, o in held]), np.array([g.latency_ms for g in guesses])) > 0.6
+    assert kendall_tau(np.array([o.accuracy for _, o in held]), np.array([g.accuracy for g in guesses])) > 0.2
+    assert all(g.cached and g.measurement.device == "surrogate" for g in guesses)  # never a measurement
+
+
+def test_encoding_tells_models_and_subsets_apart(model):  # noqa: F811
+    analysis, _ = model
+    encoder = PolicyEncoder(analysis, num_classes=4, round_to=8)
+    names = [u.name for u in analysis.units]
+    # 0.51 and 0.55 of a unit round to the same channel count: one model, one encoding
+    assert np.array_equal(encoder.encode(Policy.uniform(names, 0.51), None), encoder.encode(Policy.uniform(names, 0.55), None))
+    assert not np.array_equal(encoder.encode(Policy.uniform(names, 0.5), None), encoder.encode(Policy.uniform(names, 1.0), None))
+    assert not np.array_equal(encoder.encode(Policy.uniform(names, 0.5), [0, 1]), encoder.encode(Policy.uniform(names, 0.5), None))
+    skipped = Policy((UnitAction(names[1], method="skip", keep=0.0),))
+    quantized = Policy((UnitAction(names[1], bits=8),))
+    assert encoder.encode(skipped, None)[3] == 0.0 and encoder.encode(quantized, None)[5] == 1.0
+
+
+def test_kind_is_picked_by_cross_validated_rank():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(40, 5))
+    y = x[:, 0] * 2 + np.sin(3 * x[:, 1])
+    kind, scores = select_kind(x, y)
+    assert set(scores) == {"gp", "trees", "mlp"} and scores[kind] == max(scores.values()) and scores[kind] > 0.7
+    assert select_kind(x[:10], y[:10]) == ("gp", {})  # too few to cross-validate
+
+
+def test_seed_design_spans_mild_to_aggressive():
+    genomes = seed_design(units=10, dims=1, count=8, seed=0)
+    levels = sorted(float(g.mean()) for g in genomes)
+    assert len(genomes) == 8 and all(g.shape == (10, 1) and np.abs(g).max() <= 1 for g in genomes)
+    assert levels[0] < -0.4 and levels[-1] > 0.4  # the mildest and the most aggressive are far apart
+
+
+def surrogate_search(model, seed: int, episodes: int = 14, view: ExperienceView | None = None, **kwargs):  # noqa: F811
+    env = make_env(model, ("prune",), modelled=True)
+    searcher = SurrogateSearcher(seed=seed, settings=FAST, ppo=PPOSettings(hidden=16), experience=view, **kwargs)
+    return env, searcher, searcher.search(env, episodes)
+
+
+def test_surrogate_search_is_deterministic_for_a_seed_and_spends_the_budget(model):  # noqa: F811
+    env, searcher, first = surrogate_search(model, seed=3)
+    _, _, again = surrogate_search(model, seed=3)
+    _, _, other = surrogate_search(model, seed=4)
+    assert [r.policy for r in first.episodes] == [r.policy for r in again.episodes]
+    assert [r.policy for r in first.episodes] != [r.policy for r in other.episodes]
+    assert len(first.episodes) == 14 and len(env.history) == 14
+    notes = first.notes
+    assert notes["seed_episodes"] == FAST.seed_episodes and notes["real_episodes"] == 14
+    assert notes["surrogate_episodes"] >= FAST.pretrain_episodes + 8 * FAST.round_episodes
+    # every real episode after the seeds is a model not measured before
+    encoder = PolicyEncoder(env.analysis, 1)
+    keys = [encoder.encode(r.policy, None).round(6).tobytes() for r in first.episodes]
+    assert len(set(keys)) == len(keys)
+
+
+def test_evolution_on_the_surrogate_beats_its_own_seeds(model):  # noqa: F811
+    env = make_env(model, ("prune",), modelled=True)
+    result = make_searcher("evolution-surrogate", 0, surrogate=vars(FAST)).search(env, 16)
+    seeds, verified = result.episodes[: FAST.seed_episodes], result.episodes[FAST.seed_episodes :]
+    assert result.searcher == "evolution-surrogate" and result.notes["proposer"] == "evolution"
+    assert max(r.reward for r in verified) > max(r.reward for r in seeds)
+
+
+def test_enough_experience_means_no_seed_episodes(model):  # noqa: F811
+    env, _, first = surrogate_search(model, seed=0)
+    view = ExperienceView(prior=tuple(sample_of(r.policy, r.accuracy, r.latency_ms, r.memory_bytes, env.baseline,
+                                                None, "device") for r in first.episodes))
+    _, _, second = surrogate_search(model, seed=1, episodes=4, view=view)
+    assert second.notes["seed_episodes"] == 0 and second.notes["prior_samples"] == 14
+    assert len(second.episodes) == 4
+
+
+def test_a_poor_warm_start_falls_back_to_a_cold_agent(model, tmp_path: Path):  # noqa: F811
+    """A warm agent that always proposes the most compressed model, under an accuracy floor no such
+    model meets, loses the warm check to a cold agent and is dropped."""
+    env = make_env(model, ("prune",), modelled=True)
+    env.reward_fn = AccuracyFloorReward(min_accuracy=0.85)
+    poor = PPOSearcher(seed=0, settings=PPOSettings(hidden=16)).build(env)
+    with torch.no_grad():
+        poor.policy.action_net.weight.zero_()
+        poor.policy.action_net.bias.fill_(-3.0)
+        poor.policy.log_std.fill_(-5.0)
+    path = tmp_path / "poor.pt"
+    save_checkpoint(path, poor, env, PPOSettings(hidden=16))
+    fresh = make_env(model, ("prune",), modelled=True)
+    fresh.reward_fn = AccuracyFloorReward(min_accuracy=0.85)
+    searcher = SurrogateSearcher(seed=0, settings=FAST, ppo=PPOSettings(hidden=16), warm_start=path)
+    result = searcher.search(fresh, FAST.seed_episodes + 6)
+    check = result.notes["warm_check"]
+    assert result.notes["agent_from"] == "cold (the warm start fell back)", check
+    assert check["kept"] == "cold" and check["cold_best_reward"] > check["warm_best_reward"]
+
+
+def test_experience_is_read_back_by_regime_with_torn_lines_skipped(model, tmp_path: Path):  # noqa: F811
+    env = make_env(model, ("prune",), modelled=True)
+    records = [env.evaluate(Policy.uniform([u.name for u in env.units], k)) for k in (1.0, 0.5)]
+    log = JsonlLog(tmp_path / "exp.jsonl")
+
+    def experience(run: str, regime: str = "r1") -> Experience:
+        return Experience(log, regime, "cpu|abc", env.baseline, (0, 2), 4, {"name": "d"}, run)
+
+    writer = experience("run-a")
+    for record in records:
+        writer.append(record)
+    writer.append(replace(records[0], failure="export failed"))  # measured nothing: left out
+    writer.append_finals([(1, 0.9)])
+    with (tmp_path / "exp.jsonl").open("a") as handle:
+        handle.write('{"kind": "episode", "regi')  # a writer killed mid-line
+    experience("run-b", "r2").append(records[1])  # another recovery: another regime
+    samples = experience("run-c").samples()
+    assert [s.policy for s in samples] == [r.policy for r in records]
+    assert samples[1].latency_ratio == pytest.approx(records[1].latency_ms / env.baseline.latency_ms)
+    assert samples[0].classes == (0, 2) and samples[0].device == "cpu|abc"
+    assert experience("run-a").samples() == []  # a search's own episodes come from its env, not read back
+    finals = [r for r in log.read().records if r["kind"] == "final"]
+    assert finals == [{"kind": "final", "format": 1, "of": "run-a/1", "regime": "r1", "final_accuracy": 0.9}]
+    assert log.read().skipped == 1  # the torn line, fenced off by the next append
+
+
+def test_surrogate_env_never_teaches_the_real_limiter(model):  # noqa: F811
+    env: CompressionEnv = make_env(model, ("prune",), modelled=True)
+    recorded = []
+    env.limiter.record = recorded.append  # type: ignore[method-assign]
+    sibling = env.sibling(env.evaluator)
+    sibling.evaluate(Policy.uniform([u.name for u in env.units], 0.5))
+    assert recorded == [] and env.history == [] and len(sibling.history) == 1
+    env.evaluate(Policy.uniform([u.name for u in env.units], 0.5))
+    assert len(recorded) == 1
