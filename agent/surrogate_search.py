@@ -7,13 +7,14 @@ experience: every real episode of earlier searches of the same model and data, p
 The search then repeats, until the real-episode budget is spent:
 
 1. the proposer plays `round_episodes` surrogate episodes (PPO learns from them);
-2. the policies it played are ranked by the surrogate's predicted reward, and the best one whose
-   model has not been measured yet is evaluated for real on the real env (so it lands in the
+2. every distinct model it has played so far (its archive) is ranked by the current surrogate's
+   predicted reward (an upper confidence bound: accuracy plus `optimism` standard deviations), and
+   the best one not measured yet is evaluated for real on the real env (so it lands in the
    episode records, the experience, MLflow, and the budget limiter's cost models);
 3. the surrogate is refitted with it.
 
 Before the first round the proposer trains for `pretrain_episodes`. With too little experience to
-fit on (fewer than `seed_episodes` samples, or fewer than `MIN_DEVICE_SAMPLES` on this device),
+fit on (fewer than `seed_episodes` samples of this model, data and recovery),
 a designed set of seed episodes (a Latin hypercube over the overall compression level and each
 unit's deviation from it: mild to aggressive, every unit covered) is measured first, out of the
 episode budget.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,13 +51,12 @@ from modeltailor.env.history import search_result
 from modeltailor.env.records import EpisodeRecord, SearchResult
 from modeltailor.env.reward import Resources
 from modeltailor.env.surrogate import (
-    MIN_DEVICE_SAMPLES,
     PolicyEncoder,
     Sample,
     Surrogate,
     SurrogateEvaluator,
     fit_surrogate,
-    rank_policies,
+    rank_encoded,
     sample_of,
 )
 
@@ -77,6 +77,9 @@ class SurrogateSettings:
     """Real episodes between two choices of the regressor kind (by cross-validated Kendall tau)."""
     warm_trial: int = 2
     """Real episodes each for the warm and the cold agent before one of them goes on."""
+    rollout_episodes: int = 16
+    """PPO episodes per update on the surrogate (episodes are cheap there: larger, steadier batches
+    than the real-episode PPO's `episodes_per_rollout`)."""
     optimism: float = 1.0
     """Proposals are ranked with each predicted accuracy raised by this many standard deviations."""
 
@@ -109,7 +112,8 @@ class PPOProposer:
 
     def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
         start = len(env.history)
-        learn_episodes(self.model, env, episodes, [])
+        if not learn_episodes(self.model, env, episodes, []):
+            raise KeyboardInterrupt  # Ctrl-C while learning on the surrogate stops the search
         return [r.policy for r in env.history[start:]]
 
 
@@ -119,19 +123,50 @@ class EvolutionProposer:
 
     def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
         start = len(env.history)
-        self.evolution.search(env, episodes, done=len(env.history))
+        if self.evolution.search(env, episodes, done=len(env.history)).interrupted:
+            raise KeyboardInterrupt
         return [r.policy for r in env.history[start:]]
 
 
 @dataclass
+class Archive:
+    """Every distinct model a proposer has played on the surrogate, with its encoding, oldest first
+    (the oldest dropped beyond `limit`): the candidates real episodes are spent on."""
+
+    limit: int = 4000
+    policies: list[Policy] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    encoded: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, policies: list[Policy], encoder: PolicyEncoder, classes: tuple[int, ...] | None) -> None:
+        known = set(self.keys)
+        for policy in policies:
+            row = encoder.encode(policy, classes)
+            key = row.round(6).tobytes()
+            if key not in known:
+                known.add(key)
+                self.policies.append(policy)
+                self.keys.append(key)
+                self.encoded.append(row)
+        if len(self.keys) > self.limit:
+            cut = len(self.keys) - self.limit
+            del self.policies[:cut], self.keys[:cut], self.encoded[:cut]
+
+    def rows(self, indices: list[int]) -> np.ndarray:
+        return np.array([self.encoded[i] for i in indices])
+
+
+@dataclass
 class _Agent:
-    """A proposer with its own surrogate env (SB3 keeps per-env episode state) and its real results."""
+    """A proposer with its own surrogate env (SB3 keeps per-env episode state), the models it
+    played there, and its real results."""
 
     label: str
     proposer: Proposer
     env: CompressionEnv
     model: Any = None
     rewards: list[float] = field(default_factory=list)
+    archive: Archive = field(default_factory=Archive)
 
 
 @dataclass
@@ -170,7 +205,7 @@ class SurrogateSearcher:
                                            view.round_to)
             agents = self._agents(env, evaluator, done)
             for agent in agents:
-                self._train(agent, self.settings.pretrain_episodes)
+                agent.archive.add(self._train(agent, self.settings.pretrain_episodes), encoder, view.classes)
             self.report(
                 f"surrogate: fitted on {len(surrogate.samples)} real episodes ({surrogate.kind}"
                 f"{_scores(surrogate)}); the agent trained on {self.settings.pretrain_episodes} surrogate "
@@ -208,8 +243,7 @@ class SurrogateSearcher:
         own = [r for r in env.history if r.failure is None]
         on_device = sum(1 for s in view.prior if s.device == view.device) + len(own)
         total = len(view.prior) + len(own)
-        wanted = max(self.settings.seed_episodes - total, MIN_DEVICE_SAMPLES - on_device, 0)
-        wanted = min(wanted, episodes)
+        wanted = min(max(self.settings.seed_episodes - total, 0), episodes)
         if wanted <= 0:
             return 0
         self.report(
@@ -233,7 +267,8 @@ class SurrogateSearcher:
         if self.proposer == "evolution":
             sibling = env.sibling(evaluator)
             return [_Agent("evolution", EvolutionProposer(EvolutionSearcher(seed=self.seed)), sibling)]
-        ppo = PPOSearcher(seed=self.seed, settings=self.ppo, checkpoint=self.checkpoint)
+        settings = replace(self.ppo, episodes_per_rollout=self.settings.rollout_episodes)
+        ppo = PPOSearcher(seed=self.seed, settings=settings, checkpoint=self.checkpoint)
         cold_env = env.sibling(evaluator)
         cold = ppo.build(cold_env, seed=self.seed + done)
         if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
@@ -243,7 +278,7 @@ class SurrogateSearcher:
         agents = [_Agent("cold", PPOProposer(cold), cold_env, cold)]
         if self.warm_start is not None and done == 0:
             warm_env = env.sibling(evaluator)
-            warm = PPOSearcher(seed=self.seed, settings=self.ppo, warm_start=self.warm_start).start(warm_env, 0)
+            warm = PPOSearcher(seed=self.seed, settings=settings, warm_start=self.warm_start).start(warm_env, 0)
             warm.set_env(warm_env)
             agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env, warm))
         return agents
@@ -256,20 +291,19 @@ class SurrogateSearcher:
     def _propose(
         self, agent: _Agent, evaluator: SurrogateEvaluator, measured: set[bytes], env: CompressionEnv
     ) -> tuple[Policy, float]:
-        """The best policy by predicted reward among the agent's latest surrogate episodes whose
-        model has not been measured (up to three rounds of play to find one; else the best)."""
+        """The agent plays a round on the surrogate; every distinct model it has played so far (its
+        archive) is ranked by the current surrogate's predicted reward, and the best one not yet
+        measured is proposed (up to three rounds of play to find one; else the best)."""
         surrogate = evaluator.surrogate
-        best: tuple[float, Policy] | None = None
         for _ in range(3):
-            policies = self._train(agent, self.settings.round_episodes)
-            ranked = rank_policies(surrogate, policies, evaluator.classes, evaluator.device, env.baseline, env.reward_fn,
-                                   self.settings.optimism)
-            fresh = [(s, p) for s, p in ranked if _key(surrogate.encoder, p, evaluator.classes) not in measured]
+            agent.archive.add(self._train(agent, self.settings.round_episodes), surrogate.encoder, evaluator.classes)
+            fresh = [i for i, key in enumerate(agent.archive.keys) if key not in measured]
             if fresh:
-                return fresh[0][1], fresh[0][0]
-            best = best or (ranked[0] if ranked else None)
-        assert best is not None
-        return best[1], best[0]
+                break
+        rows = fresh or list(range(len(agent.archive.keys)))
+        ranked = rank_encoded(surrogate, agent.archive.rows(rows), [agent.archive.policies[i] for i in rows],
+                              evaluator.device, env.baseline, env.reward_fn, self.settings.optimism)
+        return ranked[0][1], ranked[0][0]
 
     def _decide(self, agents: list[_Agent]) -> _Agent:
         warm, cold = agents
@@ -291,7 +325,8 @@ class SurrogateSearcher:
 
     def _save(self, agent: _Agent, env: CompressionEnv) -> None:
         if self.checkpoint is not None and agent.model is not None:
-            save_checkpoint(self.checkpoint, agent.model, env, self.ppo)
+            save_checkpoint(self.checkpoint, agent.model, env,
+                            replace(self.ppo, episodes_per_rollout=self.settings.rollout_episodes))
 
     def _result(self, env: CompressionEnv, start: int, interrupted: bool) -> SearchResult:
         self.notes["real_episodes"] = len(env.history) - start

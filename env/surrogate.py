@@ -8,8 +8,11 @@ data) becomes a training `Sample`, and three regressors learn from them:
 - **accuracy**: the drop from the deployment's own baseline accuracy (so deployments with other
   class subsets, whose baselines differ, share what they learned), over the policy encoding and the
   class subset;
-- **latency** and **memory**: log of the ratio to the deployment's baseline, per device key
-  (a device profile's measurement identity: another host or ORT version is another device).
+- **latency** and **memory**: log of the ratio to the deployment's baseline, over the same
+  features plus a one-hot of the device key (a device profile's measurement identity: another host
+  or ORT version is another device). Ratios to each device's own baseline transfer well between
+  devices, so a device with few or no real episodes yet is predicted from the others (its one-hot
+  all zeros until it has `MIN_DEVICE_SAMPLES`).
 
 The policy encoding (`PolicyEncoder`): per unit the channel fraction the compressor really keeps
 (rounded as it rounds; 0 for a removed block), the rank ratio of a factorized unit and an int8
@@ -215,24 +218,23 @@ class Surrogate:
     samples: list[Sample]
     kind: str
     accuracy: Regressor
-    latency: dict[str, Regressor]
-    memory: dict[str, Regressor]
+    latency: Regressor
+    memory: Regressor
+    devices: tuple[str, ...]
+    """Devices with their own one-hot column (at least `MIN_DEVICE_SAMPLES` real episodes each)."""
     scores: dict[str, float] = field(default_factory=dict)
-
-    def devices(self) -> set[str]:
-        return set(self.latency)
 
     def predict(
         self, policies: Sequence[Policy], classes: Sequence[int] | None, device: str, baseline: Resources
     ) -> Prediction:
-        if device not in self.latency:
-            raise ModelTailorError(
-                f"the surrogate has no measurement on device '{device}' yet: measure real episodes there first"
-            )
-        x = self.encoder.encode_all(policies, classes)
+        return self.predict_encoded(self.encoder.encode_all(policies, classes), device, baseline)
+
+    def predict_encoded(self, x: np.ndarray, device: str, baseline: Resources) -> Prediction:
+        """`predict` for rows the encoder already made (for one deployment's class subset)."""
         drop, drop_std = self.accuracy.predict(x)
-        latency = np.exp(self.latency[device].predict(x)[0])
-        memory = np.exp(self.memory[device].predict(x)[0])
+        costs = np.c_[x, np.tile(device_columns(self.devices, device), (len(x), 1))]
+        latency = np.exp(self.latency.predict(costs)[0])
+        memory = np.exp(self.memory.predict(costs)[0])
         accuracy = np.clip(baseline.accuracy - drop, 0.0, 1.0)
         return Prediction(accuracy, drop_std, latency * baseline.latency_ms, memory * baseline.memory_bytes)
 
@@ -251,17 +253,17 @@ def fit_surrogate(
     if kind is None:
         kind, scores = select_kind(x, drops, seed)
     accuracy = Regressor(kind, seed).fit(x, drops)
-    latency: dict[str, Regressor] = {}
-    memory: dict[str, Regressor] = {}
-    for device in sorted({s.device for s in samples}):
-        rows = [i for i, s in enumerate(samples) if s.device == device]
-        if len(rows) < MIN_DEVICE_SAMPLES:
-            continue
-        lat = np.log([max(samples[i].latency_ratio, 1e-6) for i in rows])
-        mem = np.log([max(samples[i].memory_ratio, 1e-9) for i in rows])
-        latency[device] = Regressor(kind, seed).fit(x[rows], lat)
-        memory[device] = Regressor(kind, seed).fit(x[rows], mem)
-    return Surrogate(encoder, samples, kind, accuracy, latency, memory, scores)
+    counts = {d: sum(s.device == d for s in samples) for d in {s.device for s in samples}}
+    devices = tuple(sorted(d for d, n in counts.items() if n >= MIN_DEVICE_SAMPLES))
+    costs = np.c_[x, np.array([device_columns(devices, s.device) for s in samples]).reshape(len(samples), len(devices))]
+    latency = Regressor(kind, seed).fit(costs, np.log([max(s.latency_ratio, 1e-6) for s in samples]))
+    memory = Regressor(kind, seed).fit(costs, np.log([max(s.memory_ratio, 1e-9) for s in samples]))
+    return Surrogate(encoder, samples, kind, accuracy, latency, memory, devices, scores)
+
+
+def device_columns(devices: Sequence[str], device: str) -> np.ndarray:
+    """The device's one-hot among `devices` (all zeros for a device with too few episodes)."""
+    return np.array([1.0 if d == device else 0.0 for d in devices])
 
 
 @dataclass
@@ -326,7 +328,21 @@ def rank_policies(
     upper confidence bound: where the surrogate is unsure, it is worth measuring)."""
     if not policies:
         return []
-    predicted = surrogate.predict(policies, classes, device, baseline)
+    return rank_encoded(surrogate, surrogate.encoder.encode_all(policies, classes), policies, device, baseline,
+                        reward, optimism)
+
+
+def rank_encoded(
+    surrogate: Surrogate,
+    x: np.ndarray,
+    policies: Sequence[Policy],
+    device: str,
+    baseline: Resources,
+    reward: Callable[[Resources, Resources], float],
+    optimism: float = 0.0,
+) -> list[tuple[float, Policy]]:
+    """`rank_policies` for policies already encoded (rows of `x`)."""
+    predicted = surrogate.predict_encoded(x, device, baseline)
     hopeful = replace(predicted, accuracy=np.clip(predicted.accuracy + optimism * predicted.accuracy_std, 0.0, 1.0))
     scored = [(float(reward(hopeful.resources(i), baseline)), p) for i, p in enumerate(policies)]
     return sorted(scored, key=lambda item: -item[0])

@@ -79,8 +79,8 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
-        "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "fuzz_api", "joint_vs_prune",
-        "recovery_budget", "search_default", "searchers", "warm_start",
+        "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "fuzz_api", "held_out",
+        "joint_vs_prune", "recovery_budget", "search_default", "searchers", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
 
@@ -182,6 +182,32 @@ def test_searchers_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     rows = table_rows(out, ["| deployment", "searcher", "best", "within budget"], "all-50")
     assert [row.split("|")[2].strip() for row in rows] == ["random", "uniform"], rows
     assert (tmp_path / "searchers.json").is_file()
+
+
+@pytest.mark.slow
+def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """One source of 8 random episodes is enough experience: the assisted searchers skip their seed
+    episodes and go straight to the surrogate."""
+    config, cache = tiny
+    out = run_bench("held_out", cache, "--config", str(config), "--sources", "src-all-30", "--episodes", "8",
+                    "--assisted-episodes", "3",
+                    "--seeds", "0", "--episode-steps", "2", "--pretrain-episodes", "10", "--round-episodes", "4",
+                    "--out", str(tmp_path / "held_out.json"))
+    rows = [row for row in table_rows(out, ["| searcher", "best after 3", "real episodes to random"]) if row.startswith("|")]
+    labels = [row.split("|")[1].strip() for row in rows]
+    assert labels[0] == "random" and "ppo + experience" in labels and "evolution-surrogate (no experience)" in labels
+    assert json.loads((tmp_path / "held_out.json").read_text())["settings"]["assisted_episodes"] == 3
+
+
+@pytest.mark.slow
+def test_surrogate_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    config, cache = tiny
+    out = run_bench("surrogate", cache, "--config", str(config), "--episodes", "24", "--held-out", "8",
+                    "--sizes", "12", "--seeds", "0", "--episode-steps", "0", "--out", str(tmp_path / "s.json"))
+    rows = [row for row in table_rows(out, ["| predictor", "real episodes fitted on", "accuracy Kendall tau"])
+            if row.startswith("|")]
+    assert {row.split("|")[1].strip().split(" ")[0] for row in rows} == {"gp", "trees", "mlp", "auto"}, rows
+    assert len(json.loads((tmp_path / "s.json").read_text())["episodes"]) == 24
 
 
 @pytest.mark.slow

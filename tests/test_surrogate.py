@@ -19,7 +19,12 @@ import torch
 
 from modeltailor.agent import make_searcher
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings, save_checkpoint
-from modeltailor.agent.surrogate_search import ExperienceView, SurrogateSearcher, SurrogateSettings, seed_design
+from modeltailor.agent.surrogate_search import (
+    ExperienceView,
+    SurrogateSearcher,
+    SurrogateSettings,
+    seed_design,
+)
 from modeltailor.common.jsonl_log import JsonlLog
 from modeltailor.compressors.distill import DistillConfig, TeacherLogits
 from modeltailor.compressors.pipeline import PolicyApplier
@@ -226,3 +231,25 @@ def test_surrogate_env_never_teaches_the_real_limiter(model):  # noqa: F811
     assert recorded == [] and env.history == [] and len(sibling.history) == 1
     env.evaluate(Policy.uniform([u.name for u in env.units], 0.5))
     assert len(recorded) == 1
+
+
+def test_an_interrupted_surrogate_search_keeps_its_episodes_and_resumes(model, tmp_path: Path):  # noqa: F811
+    env = make_env(model, ("prune",), modelled=True)
+    real = env.evaluator
+    calls = {"n": 0}
+
+    def stops_at_ten(policy: Policy):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(policy)
+
+    env.evaluator = stops_at_ten
+    checkpoint = tmp_path / "agent_checkpoint.pt"
+    first = SurrogateSearcher(seed=0, settings=FAST, ppo=PPOSettings(hidden=16), checkpoint=checkpoint).search(env, 14)
+    assert first.interrupted and len(first.episodes) == 9 and checkpoint.is_file()
+    env.evaluator = real
+    resumed = SurrogateSearcher(seed=0, settings=FAST, ppo=PPOSettings(hidden=16), checkpoint=checkpoint)
+    second = resumed.search(env, 5, done=9)
+    assert not second.interrupted and len(env.history) == 14
+    assert second.notes["agent_from"] == "resumed" and second.notes["seed_episodes"] == 0

@@ -135,6 +135,9 @@ class SurrogateConfig(Strict):
     )
     pretrain_episodes: int = Field(600, ge=0, le=1_000_000, description="surrogate episodes before the first real proposal")
     round_episodes: int = Field(60, ge=1, le=100_000, description="surrogate episodes between two real episodes")
+    rollout_episodes: int = Field(
+        16, ge=1, le=1024, description="ppo: episodes per PPO update on the surrogate (search.ppo.episodes_per_rollout is ppo-real's)"
+    )
 
 
 SEARCHER_NAMES = ("ppo", "ppo-real", "evolution-surrogate", "random", "uniform", "greedy", "evolution", "ddpg")
