@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import gymnasium as gym
 import numpy as np
 
 from modeltailor.agent.base import learn_episodes, run_episode
@@ -47,9 +48,11 @@ from modeltailor.agent.ppo import (
 )
 from modeltailor.compressors.policy import Policy
 from modeltailor.env.compression_env import CompressionEnv
+from modeltailor.env.features import DeploymentContext
 from modeltailor.env.history import search_result
+from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit
 from modeltailor.env.records import EpisodeRecord, SearchResult
-from modeltailor.env.reward import Resources
+from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, RewardFunction
 from modeltailor.env.surrogate import (
     PolicyEncoder,
     Sample,
@@ -80,6 +83,9 @@ class SurrogateSettings:
     rollout_episodes: int = 16
     """PPO episodes per update on the surrogate (episodes are cheap there: larger, steadier batches
     than the real-episode PPO's `episodes_per_rollout`)."""
+    variants: bool = True
+    """PPO learns across variants of the deployment (other budgets or floors, the class subsets in
+    the experience) besides the deployment itself; see `deployment_variants`."""
     optimism: float = 1.0
     """Proposals are ranked with each predicted accuracy raised by this many standard deviations."""
 
@@ -106,15 +112,45 @@ class Proposer(Protocol):
         ...
 
 
+class DeploymentMixture(gym.Env):
+    """The searched deployment's surrogate env and variants of it (other budgets, floors, class
+    subsets: same units and spaces) behind one env, so one agent learns across deployments: each
+    reset picks the searched deployment half of the time, else a variant (seeded). `history` holds
+    every episode played; `main.history` the searched deployment's alone."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, main: CompressionEnv, variants: list[CompressionEnv], seed: int) -> None:
+        super().__init__()
+        self.main, self.variants = main, variants
+        self.observation_space, self.action_space = main.observation_space, main.action_space
+        self.units = main.units
+        self.history: list[EpisodeRecord] = []
+        self._active = main
+        self._rng = np.random.default_rng([seed, 7])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        pick = self.variants and self._rng.random() >= 0.5
+        self._active = self.variants[int(self._rng.integers(len(self.variants)))] if pick else self.main
+        return self._active.reset(seed=seed, options=options)
+
+    def step(self, action: np.ndarray):
+        obs, reward, done, truncated, info = self._active.step(action)
+        if done:
+            self.history.append(self._active.history[-1])
+        return obs, reward, done, truncated, info
+
+
 @dataclass
 class PPOProposer:
-    model: Any  # stable_baselines3.PPO bound to its own surrogate env
+    model: Any  # stable_baselines3.PPO bound to its own mixture of surrogate envs
 
     def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
-        start = len(env.history)
-        if not learn_episodes(self.model, env, episodes, []):
+        mixture = self.model.get_env().envs[0].unwrapped
+        start = len(mixture.main.history)
+        if not learn_episodes(self.model, mixture, episodes, []):
             raise KeyboardInterrupt  # Ctrl-C while learning on the surrogate stops the search
-        return [r.policy for r in env.history[start:]]
+        return [r.policy for r in mixture.main.history[start:]]
 
 
 @dataclass
@@ -203,7 +239,10 @@ class SurrogateSearcher:
             surrogate = self._fit(env, view, encoder, None)
             evaluator = SurrogateEvaluator(surrogate, env.baseline, view.classes, view.device, env.analysis,
                                            view.round_to)
-            agents = self._agents(env, evaluator, done)
+            variants = deployment_variants(env, view) if self.proposer == "ppo" and self.settings.variants else []
+            evaluators = [evaluator, *(replace(evaluator, classes=v.classes, _memo={}) for v in variants)]
+            self.notes["deployment_variants"] = len(variants)
+            agents = self._agents(env, evaluators, variants, done)
             for agent in agents:
                 agent.archive.add(self._train(agent, self.settings.pretrain_episodes), encoder, view.classes)
             self.report(
@@ -223,7 +262,8 @@ class SurrogateSearcher:
                 self._log_round(real, predicted, record, surrogate)
                 reselect = real % self.settings.select_every == 0
                 surrogate = self._fit(env, view, encoder, None if reselect else surrogate.kind)
-                evaluator.surrogate = surrogate
+                for each in evaluators:
+                    each.surrogate = surrogate
                 if reselect:
                     self.report(
                         f"surrogate: {len(env.history) - start} of {episodes} real episodes, "
@@ -263,25 +303,34 @@ class SurrogateSearcher:
                                        "cv_kendall_tau": {k: round(v, 4) for k, v in surrogate.scores.items()}}
         return surrogate
 
-    def _agents(self, env: CompressionEnv, evaluator: SurrogateEvaluator, done: int) -> list[_Agent]:
+    def _agents(
+        self, env: CompressionEnv, evaluators: list[SurrogateEvaluator], variants: list[Variant], done: int
+    ) -> list[_Agent]:
         if self.proposer == "evolution":
-            sibling = env.sibling(evaluator)
+            sibling = env.sibling(evaluators[0])
             return [_Agent("evolution", EvolutionProposer(EvolutionSearcher(seed=self.seed)), sibling)]
         settings = replace(self.ppo, episodes_per_rollout=self.settings.rollout_episodes)
         ppo = PPOSearcher(seed=self.seed, settings=settings, checkpoint=self.checkpoint)
-        cold_env = env.sibling(evaluator)
-        cold = ppo.build(cold_env, seed=self.seed + done)
+        cold_env = self._mixture(env, evaluators, variants, 0)
+        cold = ppo.build(cold_env, seed=self.seed + done)  # type: ignore[arg-type]
         if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
-            restore_checkpoint(self.checkpoint, cold, cold_env)
+            restore_checkpoint(self.checkpoint, cold, env)
             self.notes["agent_from"] = "resumed"
-            return [_Agent("resumed", PPOProposer(cold), cold_env, cold)]
-        agents = [_Agent("cold", PPOProposer(cold), cold_env, cold)]
+            return [_Agent("resumed", PPOProposer(cold), cold_env.main, cold)]
+        agents = [_Agent("cold", PPOProposer(cold), cold_env.main, cold)]
         if self.warm_start is not None and done == 0:
-            warm_env = env.sibling(evaluator)
-            warm = PPOSearcher(seed=self.seed, settings=settings, warm_start=self.warm_start).start(warm_env, 0)
-            warm.set_env(warm_env)
-            agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env, warm))
+            warm_env = self._mixture(env, evaluators, variants, 1)
+            warm = PPOSearcher(seed=self.seed, settings=settings, warm_start=self.warm_start).start(env, 0)
+            warm.set_env(warm_env)  # type: ignore[arg-type]
+            agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env.main, warm))
         return agents
+
+    def _mixture(self, env: CompressionEnv, evaluators: list[SurrogateEvaluator], variants: list[Variant],
+                 salt: int) -> DeploymentMixture:
+        """The searched deployment's surrogate env and its variants', each on its own evaluator."""
+        main, *others = evaluators
+        envs = [env.sibling(e, v.reward, v.limiter, v.context) for e, v in zip(others, variants, strict=True)]
+        return DeploymentMixture(env.sibling(main), envs, self.seed + salt)
 
     def _train(self, agent: _Agent, episodes: int) -> list[Policy]:
         policies = agent.proposer.learn(agent.env, episodes)
@@ -333,6 +382,56 @@ class SurrogateSearcher:
         result = search_result(self.name, env.history[start:], interrupted=interrupted)
         result.notes = dict(self.notes)
         return result
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A deployment near the searched one, on the same units: its classes, reward, limits and what
+    the agent observes of it."""
+
+    classes: tuple[int, ...] | None
+    reward: RewardFunction
+    limiter: ActionLimiter
+    context: DeploymentContext
+
+
+BUDGET_FACTORS = (0.7, 0.85, 1.2, 1.4)
+FLOOR_SHIFTS = (-0.01, 0.01, 0.02)
+"""Variants of a budget (its limits times each factor) and of an accuracy floor (moved by each
+shift); a tradeoff's weights are not observed, so it has no such variants."""
+MAX_SUBSETS = 3
+
+
+def deployment_variants(env: CompressionEnv, view: ExperienceView) -> list[Variant]:
+    """Deployments near the searched one for the agent to learn across: its budget tighter and
+    looser (or its accuracy floor moved), and the other class subsets the experience has seen
+    (up to `MAX_SUBSETS`, most measured first) under its own objective. Variants share the searched
+    deployment's baseline and device; their observations say what differs."""
+    reward, limiter, context = env.reward_fn, env.limiter, env.context
+    variants = []
+    if isinstance(reward, BudgetReward):
+        for f in BUDGET_FACTORS:
+            scaled = Budget(*(None if v is None else v * f for v in (reward.max_latency_ms, reward.max_memory_bytes)))
+            cap: ActionLimiter = NoLimit()
+            if isinstance(limiter, BudgetLimiter):
+                cap = BudgetLimiter(scaled, limiter.latency_model, limiter.memory_model, limiter.safety, limiter.predictor)
+            variants.append(Variant(view.classes, replace(reward, max_latency_ms=scaled.max_latency_ms,
+                                                          max_memory_bytes=scaled.max_memory_bytes), cap,
+                                    replace(context, latency_ratio=context.latency_ratio * f,
+                                            memory_ratio=context.memory_ratio * f)))
+    elif isinstance(reward, AccuracyFloorReward):
+        for shift in FLOOR_SHIFTS:
+            variants.append(Variant(view.classes, replace(reward, min_accuracy=reward.min_accuracy + shift), limiter,
+                                    replace(context, accuracy_drop_points=max(0.0, context.accuracy_drop_points
+                                                                              - 100 * shift))))
+    counts: dict[tuple[int, ...] | None, int] = {}
+    for sample in view.prior:
+        if sample.classes != view.classes:
+            counts[sample.classes] = counts.get(sample.classes, 0) + 1
+    for classes in sorted(counts, key=lambda c: -counts[c])[:MAX_SUBSETS]:
+        fraction = len(classes) / max(view.num_classes, 1) if classes else 1.0
+        variants.append(Variant(classes, reward, limiter, replace(context, class_fraction=fraction)))
+    return variants
 
 
 def seed_design(units: int, dims: int, count: int, seed: int) -> list[np.ndarray]:

@@ -113,13 +113,22 @@ class CompressionEnv(gym.Env):
         self._bits: dict[str, int] = {}
         self._previous = 1.0
 
-    def sibling(self, evaluator: Callable[[Policy], Outcome]) -> CompressionEnv:
+    def sibling(
+        self,
+        evaluator: Callable[[Policy], Outcome],
+        reward: RewardFunction | None = None,
+        limiter: ActionLimiter | None = None,
+        context: DeploymentContext | None = None,
+    ) -> CompressionEnv:
         """The same deployment (units, reward, baseline, actions, observations) on another
         evaluator, e.g. the surrogate: an empty history, no callbacks, and this env's limits read
-        but never refitted by the sibling's outcomes."""
+        but never refitted by the sibling's outcomes. `reward`, `limiter` and `context` make it a
+        variant of the deployment (another budget, floor or class subset) on the same units."""
+        context = context or self.context
         return CompressionEnv(
-            self.analysis, evaluator, self.reward_fn, self.baseline, self.range, ReadOnlyLimiter(self.limiter),
-            self.class_fraction, self.lowrank_units, self.int8, self.context, self.int8_units, self.int8_model,
+            self.analysis, evaluator, reward or self.reward_fn, self.baseline, self.range,
+            ReadOnlyLimiter(limiter or self.limiter), context.class_fraction, self.lowrank_units, self.int8, context,
+            self.int8_units, self.int8_model,
         )
 
     # gymnasium API -------------------------------------------------------------------------

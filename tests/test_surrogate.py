@@ -253,3 +253,37 @@ def test_an_interrupted_surrogate_search_keeps_its_episodes_and_resumes(model, t
     second = resumed.search(env, 5, done=9)
     assert not second.interrupted and len(env.history) == 14
     assert second.notes["agent_from"] == "resumed" and second.notes["seed_episodes"] == 0
+
+
+def test_ppo_learns_across_variants_of_the_deployment(model):  # noqa: F811
+    """Under a budget the agent also plays tighter and looser budgets and the class subsets the
+    experience has seen; each variant's observation says what differs, and only the searched
+    deployment's episodes become candidates."""
+    from modeltailor.agent.surrogate_search import DeploymentMixture, deployment_variants
+    from modeltailor.env.limiter import Budget, BudgetLimiter
+    from modeltailor.env.reward import BudgetReward
+
+    analysis, _ = model
+    env = make_env(model, ("prune",), modelled=True, limiter=BudgetLimiter(Budget(max_latency_ms=0.1)))
+    env.reward_fn = BudgetReward(max_latency_ms=0.1)
+    env.limiter.record(env.evaluator(Policy.uniform([u.name for u in analysis.units], 1.0)))
+    env.limiter.record(env.evaluator(Policy.uniform([u.name for u in analysis.units], 0.3)))
+    prior = tuple(sample_of(Policy(()), 0.9, 0.2, 2000, env.baseline, classes, "device")
+                  for classes in ((0, 1), (0, 1), (2,), None))
+    variants = deployment_variants(env, ExperienceView(prior=prior, classes=None, num_classes=4))
+    budgets = [v.reward.max_latency_ms for v in variants[:4]]  # type: ignore[attr-defined]
+    assert budgets == pytest.approx([0.07, 0.085, 0.12, 0.14])
+    assert [v.limiter.budget.max_latency_ms for v in variants[:4]] == pytest.approx(budgets)  # type: ignore[attr-defined]
+    assert [v.classes for v in variants[4:]] == [(0, 1), (2,)]  # most measured first; its own subset left out
+    assert [v.context.class_fraction for v in variants[4:]] == [0.5, 0.25]
+    envs = [env.sibling(env.evaluator, v.reward, v.limiter, v.context) for v in variants]
+    observed = {tuple(e.reset()[0][20:28].round(4)) + (float(e.reset()[0][16]),) for e in [env, *envs]}
+    assert len(observed) == 7  # every variant looks different to the agent
+    mixture = DeploymentMixture(env.sibling(env.evaluator), envs, seed=0)
+    for _ in range(12):
+        mixture.reset()
+        done = False
+        while not done:
+            done = mixture.step(mixture.action_space.sample())[2]
+    assert len(mixture.history) == 12 and 0 < len(mixture.main.history) < 12
+    assert env.history == []  # the real env never played
