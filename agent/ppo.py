@@ -137,7 +137,7 @@ Stats = Callable[[dict[str, float], int], None]
 """``stats(metrics, step)``: where PPO's training statistics go (e.g. MLflow)."""
 
 
-class _StatsWriter(KVWriter):
+class StatsWriter(KVWriter):
     """stable-baselines3 logger output that hands the numeric `train/*` values to `stats`."""
 
     def __init__(self, stats: Stats, env: CompressionEnv) -> None:
@@ -214,7 +214,7 @@ class PPOSearcher:
             return search_result(self.name, [])
         model = self.start(env, done)
         if self.stats is not None:
-            model.set_logger(Logger(folder=None, output_formats=[_StatsWriter(self.stats, env)]))
+            model.set_logger(Logger(folder=None, output_formats=[StatsWriter(self.stats, env)]))
         callbacks: list[BaseCallback] = []
         if self.checkpoint is not None:
             callbacks.append(_SaveAfterUpdate(self.checkpoint, env, self.settings))

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.logger import Logger
 
 from modeltailor.agent.base import learn_episodes, run_episode
 from modeltailor.agent.evolution import EvolutionSearcher
@@ -43,6 +44,7 @@ from modeltailor.agent.ppo import (
     PPOSearcher,
     PPOSettings,
     Stats,
+    StatsWriter,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -231,11 +233,13 @@ class SurrogateSearcher:
         view = self.experience or ExperienceView(num_classes=1)
         encoder = PolicyEncoder(env.analysis, view.num_classes, view.round_to)
         self.notes = {"proposer": self.proposer, "prior_samples": len(view.prior), "seed_episodes": 0,
-                      "surrogate_episodes": 0, "agent_from": "cold"}
+                      "surrogate_episodes": 0, "agent_from": "cold", "deployment_variants": 0}
         try:
             seeds = self._seed(env, view, episodes)
-            if len(env.history) - start >= episodes:
+            if len(env.history) - start >= episodes and (self.proposer != "ppo" or self.checkpoint is None):
                 return self._result(env, start, False)
+            # a search spent on seed episodes still leaves an agent (trained on what they taught
+            # the surrogate) for the next deployment to start from
             surrogate = self._fit(env, view, encoder, None)
             evaluator = SurrogateEvaluator(surrogate, env.baseline, view.classes, view.device, env.analysis,
                                            view.round_to)
@@ -250,6 +254,7 @@ class SurrogateSearcher:
                 f"{_scores(surrogate)}); the agent trained on {self.settings.pretrain_episodes} surrogate "
                 f"episodes{' each (warm and cold)' if len(agents) > 1 else ''}"
             )
+            self._save(agents[0], env)
             measured = {_key(encoder, r.policy, view.classes) for r in env.history if r.failure is None}
             real = seeds
             while len(env.history) - start < episodes:
@@ -316,13 +321,17 @@ class SurrogateSearcher:
         if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
             restore_checkpoint(self.checkpoint, cold, env)
             self.notes["agent_from"] = "resumed"
-            return [_Agent("resumed", PPOProposer(cold), cold_env.main, cold)]
-        agents = [_Agent("cold", PPOProposer(cold), cold_env.main, cold)]
+            agents = [_Agent("resumed", PPOProposer(cold), cold_env.main, cold)]
+        else:
+            agents = [_Agent("cold", PPOProposer(cold), cold_env.main, cold)]
         if self.warm_start is not None and done == 0:
             warm_env = self._mixture(env, evaluators, variants, 1)
             warm = PPOSearcher(seed=self.seed, settings=settings, warm_start=self.warm_start).start(env, 0)
             warm.set_env(warm_env)  # type: ignore[arg-type]
             agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env.main, warm))
+        if self.stats is not None:  # PPO's training statistics, stepped by the real episodes so far
+            for agent in agents:
+                agent.model.set_logger(Logger(folder=None, output_formats=[StatsWriter(self.stats, env)]))
         return agents
 
     def _mixture(self, env: CompressionEnv, evaluators: list[SurrogateEvaluator], variants: list[Variant],

@@ -32,6 +32,8 @@ TINY = {
     "train.epochs": 3,
     "search.episodes": 3,
     "search.round_to": 2,
+    "search.surrogate.pretrain_episodes": 40,  # ppo's agent after its seed episodes: enough to have learned
+    "search.surrogate.round_episodes": 10,
     "recovery.episode_steps": 5,
     "recovery.final_steps": 10,
     "recovery.finalists": 1,

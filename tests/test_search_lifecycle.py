@@ -147,7 +147,7 @@ def test_resumed_ppo_continues_instead_of_replaying(tmp_path, monkeypatch):
         return real_restore(path, model, env)
 
     monkeypatch.setattr(ppo_module, "restore_checkpoint", spy)
-    cfg = load_config(None, {**TINY, "search.episodes": 5, "search.searcher": "ppo", "tracking.enabled": False})
+    cfg = load_config(None, {**TINY, "search.episodes": 5, "search.searcher": "ppo-real", "tracking.enabled": False})
     out = tmp_path / "out"
     run_search(cfg, out, InterruptAfter(3))  # one PPO update (2 episodes a rollout), then Ctrl-C
     first = episodes(out)

@@ -25,6 +25,7 @@ from modeltailor.experiments.spec.summary import (
     ParetoPoint,
     PolicyData,
     PolicyUnit,
+    SearchAgentInfo,
     SearchSummary,
 )
 from modeltailor.experiments.tools.pick import load_search_summary
@@ -65,6 +66,10 @@ def sample_summary(quantized: bool = False, pareto: list[ParetoPoint] | None = N
         latency_cache=LatencyCacheStats(
             enabled=True, path="cache/latency-cache-v3.json", max_age_days=7.0, identity="0123456789ab",
             host="node-1", hits_earlier_runs=2, repeats_this_run=1, measured=5, expired=1,
+        ),
+        search_agent=SearchAgentInfo(
+            proposer="ppo", real_episodes=4, seed_episodes=4, surrogate_episodes=0, prior_samples=0, agent_from="cold",
+            experience="cache/experience/resnet20--digits.jsonl",
         ),
         interrupted=False,
         searcher="ppo", search_seconds=10.0, total_seconds=20.0,

@@ -42,6 +42,7 @@ from modeltailor.env.surrogate import (
     select_kind,
 )
 from modeltailor.experiments.search.experience import Experience
+from modeltailor.experiments.spec.summary import SearchAgentInfo
 from modeltailor.models import build_model
 from tests.conftest import synthetic_images
 from tests.test_latency_table import CostModelDevice
@@ -151,6 +152,7 @@ def test_surrogate_search_is_deterministic_for_a_seed_and_spends_the_budget(mode
     assert len(first.episodes) == 14 and len(env.history) == 14
     notes = first.notes
     assert notes["seed_episodes"] == FAST.seed_episodes and notes["real_episodes"] == 14
+    assert SearchAgentInfo(**notes).surrogate_episodes == notes["surrogate_episodes"]  # what summary.json holds
     assert notes["surrogate_episodes"] >= FAST.pretrain_episodes + 8 * FAST.round_episodes
     # every real episode after the seeds is a model not measured before
     encoder = PolicyEncoder(env.analysis, 1)

@@ -165,6 +165,9 @@ class SearchAgentInfo(Strict):
         default=None, description="the accuracy predictor: its kind and every candidate's cross-validated Kendall tau"
     )
     experience: str | None = Field(default=None, description="the experience file read and appended (null: off)")
+    deployment_variants: int = Field(
+        default=0, description="ppo: variants of the deployment (budgets, floors, class subsets) its agent also learned on"
+    )
 
 
 class LatencyCacheStats(Strict):
