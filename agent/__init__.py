@@ -46,7 +46,7 @@ def make_searcher(
             proposer="ppo" if name == "ppo" else "evolution", seed=seed,
             settings=SurrogateSettings(**(surrogate or {})), ppo=PPOSettings(**(ppo or {})),
             experience=experience, checkpoint=checkpoint, warm_start=warm_start, stats=stats,
-            **({"report": report} if report is not None else {}),
+            report=report if report is not None else SurrogateSearcher.report,
         )
     if name == "ppo-real":
         return PPOSearcher(

@@ -221,10 +221,10 @@ class SurrogateSearcher:
     report: Callable[[str], None] = log.info
     stats: Stats | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        return "ppo" if self.proposer == "ppo" else f"{self.proposer}-surrogate"
+    def __post_init__(self) -> None:
+        self.name = self.name or ("ppo" if self.proposer == "ppo" else f"{self.proposer}-surrogate")
 
     def search(self, env: CompressionEnv, episodes: int, *, done: int = 0) -> SearchResult:
         start = len(env.history)
@@ -296,7 +296,7 @@ class SurrogateSearcher:
             f"device): measuring {wanted} seed episodes (a space-filling design, out of the {episodes}-episode budget)"
         )
         for genome in seed_design(len(env.units), _dims(env), wanted, self.seed + len(own)):
-            run_episode(env, lambda _obs, step, g=genome: g[step])
+            run_episode(env, _player(genome))
         self.notes["seed_episodes"] = wanted
         return wanted
 
@@ -327,7 +327,7 @@ class SurrogateSearcher:
         if self.warm_start is not None and done == 0:
             warm_env = self._mixture(env, evaluators, variants, 1)
             warm = PPOSearcher(seed=self.seed, settings=settings, warm_start=self.warm_start).start(env, 0)
-            warm.set_env(warm_env)  # type: ignore[arg-type]
+            warm.set_env(warm_env)
             agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env.main, warm))
         if self.stats is not None:  # PPO's training statistics, stepped by the real episodes so far
             for agent in agents:
@@ -459,6 +459,11 @@ def seed_design(units: int, dims: int, count: int, seed: int) -> list[np.ndarray
             genome[:, 1:] = np.where(row[1 + units :].reshape(units, dims - 1) > 0.4, 0.5, -0.5)
         genomes.append(genome)
     return genomes
+
+
+def _player(genome: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Plays `genome`: its row for each step."""
+    return lambda _obs, step: genome[step]
 
 
 def _key(encoder: PolicyEncoder, policy: Policy, classes: tuple[int, ...] | None) -> bytes:
