@@ -109,8 +109,11 @@ class ExperienceView:
 
 
 class Proposer(Protocol):
+    played: int
+    """Surrogate episodes played so far (a PPO agent's variants included)."""
+
     def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
-        """Play (and learn from) `episodes` surrogate episodes; the policies played."""
+        """Play (and learn from) `episodes` surrogate episodes; the searched deployment's policies."""
         ...
 
 
@@ -146,23 +149,27 @@ class DeploymentMixture(gym.Env):
 @dataclass
 class PPOProposer:
     model: Any  # stable_baselines3.PPO bound to its own mixture of surrogate envs
+    played: int = 0
 
     def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
         mixture = self.model.get_env().envs[0].unwrapped
-        start = len(mixture.main.history)
+        start, before = len(mixture.main.history), len(mixture.history)
         if not learn_episodes(self.model, mixture, episodes, []):
             raise KeyboardInterrupt  # Ctrl-C while learning on the surrogate stops the search
+        self.played += len(mixture.history) - before
         return [r.policy for r in mixture.main.history[start:]]
 
 
 @dataclass
 class EvolutionProposer:
     evolution: EvolutionSearcher
+    played: int = 0
 
     def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
         start = len(env.history)
         if self.evolution.search(env, episodes, done=len(env.history)).interrupted:
             raise KeyboardInterrupt
+        self.played += len(env.history) - start
         return [r.policy for r in env.history[start:]]
 
 
@@ -342,8 +349,9 @@ class SurrogateSearcher:
         return DeploymentMixture(env.sibling(main), envs, self.seed + salt)
 
     def _train(self, agent: _Agent, episodes: int) -> list[Policy]:
+        before = agent.proposer.played
         policies = agent.proposer.learn(agent.env, episodes)
-        self.notes["surrogate_episodes"] += len(policies)
+        self.notes["surrogate_episodes"] += agent.proposer.played - before
         return policies
 
     def _propose(
