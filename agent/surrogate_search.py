@@ -28,7 +28,6 @@ reward goes on (the warm one on a tie). `notes` says what was decided.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -488,8 +487,3 @@ def _scores(surrogate: Surrogate) -> str:
     if not surrogate.scores:
         return ""
     return ", cross-validated Kendall tau " + ", ".join(f"{k} {v:.2f}" for k, v in surrogate.scores.items())
-
-
-def timed(step: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    return step(), time.perf_counter() - start

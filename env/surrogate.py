@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -364,9 +364,3 @@ def sample_of(
         memory_ratio=memory_bytes / max(baseline.memory_bytes, 1e-12),
         device=device,
     )
-
-
-def unit_channels(encoder: PolicyEncoder, policy: Policy) -> Mapping[str, float]:
-    """The built channel fraction per unit (0: removed block): what makes two policies one model."""
-    row = encoder.encode(policy, None)
-    return {u.name: float(row[3 * i]) for i, u in enumerate(encoder.analysis.units)}

@@ -289,3 +289,15 @@ def test_ppo_learns_across_variants_of_the_deployment(model):  # noqa: F811
             done = mixture.step(mixture.action_space.sample())[2]
     assert len(mixture.history) == 12 and 0 < len(mixture.main.history) < 12
     assert env.history == []  # the real env never played
+
+
+def test_an_unwritable_experience_folder_is_one_clear_error(tmp_path: Path):
+    from modeltailor.errors import ConfigError
+    from modeltailor.experiments.search.experience import check_writable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"search.experience: '.*a-file/sub/x.jsonl' cannot be written"):
+        check_writable(blocker / "sub" / "x.jsonl")
+    check_writable(tmp_path / "fine" / "x.jsonl")  # created when missing
+    assert (tmp_path / "fine").is_dir()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 import uuid
@@ -42,7 +43,7 @@ from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.records import EpisodeRecord
 from modeltailor.env.reward import Resources
 from modeltailor.env.surrogate import Sample, sample_of
-from modeltailor.errors import ModelTailorError
+from modeltailor.errors import ConfigError, ModelTailorError
 from modeltailor.experiments.search.objective import int8_model
 from modeltailor.experiments.search.workbench import Workbench
 from modeltailor.experiments.spec.deployment import DeploymentConfig
@@ -157,6 +158,22 @@ def _sample(entry: dict[str, Any]) -> Sample:
                      baseline, entry.get("classes"), str(entry["device"]))
 
 
+def check_writable(path: Path) -> None:
+    """ConfigError naming `search.experience` when its folder cannot be created or written (before
+    any episode, not at the first one's end)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+        reason = "not writable"
+    except OSError as exc:
+        ok, reason = False, exc.strerror or exc.__class__.__name__
+    if not ok or path.is_dir():
+        raise ConfigError(
+            f"search.experience: '{path}' cannot be written ({reason if not ok else 'a folder'}): "
+            "give a folder you can write, auto, or off"
+        )
+
+
 def device_key(bench: Workbench) -> str:
     """The device as the surrogate tells devices apart: profile, measurement identity, int8 scope."""
     identity = bench.latency_cache.identity if bench.latency_cache is not None else measurement_identity(bench.device)
@@ -168,6 +185,8 @@ def open_experience(bench: Workbench, baseline: Resources, run: str | None = Non
     """The deployment's experience (reading and appending `experience_path`)."""
     config = bench.config
     path = experience_path(config)
+    if path is not None:
+        check_writable(path)
     objective = config.objective.model_dump(mode="json")
     return Experience(
         log=JsonlLog(path) if path is not None else None,

@@ -35,7 +35,12 @@ from modeltailor.experiments.search.episodes import (
     load_episodes,
     repair_episodes,
 )
-from modeltailor.experiments.search.experience import Experience, open_experience
+from modeltailor.experiments.search.experience import (
+    Experience,
+    check_writable,
+    experience_path,
+    open_experience,
+)
 from modeltailor.experiments.search.finalize import FinalResult, finalize
 from modeltailor.experiments.search.objective import build_env, make_reward
 from modeltailor.experiments.search.outputs import RunInfo, run_description, write_outputs
@@ -113,6 +118,8 @@ def run_search(
     try:
         tracker = tracker if tracker is not None else open_tracker(config)  # unreachable: before training
         check_warm_start(config, tracker)  # a missing checkpoint: before training
+        if (experience_file := experience_path(config)) is not None:
+            check_writable(experience_file)  # an unwritable search.experience: before training
         bench = build_workbench(config, reporter.message, device=device)
         run_id = _start_tracking(tracker, config, bench, out_dir, previous if resume else None, parent_run_id)
     except KeyboardInterrupt:
