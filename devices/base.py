@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from modeltailor.devices.measurement import LatencyStats, Measurement
@@ -72,7 +73,8 @@ class DeviceDefaults(ABC):
     """Default behaviour for devices that time nothing themselves (remote, table).
 
     Subclasses provide ``measure`` and ``describe``; the defaults here measure one model after
-    another, take the latency from ``measure`` and ignore timing settings.
+    another (each ``Measurement.timed`` says ``sequential``), take the latency from ``measure``
+    and ignore timing settings, ``repeats`` included.
     """
 
     name: str
@@ -89,7 +91,7 @@ class DeviceDefaults(ABC):
         return self.measure(onnx_bytes).latency
 
     def measure_alternately(self, models: Mapping[K, bytes], repeats: int = 1) -> dict[K, Measurement]:
-        return {key: self.measure(data) for key, data in models.items()}
+        return {key: replace(self.measure(data), timed="sequential") for key, data in models.items()}
 
     def with_timing(
         self, *, runs: int | None = None, warmup: int | None = None, rounds: int | None = None

@@ -106,6 +106,10 @@ def architecture_signature(onnx_bytes: bytes) -> str:
 MAX_AGE_ENV = "MODELTAILOR_CACHE_MAX_AGE_DAYS"
 """Environment variable: the age (days) past which a cached latency is measured again."""
 DEFAULT_MAX_AGE_DAYS = 7.0
+PRUNE_AFTER_DAYS = 30.0
+"""Entries older than this (or than the cache's maximum age, if longer) are dropped when the file
+is rewritten: no process with the default maximum age would serve them, and a shared cache would
+otherwise grow with every architecture ever timed."""
 """A week: long enough for a campaign's searches to share timings, short enough that a host's
 changed load, firmware or power settings are measured again soon."""
 VOLATILE_KEYS = frozenset({"busy", "measured", "status", "timeout_s", "max_model_bytes", "cache"})
@@ -209,8 +213,9 @@ class CachedDevice:
     With ``path``, the cache is a JSON file ``{key: CacheEntry.to_dict()}`` read at construction
     and, on every new entry, re-read, merged (the newer of two entries wins) and rewritten under
     an inter-process lock (unique temp file + rename), so processes that fill one cache at once
-    never lose each other's entries. Without it, the cache lives in memory: repeats within this
-    run are still reused.
+    never lose each other's entries; entries older than ``PRUNE_AFTER_DAYS`` (or ``max_age_days``
+    if longer) or without a readable timestamp are dropped then (``pruned`` counts them). Without
+    it, the cache lives in memory: repeats within this run are still reused.
 
     Counters, each named for what it counts: ``hits_earlier_runs`` (served an entry this object
     did not measure: an earlier run's, or another process's on this host), ``repeats_this_run``
@@ -227,6 +232,7 @@ class CachedDevice:
         self.repeats_this_run = 0
         self.measured = 0
         self.expired = 0
+        self.pruned = 0
         self._mine: set[str] = set()
         self._cache: dict[str, CacheEntry] = self._read() if self.path else {}
 
@@ -312,6 +318,17 @@ class CachedDevice:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def _pruned(self, entries: dict[str, CacheEntry]) -> dict[str, CacheEntry]:
+        """``entries`` without those too old for any process to serve (any host's: age is age)."""
+        now, limit = utc_now(), max(PRUNE_AFTER_DAYS, self.max_age_days)
+        kept = {}
+        for key, entry in entries.items():
+            age = entry.age_days(now)
+            if age is not None and age <= limit:
+                kept[key] = entry
+        self.pruned += len(entries) - len(kept)
+        return kept
+
     def _read(self) -> dict[str, CacheEntry]:
         assert self.path is not None
         if not self.path.exists():
@@ -335,6 +352,6 @@ class CachedDevice:
                 theirs = merged.get(k)
                 if theirs is None or (k == key or mine.measured_at >= theirs.measured_at):
                     merged[k] = mine
-            self._cache = merged
-            payload = {k: v.to_dict() for k, v in sorted(merged.items())}
+            self._cache = self._pruned(merged)
+            payload = {k: v.to_dict() for k, v in sorted(self._cache.items())}
             atomic_write(self.path, json.dumps(payload, indent=1))

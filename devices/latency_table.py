@@ -61,7 +61,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from modeltailor.common.storage import atomic_write
-from modeltailor.devices.base import Device, DeviceDefaults
+from modeltailor.devices.base import Device, DeviceDefaults, K
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import constant_names, load_model, onnx_memory
 from modeltailor.errors import DeviceError, first_line
@@ -628,7 +628,11 @@ class TableDevice(DeviceDefaults):
         latency = LatencyStats(
             median_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, min_ms=ms, iqr_ms=0.0, runs=0
         )
-        return Measurement(latency=latency, memory=memory, device=self.name)
+        return Measurement(latency=latency, memory=memory, device=self.name, timed="predicted")
+
+    def measure_alternately(self, models: Mapping[K, bytes], repeats: int = 1) -> dict[K, Measurement]:
+        """Predictions: nothing is timed, so there is nothing to alternate (``timed`` says so)."""
+        return {key: self.measure(data) for key, data in models.items()}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -158,7 +158,10 @@ class LocalOrtDevice:
     def measure_alternately(self, models: Mapping[K, bytes], repeats: int = 1) -> dict[K, Measurement]:
         """Every model timed in alternating rounds (``repeats`` times the usual runs each)."""
         stats = time_alternately({key: (self, data) for key, data in models.items()}, repeats)
-        return {key: Measurement(stats[key], onnx_memory(data), self.name) for key, data in models.items()}
+        return {
+            key: Measurement(stats[key], onnx_memory(data), self.name, timed="alternating")
+            for key, data in models.items()
+        }
 
 
 def time_alternately(runs: Mapping[K, tuple[LocalOrtDevice, bytes]], repeats: int = 1) -> dict[K, LatencyStats]:

@@ -62,13 +62,21 @@ class LatencyStats:
         )
 
 
+TIMED = ("alone", "alternating", "sequential", "predicted")
+"""How a measurement was timed relative to the others it is compared with: ``alone`` (a single
+model), ``alternating`` (in rounds interleaved with them, so load hits them alike),
+``sequential`` (one after the other: load in between skews their ratio), ``predicted`` (not timed:
+a latency table's prediction)."""
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """Latency and memory of one model on one device."""
+    """Latency and memory of one model on one device; ``timed``: one of :data:`TIMED`."""
 
     latency: LatencyStats
     memory: MemoryStats
     device: str
+    timed: str = "alone"
 
     def to_dict(self) -> dict[str, float]:
         """Flat numeric keys, ready for logging as metrics."""

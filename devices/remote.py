@@ -1,7 +1,10 @@
 """RemoteDevice: measures ONNX models on a ``modeltailor device-server`` over HTTP.
 
 ``measure`` POSTs the model bytes to ``<url>/measure?runs=&warmup=`` with the bearer token and
-rebuilds the :class:`Measurement` the server returns; every failure is a one-line DeviceError
+rebuilds the :class:`Measurement` the server returns; ``measure_alternately`` POSTs several models
+to ``<url>/measure-alternately``, which times them in interleaved rounds (a server from before
+that endpoint answers 404: the models are then measured one after the other, with ``repeats``
+times the runs, and their ``timed`` says ``sequential``). Every failure is a one-line DeviceError
 naming the device and saying what to do.
 """
 
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import requests
 
-from modeltailor.devices.base import DeviceDefaults, token_from_environment
+from modeltailor.devices.base import DeviceDefaults, K, token_from_environment
 from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import MemoryStats
 from modeltailor.errors import DeviceError
@@ -69,12 +74,13 @@ def _error_text(response: requests.Response) -> str:
     return first[:300]
 
 
-def measurement_from_payload(payload: dict[str, Any], device: str) -> Measurement:
+def measurement_from_payload(payload: dict[str, Any], device: str, timed: str = "alone") -> Measurement:
     """Rebuild a Measurement from the server's JSON answer (``latency`` and ``memory`` dicts)."""
     return Measurement(
         latency=LatencyStats.from_dict(payload["latency"]),
         memory=MemoryStats(**{k: int(v) for k, v in payload["memory"].items()}),
         device=device,
+        timed=timed,
     )
 
 
@@ -128,8 +134,9 @@ class RemoteDevice(DeviceDefaults):
     def _where(self) -> str:
         return f"device server '{self.name}' at {self.url}"
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        timeout = (min(CONNECT_TIMEOUT_S, self.timeout_s), self.timeout_s)
+    def _request(self, method: str, path: str, scale: int = 1, **kwargs: Any) -> requests.Response:
+        """``scale``: how many single measurements the request stands for (its read timeout)."""
+        timeout = (min(CONNECT_TIMEOUT_S, self.timeout_s), self.timeout_s * scale)
         try:
             return self.session.request(method, self.url + path, timeout=timeout, **kwargs)
         except requests.exceptions.ReadTimeout:
@@ -185,24 +192,49 @@ class RemoteDevice(DeviceDefaults):
             "server": self.health(),
         }
 
-    def measure(self, onnx_bytes: bytes) -> Measurement:
-        response = self._request(
-            "POST",
-            "/measure",
-            params={"runs": self.runs, "warmup": self.warmup},
-            data=onnx_bytes,
-            headers={
-                "Content-Type": "application/octet-stream",
-                **({"Authorization": f"Bearer {self.token}"} if self.token else {}),
-            },
-        )
-        body = self._check(response)
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": "application/octet-stream",
+            **({"Authorization": f"Bearer {self.token}"} if self.token else {}),
+        }
+
+    def _rebuild(self, payload: Any, timed: str = "alone") -> Measurement:
         try:
-            measurement = measurement_from_payload(body, self.name)
+            return measurement_from_payload(payload, self.name, timed)
         except (KeyError, TypeError, ValueError) as exc:
             raise DeviceError(
                 f"{self._where()} answered an unexpected measurement ({exc!r}): "
                 "update modeltailor on the device"
             ) from None
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        response = self._request(
+            "POST", "/measure", params={"runs": self.runs, "warmup": self.warmup}, data=onnx_bytes,
+            headers=self._headers(),
+        )
+        measurement = self._rebuild(self._check(response))
         log.debug("%s: %.4f ms median over %d runs", self.name, measurement.latency.median_ms, measurement.latency.runs)
         return measurement
+
+    def measure_alternately(self, models: Mapping[K, bytes], repeats: int = 1) -> dict[K, Measurement]:
+        """Every model timed on the server in interleaved rounds, ``repeats`` times the runs each."""
+        keys, blobs = list(models), list(models.values())
+        if not blobs:
+            return {}
+        response = self._request(
+            "POST", "/measure-alternately", scale=len(blobs) * max(1, repeats),
+            params={"runs": self.runs, "warmup": self.warmup, "repeats": repeats,
+                    "sizes": ",".join(str(len(b)) for b in blobs)},
+            data=b"".join(blobs), headers=self._headers(),
+        )
+        if response.status_code in (404, 405):
+            log.warning("%s has no /measure-alternately (an older server): measuring the %d models one "
+                        "after the other; update modeltailor on the device to compare them alternately",
+                        self._where(), len(blobs))
+            longer = self.with_timing(runs=self.runs * max(1, repeats))
+            return {key: replace(longer.measure(blob), timed="sequential") for key, blob in models.items()}
+        answer = self._check(response).get("measurements")
+        if not isinstance(answer, list) or len(answer) != len(blobs):
+            raise DeviceError(f"{self._where()} answered {len(answer) if isinstance(answer, list) else 'no'} "
+                              f"measurements for {len(blobs)} models: update modeltailor on the device")
+        return {key: self._rebuild(payload, "alternating") for key, payload in zip(keys, answer, strict=True)}

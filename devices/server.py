@@ -2,7 +2,10 @@
 
 ``GET /health`` (no auth) describes the server; ``POST /measure`` (``Authorization: Bearer``,
 raw ONNX bytes, query ``runs`` and ``warmup``) times the model with :class:`LocalOrtDevice` and
-answers ``Measurement.to_dict()`` plus ``latency`` and ``memory`` dicts. Measurements run one at a
+answers ``Measurement.to_dict()`` plus ``latency`` and ``memory`` dicts. ``POST
+/measure-alternately`` (the same, plus query ``sizes``, the byte length of each model in the
+concatenated body, and ``repeats``) times several models in interleaved rounds, as a final
+comparison needs, and answers ``{"measurements": [...]}`` in the order of ``sizes``. Measurements run one at a
 time in a worker process that is killed and replaced when it exceeds ``timeout_s``. Every error
 is a JSON ``{"error": "..."}``: a 4xx for a bad request or a model that cannot be measured, a 500
 naming a request id (its traceback in the server's log) for a bug (common/http_errors.py).
@@ -57,6 +60,32 @@ def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) ->
     }
 
 
+def _alternate_payload(
+    threads: int, models: list[bytes], runs: int, warmup: int, repeats: int
+) -> dict[str, Any]:
+    device = LocalOrtDevice(name="server", intra_op_threads=threads, runs=runs, warmup=warmup)
+    start = time.perf_counter()
+    measured = device.measure_alternately(dict(enumerate(models)), repeats=repeats)
+    seconds = time.perf_counter() - start
+    return {
+        "measurements": [
+            {**m.to_dict(), "latency": m.latency.to_dict(), "memory": m.memory.to_dict()}
+            for _, m in sorted(measured.items())
+        ],
+        "timed": "alternating",
+        "repeats": repeats,
+        "measure_seconds": seconds,
+    }
+
+
+def _split(body: bytes, sizes: list[int]) -> list[bytes]:
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(body[at : at + size])
+        at += size
+    return parts
+
+
 def _write_frame(stream: IO[bytes], header: dict[str, Any], body: bytes = b"") -> None:
     """One frame: 4-byte header length, JSON header, 8-byte body length, body."""
     head = json.dumps(header).encode()
@@ -97,7 +126,11 @@ def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
 
 def _worker_answer(threads: int, header: dict[str, Any], body: bytes) -> dict[str, Any]:
     try:
-        return {"ok": _measure_payload(threads, body, int(header["runs"]), int(header["warmup"]))}
+        runs, warmup = int(header["runs"]), int(header["warmup"])
+        if "sizes" in header:
+            models = _split(body, [int(n) for n in header["sizes"]])
+            return {"ok": _alternate_payload(threads, models, runs, warmup, int(header["repeats"]))}
+        return {"ok": _measure_payload(threads, body, runs, warmup)}
     except ModelTailorError as exc:
         return {"error": first_line(exc)}
     except Exception as exc:  # anything ORT or numpy throws: still one line
@@ -175,12 +208,16 @@ class MeasureWorker:
         with self._lock:
             self._kill()
 
-    def measure(self, onnx_bytes: bytes, runs: int, warmup: int, timeout_s: float) -> dict[str, Any]:
-        """The measurement payload; HttpError 504 on timeout, 422 on a model ORT rejects."""
+    def measure(
+        self, onnx_bytes: bytes, runs: int, warmup: int, timeout_s: float, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The measurement payload; HttpError 504 on timeout, 422 on a model ORT rejects.
+        ``extra`` (``sizes`` and ``repeats``): several models in ``onnx_bytes``, timed alternately."""
         with self._lock:
             process = self._ensure_ready()
             try:
-                _write_frame(_pipe(process.stdin), {"runs": runs, "warmup": warmup}, onnx_bytes)
+                header = {"runs": runs, "warmup": warmup, **(extra or {})}
+                _write_frame(_pipe(process.stdin), header, onnx_bytes)
                 answer, _ = _read_frame(_pipe(process.stdout), time.monotonic() + timeout_s)
             except TimeoutError:
                 self._kill()
@@ -323,7 +360,42 @@ def create_app(
         )
         return JSONResponse(payload)
 
+    @app.post("/measure-alternately")
+    async def measure_alternately(request: Request) -> JSONResponse:
+        _check_token(request, token)
+        n_runs = _int_param(request, "runs", runs, 1, max_runs)
+        n_warmup = _int_param(request, "warmup", warmup, 0, max_warmup)
+        repeats = _int_param(request, "repeats", 1, 1, 100)
+        sizes = _sizes_param(request, max_model_bytes)
+        body = await _read_body(request, max_model_bytes * len(sizes))
+        if sum(sizes) != len(body):
+            raise HttpError(422, f"query parameter sizes adds up to {sum(sizes):,} bytes but the body has "
+                                 f"{len(body):,}: send the models' bytes one after another, in the order of sizes")
+        # the timeout covers one model's measurement: this request times len(sizes) x repeats of them
+        budget = timeout_s * len(sizes) * repeats
+        extra = {"sizes": sizes, "repeats": repeats}
+        payload = await run_in_threadpool(worker.measure, body, n_runs, n_warmup, budget, extra)
+        app.state.measured += len(sizes)
+        log.info("measured %d models alternately, %d repeats", len(sizes), repeats)
+        return JSONResponse(payload)
+
     return app
+
+
+def _sizes_param(request: Request, max_model_bytes: int) -> list[int]:
+    """``sizes``: the byte length of each model in the body, comma-separated (2 to 16 models)."""
+    raw = request.query_params.get("sizes")
+    if not raw:
+        raise HttpError(422, "missing query parameter sizes: the byte length of each model, comma-separated")
+    try:
+        sizes = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise HttpError(422, f"query parameter sizes={raw!r} is not a comma-separated list of byte counts") from None
+    if not 1 <= len(sizes) <= 16 or min(sizes) < 1:
+        raise HttpError(422, f"query parameter sizes={raw!r}: 1 to 16 models of at least one byte each")
+    if max(sizes) > max_model_bytes:
+        raise HttpError(413, _too_big(max(sizes), max_model_bytes))
+    return sizes
 
 
 def _ready_line(host: str, port: int, threads: int) -> str:

@@ -129,6 +129,39 @@ def board(url: str, token: str | None = TOKEN, **kwargs) -> RemoteDevice:
 
 
 @pytest.mark.slow
+def test_remote_devices_compare_models_alternately(agent_url, small_onnx):
+    """Two models timed on the server in interleaved rounds, each with repeats x runs, in order."""
+    other = slow_onnx(channels=4, size=16)
+    both = board(agent_url, runs=20).measure_alternately({"small": small_onnx, "other": other}, repeats=2)
+    assert list(both) == ["small", "other"]
+    for key, data in (("small", small_onnx), ("other", other)):
+        assert both[key].timed == "alternating" and both[key].device == "board"
+        assert both[key].latency.runs == 40 and both[key].latency.median_ms > 0
+        assert both[key].memory == onnx_memory(data)  # each answer belongs to its own model
+
+
+class OldServerBoard(RemoteDevice):
+    """A device server from before /measure-alternately: that path answers 404."""
+
+    def _request(self, method, path, scale=1, **kwargs):
+        if path == "/measure-alternately":
+            response = requests.Response()
+            response.status_code = 404
+            return response
+        return super()._request(method, path, scale, **kwargs)
+
+
+@pytest.mark.slow
+def test_an_older_server_is_measured_one_after_the_other_and_says_so(agent_url, small_onnx, caplog):
+    device = OldServerBoard("board", agent_url, TOKEN, runs=20, warmup=2)
+    with caplog.at_level("WARNING", logger="modeltailor.devices.remote"):
+        both = device.measure_alternately({0: small_onnx, 1: small_onnx}, repeats=3)
+    assert {m.timed for m in both.values()} == {"sequential"}
+    assert {m.latency.runs for m in both.values()} == {60}  # the repeats still buy more runs
+    assert "one after the other" in caplog.text
+
+
+@pytest.mark.slow
 def test_remote_measurement_is_sane(agent_url, small_onnx):
     result = board(agent_url, runs=60).measure(small_onnx)
     stats = result.latency
@@ -300,6 +333,23 @@ def test_422_on_bad_requests(client, query, expected):
     response = client.post(f"/measure{query}", content=b"" if not query else b"x", headers=AUTH)
     assert response.status_code == 422
     assert expected in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "status", "expected"),
+    [
+        ("", b"xx", 422, "missing query parameter sizes"),
+        ("?sizes=1,a", b"xx", 422, "not a comma-separated list"),
+        ("?sizes=0,2", b"xx", 422, "1 to 16 models"),
+        ("?sizes=1,2", b"xx", 422, "adds up to 3 bytes but the body has 2"),
+        ("?sizes=1001,1", b"x", 413, "over the server's limit"),
+        ("?sizes=1,1&repeats=0", b"xx", 422, "repeats=0 is out of range"),
+    ],
+)
+def test_measure_alternately_rejects_bad_requests(client, query, body, status, expected):
+    response = client.post(f"/measure-alternately{query}", content=body, headers=AUTH)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and expected in response.json()["error"]
 
 
 def test_unknown_route_is_json(client):

@@ -412,3 +412,8 @@ def test_time_alternately_times_every_model_in_each_round():
     stats = time_alternately({"small": (device, small), "big": (device, big)}, repeats=2)
     assert {k: s.runs for k, s in stats.items()} == {"small": 24, "big": 24}
     assert stats["small"].median_ms < stats["big"].median_ms
+    measured = device.measure_alternately({"small": small, "big": big})
+    assert {k: (m.timed, m.latency.runs) for k, m in measured.items()} == {
+        "small": ("alternating", 12), "big": ("alternating", 12)
+    }
+    assert device.measure(small).timed == "alone"

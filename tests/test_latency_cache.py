@@ -222,6 +222,23 @@ def test_an_expired_entry_is_measured_again_and_replaced(tmp_path, monkeypatch):
     assert (young.hits_earlier_runs, young.measured) == (1, 0)
 
 
+def test_entries_too_old_to_serve_are_pruned_when_the_file_is_rewritten(tmp_path, monkeypatch):
+    monkeypatch.delenv(MAX_AGE_ENV, raising=False)
+    path = tmp_path / "latency.json"
+    CachedDevice(CountingDevice(), path).measure(relu_model(2))
+    age_entries(path, cache_module.PRUNE_AFTER_DAYS + 1)  # past any default process's maximum age
+    stale = json.loads(path.read_text())
+    young = CachedDevice(CountingDevice(), path)  # another host's young entry stays: it is servable there
+    young.identity["host"] = "elsewhere"
+    young.measure(relu_model(3))
+    assert young.pruned == 1
+    entries = json.loads(path.read_text())
+    assert not stale.keys() & entries.keys() and len(entries) == 1
+    assert next(iter(entries.values()))["host"] == "elsewhere"
+    CachedDevice(CountingDevice(), path).measure(relu_model(4))  # this host's write keeps the other host's entry
+    assert len(json.loads(path.read_text())) == 2
+
+
 def test_the_maximum_age_is_set_by_the_environment(tmp_path, monkeypatch):
     path = tmp_path / "latency.json"
     CachedDevice(CountingDevice(), path).measure(relu_model())

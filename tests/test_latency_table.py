@@ -132,6 +132,9 @@ def test_table_device_predicts(table_file: Path, tiny_onnx: bytes) -> None:
     table = LatencyTable.load(table_file)
     exact = table.scale > 0 and table.intercept != 0.0
     assert result.latency.median_ms == pytest.approx(fitted, rel=1e-6 if exact else 1.0), (result.latency.median_ms, fitted)
+    assert result.timed == "predicted"
+    both = device.measure_alternately({"a": tiny_onnx, "b": tiny_onnx}, repeats=3)
+    assert {m.timed for m in both.values()} == {"predicted"}  # nothing timed, and the result says so
     info = device.describe()
     assert info["kind"] == "table" and info["path"] == str(table_file)
     assert info["measured_on"]["name"] == "cpu-1t"

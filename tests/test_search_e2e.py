@@ -60,6 +60,7 @@ def test_search_writes_the_contract_and_tracks_it(tmp_path, tiny_config):
     assert SUMMARY_KEYS <= summary.keys()
     assert ENTRY_KEYS <= summary["baseline"].keys() and ENTRY_KEYS <= summary["best"].keys()
     assert summary["episodes"] == 3 and summary["classes"] == list(range(10))
+    assert summary["final_timing"] == "alternating"  # local ORT: baseline and best timed in interleaved rounds
     assert summary["speedup"] == pytest.approx(summary["baseline"]["latency_ms"] / summary["best"]["latency_ms"])
     assert summary["accuracy_drop"] == pytest.approx(
         100 * (summary["baseline"]["accuracy"] - summary["best"]["accuracy"])

@@ -104,6 +104,9 @@ def finalize(
     baseline_onnx = export_onnx(bench.teacher, bench.input_shape[1:])
     parity, test_accuracy = check_onnx(bench, chosen)
     base_m, best_m = measure_pair(final_device, baseline_onnx, chosen.onnx_bytes)
+    if best_m.timed != "alternating":
+        report(f"the baseline and the chosen model were not timed alternately on '{final_device.name}' "
+               f"({best_m.timed}): summary.json's final_timing says so")
     final_resources = Resources(test_accuracy, best_m.latency.median_ms, best_m.memory.total_bytes)
     paired = Resources(bench.baseline.accuracy, base_m.latency.median_ms, base_m.memory.total_bytes)
     verdict = judge(paired) if judge is not None else reward

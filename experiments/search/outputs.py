@@ -86,6 +86,7 @@ def build_summary(
         episodes=len(result.episodes),
         episodes_cached=sum(r.cached for r in result.episodes),
         latency_cache=LatencyCacheStats(**bench.latency_cache.stats()) if bench.latency_cache is not None else None,
+        final_timing=final.best.timed,
         search_agent=SearchAgentInfo(**result.notes) if result.notes else None,
         interrupted=result.interrupted,
         searcher=result.searcher,

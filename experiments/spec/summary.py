@@ -198,7 +198,7 @@ class SearchSummary(Strict):
     """summary.json: what one search of one deployment found, measured on the deployment's device.
 
     Accuracies are fractions, latencies milliseconds, memory bytes. `baseline` and `best` are
-    timed together, alternating, at the end of the search.
+    timed together at the end of the search, alternating where the device can (`final_timing`).
     """
 
     schema_version: int = Field(default=SUMMARY_SCHEMA_VERSION, description="version of this summary format")
@@ -222,6 +222,13 @@ class SearchSummary(Strict):
         default=None,
         description="latencies served from the persistent cache, repeated within the search, or measured; null "
         "when the search was handed a device of its own (and in summaries written before it existed)",
+    )
+    final_timing: str | None = Field(
+        default=None,
+        description="how `baseline` and `best` were timed against each other: alternating (interleaved rounds "
+        "on the device, so load hit both alike), sequential (one after the other: a device server too old to "
+        "alternate; load in between skews the speedup), predicted (a latency table: nothing timed); null in "
+        "summaries written before it existed",
     )
     search_agent: SearchAgentInfo | None = Field(
         default=None, description="surrogate-assisted searchers: real and surrogate episodes, where the agent came from"
