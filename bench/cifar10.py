@@ -15,7 +15,14 @@ Against one teacher (the zoo model trained once on CIFAR-10 and cached) and one 
       baseline (the teacher with its head narrowed to the subset).
 At the end every model's ONNX export is timed in alternating rounds on the device (no cache), so
 all latencies share the machine's load; accuracies are on the whole official test split (the
-subset's test images for (e)). Searches resume from their --out folders when rerun.
+subset's test images for (e)).
+
+Rerun into the same --out, a Torch-Pruning row or a search is reused only when the settings.json
+beside it equals this run's exactly (for a search: its resolved config, the teacher's weights,
+the device's identity; for a Torch-Pruning row: the teacher, data, recovery, round_to, mode and
+ratio), and is marked * in the tables (its latency and memory are timed again with the rest). A
+folder made with other settings, or none recorded, is moved aside (to <folder>.stale) and that row
+or search runs again; an unfinished search with the same settings resumes.
 
 Usage: python bench/cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz [--model resnet20]
 [--episodes 96] [--main-episodes 96] [--ratios 0.2 0.3 0.4 0.5 0.6] [--budgets 0.5 0.3] [--subset automobile ship truck]
@@ -37,12 +44,20 @@ from typing import Any
 import torch
 import torch_pruning as tp
 import yaml
+from _settings import (  # bench/, beside this file
+    MARK,
+    config_settings,
+    deployment_settings,
+    legend,
+    prepare_folder,
+)
 
 from modeltailor.compressors.distill import distill, recalibrate_batchnorm
 from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.pruning import count_params
 from modeltailor.compressors.quantization import onnx_accuracy, quantize_onnx
 from modeltailor.compressors.units import analyze_model, output_modules
+from modeltailor.experiments.search.experience import teacher_fingerprint
 from modeltailor.experiments.search.run import run_search
 from modeltailor.experiments.search.workbench import Workbench, build_workbench, recovery_config
 from modeltailor.experiments.spec.deployment import DeploymentConfig, load_config
@@ -67,6 +82,11 @@ class Row:
     memory_bytes: int = 0
     baseline_latency_ms: float = 0.0
     note: str = ""
+    reused: bool = False  # from an earlier run's folder, its settings matching this run's exactly
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {MARK}" if self.reused else self.name
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,16 +128,30 @@ def deployment(args: argparse.Namespace, **overrides: Any) -> DeploymentConfig:
     return load_config(args.config, values)
 
 
-def cached_row(folder: Path, make: Callable[[], Row]) -> Row:
-    """`make()`'s row, kept in `folder` (row.json + model.onnx) and reused when the bench is rerun."""
+def cached_row(folder: Path, settings: dict[str, Any], make: Callable[[], Row]) -> Row:
+    """`make()`'s row, kept in `folder` (row.json, model.onnx, settings.json) and reused when the
+    bench is rerun with exactly `settings` (`prepare_folder`)."""
     meta, onnx_file = folder / "row.json", folder / "model.onnx"
-    if meta.is_file() and onnx_file.is_file():
-        return Row(**json.loads(meta.read_text()), onnx=onnx_file.read_bytes())
+    verdict = prepare_folder(folder, settings, (meta.name, onnx_file.name))
+    if verdict:
+        return Row(**json.loads(meta.read_text()), onnx=onnx_file.read_bytes(), reused=True)
+    print(f"{folder}: {verdict.reason}: making it", flush=True)
     row = make()
-    folder.mkdir(parents=True, exist_ok=True)
     onnx_file.write_bytes(row.onnx)
-    meta.write_text(json.dumps({k: v for k, v in asdict(row).items() if k != "onnx"}))
+    meta.write_text(json.dumps({k: v for k, v in asdict(row).items() if k not in ("onnx", "reused")}))
     return row
+
+
+def pruning_settings(bench: Workbench, mode: str, ratio: float) -> dict[str, Any]:
+    """What a Torch-Pruning row depends on: the teacher, data, recovery and round_to, mode and ratio
+    (not the search, objective or device: its latency is timed again at the end)."""
+    config = config_settings(bench.config)
+    kept = {key: config[key] for key in ("model", "data", "classes", "train", "recovery", "compute")}
+    return {
+        "config": {**kept, "round_to": config["search"]["round_to"]},
+        "teacher": teacher_fingerprint(bench.teacher),
+        "row": {"mode": mode, "ratio": ratio},
+    }
 
 
 def torch_pruning_row(bench: Workbench, mode: str, ratio: float) -> Row:
@@ -166,22 +200,25 @@ def quantized_row(bench: Workbench, row: Row) -> Row:
     return Row(
         f"{row.name} + ORT int8", f"{row.group}+int8", onnx_accuracy(onnx_bytes, test_x, test_y),
         row.baseline_accuracy, row.macs, row.params, row.seconds + time.perf_counter() - started, onnx_bytes,
-        note="int8 MACs",
+        note="int8 MACs", reused=row.reused,
     )
 
 
-def search_row(name: str, group: str, config: DeploymentConfig, out: Path) -> Row:
-    """A modeltailor search: reused when its folder holds a finished one, resumed when interrupted."""
-    done = out / "summary.json"
-    if done.is_file() and (out / "model.onnx").is_file():
-        s = SearchSummary.model_validate_json(done.read_text())
+def search_row(name: str, group: str, config: DeploymentConfig, out: Path, settings: dict[str, Any]) -> Row:
+    """A modeltailor search: reused when its folder holds a finished one made with exactly
+    `settings`, resumed when one with them was interrupted, else run afresh (`prepare_folder`)."""
+    verdict = prepare_folder(out, settings, ("summary.json", "model.onnx"))
+    if verdict:
+        s = SearchSummary.model_validate_json((out / "summary.json").read_text())
     else:
+        print(f"{out}: {verdict.reason}: searching", flush=True)
         s = run_search(config, out, resume=(out / "episodes.jsonl").is_file()).summary
     onnx_bytes = (out / "model.onnx").read_bytes()
     return Row(
         name, group, s.best.accuracy, s.baseline.accuracy, int(s.best.macs), int(s.best.params),
         s.total_seconds, onnx_bytes,
         note=f"{s.episodes} episodes, {s.search_seconds / max(1, s.episodes):.1f} s each; {','.join(s.methods)}",
+        reused=bool(verdict),
     )
 
 
@@ -203,7 +240,7 @@ def time_all(bench: Workbench, rows: list[Row], repeats: int) -> None:
         row.memory_bytes = m.memory.total_bytes
 
 
-def print_table(rows: list[Row]) -> list[str]:
+def print_table(rows: list[Row], out: Path) -> list[str]:
     header = (
         f"| {'model':<34} | test acc | drop (pt) | latency ms | p90 ms | speedup | memory MB | MMACs "
         f"| params k | time s | note |"
@@ -211,11 +248,13 @@ def print_table(rows: list[Row]) -> list[str]:
     lines = [header, "|" + "|".join("---" for _ in range(11)) + "|"]
     for row in rows:
         lines.append(
-            f"| {row.name:<34} | {row.accuracy:.4f} | {100 * (row.baseline_accuracy - row.accuracy):+.2f} "
+            f"| {row.label:<34} | {row.accuracy:.4f} | {100 * (row.baseline_accuracy - row.accuracy):+.2f} "
             f"| {row.latency_ms:.3f} | {row.latency_p90_ms:.3f} | {row.baseline_latency_ms / row.latency_ms:.2f}x "
             f"| {row.memory_bytes / 1e6:.3f} | {row.macs / 1e6:.1f} | {row.params / 1e3:.0f} | {row.seconds:.0f} "
             f"| {row.note} |"
         )
+    if any(row.reused for row in rows):
+        lines += ["", legend(f"its folder under {out} (row.json or summary.json)") + "; timed again here"]
     print("\n".join(lines), flush=True)
     return lines
 
@@ -228,11 +267,11 @@ def equal_latency(rows: list[Row]) -> list[str]:
     for row in (r for r in rows if r.group == "modeltailor"):
         rivals = [r for r in pruned if r.latency_ms <= row.latency_ms * 1.02]
         if not rivals:
-            lines.append(f"{row.name}: no rival is as fast ({row.latency_ms:.3f} ms)")
+            lines.append(f"{row.label}: no rival is as fast ({row.latency_ms:.3f} ms)")
             continue
         best = max(rivals, key=lambda r: r.accuracy)
         lines.append(
-            f"{row.name} ({row.latency_ms:.3f} ms, {row.accuracy:.4f}) vs {best.name} ({best.latency_ms:.3f} ms, "
+            f"{row.label} ({row.latency_ms:.3f} ms, {row.accuracy:.4f}) vs {best.label} ({best.latency_ms:.3f} ms, "
             f"{best.accuracy:.4f}): {100 * (row.accuracy - best.accuracy):+.2f} points"
         )
     print("\n".join(lines), flush=True)
@@ -255,7 +294,8 @@ def main() -> None:
         for mode in args.modes:
             for ratio in args.ratios:
                 folder = args.out / f"torch-pruning-{mode}-{ratio}"
-                pruned.append(cached_row(folder, lambda: torch_pruning_row(bench, mode, ratio)))  # noqa: B023
+                settings = pruning_settings(bench, mode, ratio)
+                pruned.append(cached_row(folder, settings, lambda: torch_pruning_row(bench, mode, ratio)))  # noqa: B023
                 print(f"{pruned[-1].name}: test {pruned[-1].accuracy:.4f} ({pruned[-1].seconds:.0f} s)", flush=True)
         rows += pruned
         if "tpint8" not in args.skip:
@@ -280,7 +320,9 @@ def main() -> None:
     for skip, name, folder, overrides in searches:
         if skip in args.skip:
             continue
-        rows.append(search_row(f"modeltailor {name}", "modeltailor", deployment(args, **overrides), args.out / folder))
+        cfg = deployment(args, **overrides)
+        rows.append(search_row(f"modeltailor {name}", "modeltailor", cfg, args.out / folder,
+                               deployment_settings(bench, cfg)))
         print(f"{rows[-1].name}: test {rows[-1].accuracy:.4f} ({rows[-1].seconds:.0f} s)", flush=True)
     subset_rows: list[Row] = []
     if "subset" not in args.skip:
@@ -291,7 +333,7 @@ def main() -> None:
             args, classes=args.subset, **{"objective.kind": "accuracy", "objective.max_accuracy_drop": 1.0}
         )
         subset_rows.append(search_row(f"modeltailor {len(args.subset)}-class fastest within 1 pt", "subset", cfg,
-                                      args.out / "subset-fastest"))
+                                      args.out / "subset-fastest", deployment_settings(sub_bench, cfg)))
     print("timing every model in alternating rounds ...", flush=True)
     time_all(bench, rows + subset_rows, args.repeats)
     for row in rows:
@@ -303,7 +345,7 @@ def main() -> None:
         f"recovery {config.recovery.final_steps} steps for every pruned model, "
         f"{config.search.episodes} episodes per search, total {time.perf_counter() - started:.0f} s\n"
     )
-    lines = print_table(rows + subset_rows) + [""] + equal_latency(rows)
+    lines = print_table(rows + subset_rows, args.out) + [""] + equal_latency(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     records = [{k: v for k, v in asdict(r).items() if k != "onnx"} for r in rows + subset_rows]

@@ -7,13 +7,15 @@ errors). Both play the same random actions (episode i draws from seed + i) throu
 alternating old/new per episode so that both share the machine's load, each with its own
 evaluator that compresses, exports and measures WITHOUT recovery: accuracy does not bear on
 feasibility, which depends on the architecture alone. Each limiter refits on its own fresh
-measurements, as in a search. Latencies go through the deployment's device (and its latency cache).
+measurements, as in a search. Every model, the baseline included, is timed afresh on the
+deployment's device, past its latency cache; --cached times through the persistent latency cache
+instead, as a search does (timings from earlier runs on this host reused), and the output says so.
 
 Prints, per limiter: episodes within the budget, latency / budget (median, p10, p90), and the
 limiter's prediction error on each episode before it refits on it (median |predicted / measured - 1|
 and the median signed error).
 Usage: python bench/feasibility.py [--config examples/digits-resnet20.yaml] [--episodes 24]
-[--ratio 0.45 0.3]
+[--ratio 0.45 0.3] [--cached]
 """
 
 from __future__ import annotations
@@ -160,13 +162,14 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, nargs="*", default=None,
                         help="latency budget ratios to try (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="episode i plays random actions from seed + i")
-    parser.add_argument("--fresh", action="store_true",
-                        help="time every model afresh, the baseline too (default: through the latency cache, as a search)")
+    parser.add_argument("--cached", action="store_true",
+                        help="time through the persistent latency cache, as a search does: timings of earlier runs "
+                             "on this host are reused (default: every model timed afresh, the baseline too)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = load_config(args.config, {"tracking.enabled": False})
     bench = build_workbench(cfg, lambda _message: None)
-    if args.fresh:
+    if not args.cached:
         bench = uncached(bench)
     ratios = args.ratio or [cfg.objective.max_latency_ratio or 0.45]
     s = cfg.search
@@ -174,7 +177,7 @@ def main() -> None:
         f"config {args.config.name}: model {cfg.model.name}, data {cfg.data.name}, device {cfg.device.name}; "
         f"min_keep {s.min_keep}, round_to {s.round_to}, skip_blocks {s.skip_blocks}, methods {','.join(s.methods)}; "
         f"{args.episodes} episodes per limiter and ratio, ratios {ratios}, seed {args.seed}; "
-        f"latencies {'timed afresh' if args.fresh else 'through the latency cache'}"
+        f"latencies {'through the persistent latency cache (--cached: earlier runs reused)' if args.cached else 'timed afresh'}"
     )
     print("evaluator: compress + export + measure, NO recovery (accuracy is irrelevant to feasibility)")
     for ratio in ratios:

@@ -22,7 +22,12 @@ until the search was within 0.5 points (or 5% of latency) of its own final best.
 Usage: python bench/searchers.py [--episodes 48] [--seeds 0,1,2] [--episode-steps 40]
        [--searchers ppo,evolution-surrogate,ppo-real,random,uniform,greedy,evolution]
        [--deployments all-30,all-50,c037-accuracy] [--out runs/bench/searchers.json]
-Writes every episode to --out (JSON) so bench/warm_start.py can compare against the same runs.
+Writes every episode and the settings it was made with to --out (JSON: the run's episodes and
+seeds; per deployment its resolved config, the teacher's weights and the device's identity), so
+bench/warm_start.py can compare against the same runs. --merge keeps the other searchers' runs
+already in --out only when its settings equal this run's exactly (episodes, seeds, and each
+deployment this run shares with it), checked before anything runs, and marks them * in the
+table; otherwise it refuses in one line naming the settings that differ.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from _settings import (  # bench/, beside this file
+    MARK,
+    compare,
+    config_settings,
+    deployment_settings,
+    legend,
+)
 
 from modeltailor.agent import make_searcher
 from modeltailor.compressors.policy import Policy
@@ -183,7 +196,9 @@ def fmt(values: list[float | None], kind: str) -> str:
     return f"{mean:.{digits}f}{unit} ± {spread:.{digits}f}{missing}"
 
 
-def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, str], episodes: int) -> str:
+def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, str], episodes: int,
+          source: str = "") -> str:
+    """The table; a searcher's runs kept from an earlier run (`reused`) marked, with a legend naming `source`."""
     ks = [k for k in CHECKPOINTS if k <= episodes]
     lines = [
         "| deployment | searcher | " + " | ".join(f"best after {k}" for k in ks)
@@ -199,7 +214,10 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: dict[str, 
             median = f"{statistics.median(reach):.0f}" if reach else "-"
             after = " | ".join(fmt([_at(r["curve"], k) for r in runs], kind) for k in ks)
             same = " (deterministic: run once)" if any("same_as_seed" in r for r in runs) else ""
-            lines.append(f"| {dname} ({what}) | {sname}{same} | {after} | {feasible:.0%} | {median} |")
+            mark = f" {MARK}" if any(r.get("reused") for r in runs) else ""
+            lines.append(f"| {dname} ({what}) | {sname}{mark}{same} | {after} | {feasible:.0%} | {median} |")
+    if any(r.get("reused") for by_searcher in results.values() for runs in by_searcher.values() for r in runs):
+        lines += ["", legend(source)]
     return "\n".join(lines)
 
 
@@ -220,22 +238,30 @@ def main() -> None:
                         help="distillation steps per episode (default: the config's, 40)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the other searchers' runs already in --out (same settings) and add or replace these")
+                        help="keep the other searchers' runs already in --out and add or replace these; refused in one "
+                             "line unless --out was run with exactly these settings")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
     searchers = args.searchers.split(",")
     started = time.perf_counter()
-    deployments: dict[str, Deployment] = {}
+    names = args.deployments.split(",")
+    configs = {name: deployment_config(DEPLOYMENTS[name], args.episode_steps, args.config) for name in names}
+    earlier = earlier_runs(args.out, run_settings(args), configs) if args.merge else {}
     caches: dict[str, dict] = {}
-    earlier = earlier_runs(args) if args.merge else {}
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {name: dict(runs) for name, runs in earlier.items()}
-    for dname in args.deployments.split(","):
-        d = deployments[dname] = build_deployment(dname, DEPLOYMENTS[dname], args.episode_steps, args.config, caches)
+    deployments = {name: build_deployment(name, DEPLOYMENTS[name], args.episode_steps, args.config, caches)
+                   for name in names}
+    if args.merge:  # the teacher and the device too, now that they are built: still before any search
+        check_earlier(args.out, earlier, {name: deployment_settings(d.bench) for name, d in deployments.items()})
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {s: [{**r, "reused": True} for r in runs] for s, runs in by_searcher.items()}
+        for name, by_searcher in earlier.get("results", {}).items()
+    }
+    for dname, d in deployments.items():
         reward = make_reward(d.config, d.baseline)
         print(f"\n{dname}: baseline val acc {d.baseline.accuracy:.4f}, {d.baseline.latency_ms:.3f} ms; {reward}",
               flush=True)
-        kept = {k: v for k, v in earlier.get(dname, {}).items() if k not in searchers}
+        kept = {k: v for k, v in results.get(dname, {}).items() if k not in searchers}
         results[dname] = {**kept, **{s: [] for s in searchers}}
         for seed in seeds:
             for sname in searchers:
@@ -253,23 +279,43 @@ def main() -> None:
         save(args, results, deployments, started)
     print()
     kinds = {name: m["kind"] for name, m in json.loads(args.out.read_text())["deployments"].items()}
-    print(table(results, kinds, args.episodes))
+    print(table(results, kinds, args.episodes, f"an earlier run in {args.out} (--merge)"))
     print(f"\n{args.episodes} episodes, seeds {args.seeds}, episode recovery "
           f"{next(iter(deployments.values())).config.recovery.episode_steps} steps, "
           f"{time.perf_counter() - started:.0f} s in all")
 
 
-def earlier_runs(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """--merge: the runs already in --out, if they were made with this run's settings."""
-    if not args.out.is_file():
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's own settings that change every deployment's rows."""
+    return {"episodes": args.episodes, "seeds": args.seeds}
+
+
+def earlier_runs(out: Path, run: dict[str, Any], configs: dict[str, DeploymentConfig]) -> dict[str, Any]:
+    """--merge: what `out` holds, if it was run with `run`'s settings and each deployment of
+    `configs` it holds with the same resolved config (the teacher and device are checked once
+    built: `check_earlier`); else SystemExit in one line naming what differs."""
+    if not out.is_file():
         return {}
-    data = json.loads(args.out.read_text())
-    steps = {m["episode_steps"] for m in data["deployments"].values()}
-    if data["episodes"] != args.episodes or data["seeds"] != args.seeds or (
-        args.episode_steps is not None and steps != {args.episode_steps}
-    ):
-        raise SystemExit(f"--merge: {args.out} was run with other episodes, seeds or episode steps")
-    return data["results"]
+    data = json.loads(out.read_text())
+    check_earlier(out, data, {name: {"config": config_settings(c)} for name, c in configs.items()}, run)
+    return data
+
+
+def check_earlier(out: Path, data: dict[str, Any], settings: dict[str, dict[str, Any]],
+                  run: dict[str, Any] | None = None) -> None:
+    """SystemExit in one line unless `data` (an earlier --out) holds `run` and, of each deployment
+    in `settings` that it holds, the same keys with the same values."""
+    checks = [("", data.get("settings"), run)] if run is not None else []
+    for name, now in settings.items():
+        if name in data.get("deployments", {}):
+            recorded = data["deployments"][name].get("settings")
+            before = None if recorded is None else {k: v for k, v in recorded.items() if k in now}
+            checks.append((f"{name}: ", before, now))
+    for what, before, now in checks:
+        verdict = compare(before, now)
+        if not verdict:
+            raise SystemExit(f"--merge: {out} was run with other settings ({what}{verdict.reason}): "
+                             "use another --out or remove it")
 
 
 def save(args: argparse.Namespace, results: dict, deployments: dict[str, Deployment], started: float) -> None:
@@ -277,11 +323,11 @@ def save(args: argparse.Namespace, results: dict, deployments: dict[str, Deploym
     meta = json.loads(args.out.read_text())["deployments"] if args.merge and args.out.is_file() else {}
     meta |= {
         name: {"kind": d.kind, "baseline": vars(d.baseline), "overrides": DEPLOYMENTS[name],
-               "episode_steps": d.config.recovery.episode_steps}
+               "episode_steps": d.config.recovery.episode_steps, "settings": deployment_settings(d.bench)}
         for name, d in deployments.items()
     }
-    data = {"episodes": args.episodes, "seeds": args.seeds, "deployments": meta, "results": results,
-            "seconds": time.perf_counter() - started}
+    data = {"episodes": args.episodes, "seeds": args.seeds, "settings": run_settings(args), "deployments": meta,
+            "results": results, "seconds": time.perf_counter() - started}
     args.out.write_text(json.dumps(data, indent=1))
 
 

@@ -5,7 +5,12 @@ agents logged to a fresh MLflow store (SQLite, under --out), exactly as `modelta
 them. Each held-out deployment (bench/searchers.py's three: other class subsets, budgets and device
 profile than the sources) is then searched with `search.warm_start: auto`, which picks the nearest
 source in that store; the cold PPO runs and the baselines come from bench/searchers.py's output
-(--searchers-json, same episodes, seeds and recovery) or, if it is missing, are run here.
+(--searchers-json) for each target whose settings there equal this run's exactly (episodes, seeds;
+the deployment's resolved config, teacher weights and device identity); for any other target cold
+PPO is run here, without baselines. With --keep-sources the source agents an earlier run logged
+under --out are reused if its settings.json equals this run's exactly (episodes; each source's
+config, teacher and device), else the run is refused in one line. The output starts with what came
+from an earlier run and why; reused cells are marked * in the table.
 
 Reports per held-out deployment: the source `auto` chose, best within budget (or speedup at the
 floor) after N episodes for warm PPO, cold PPO and the best baseline (mean ± sd over seeds), and
@@ -26,13 +31,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _settings import (
+    MARK,
+    SETTINGS_FILE,
+    Reuse,
+    compare,
+    deployment_settings,
+    reusable,
+    write_settings,
+)
 from searchers import (  # bench/searchers.py, beside this file
     DEPLOYMENTS,
     ROOT,
+    Deployment,
     build_deployment,
+    deployment_config,
     episodes_to_reach,
     fmt,
     run_searcher,
+    run_settings,
     summarize_run,
 )
 
@@ -51,10 +68,14 @@ SOURCES: dict[str, dict[str, Any]] = {
 """Where the checkpoints come from: none shares a class subset, budget and profile with a target."""
 
 
-def train_sources(args: argparse.Namespace, tracker: Tracker) -> None:
-    for name, overrides in SOURCES.items():
-        d = build_deployment(name, overrides, args.episode_steps)
-        d.config = d.config.model_copy(update={"search": d.config.search.model_copy(update={"warm_start": None})})
+def source_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None) -> Deployment:
+    d = build_deployment(name, overrides, episode_steps)
+    d.config = d.config.model_copy(update={"search": d.config.search.model_copy(update={"warm_start": None})})
+    return d
+
+
+def train_sources(args: argparse.Namespace, tracker: Tracker, sources: dict[str, Deployment]) -> None:
+    for name, d in sources.items():
         checkpoint = args.out / name / "agent_checkpoint.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
@@ -67,17 +88,52 @@ def train_sources(args: argparse.Namespace, tracker: Tracker) -> None:
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def load_cold(path: Path, args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]] | None:
-    """bench/searchers.py's results when they match this run's settings; else None."""
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    steps = {m["episode_steps"] for m in data["deployments"].values()}
-    wanted = args.episode_steps if args.episode_steps is not None else 40
-    if data["episodes"] != args.episodes or data["seeds"] != args.seeds or steps != {wanted}:
-        print(f"{path} was run with other settings: running cold PPO here", flush=True)
-        return None
-    return data["results"]
+def sources_settings(args: argparse.Namespace, sources: dict[str, Deployment]) -> dict[str, Any]:
+    """What the source agents depend on: their episodes, each one's config, teacher and device."""
+    return {"episodes": args.episodes,
+            "sources": {name: deployment_settings(d.bench, d.config) for name, d in sources.items()}}
+
+
+def keep_sources(args: argparse.Namespace, settings: dict[str, Any]) -> bool:
+    """--keep-sources with a store under --out: reused when its settings.json equals `settings`
+    exactly, else SystemExit in one line; False when the sources are to be searched here."""
+    if not (args.keep_sources and (args.out / "mlflow.db").is_file()):
+        return False
+    verdict = reusable(args.out, settings)
+    if not verdict:
+        raise SystemExit(f"--keep-sources: {args.out} was run with other settings ({verdict.reason}): "
+                         "drop --keep-sources or use another --out")
+    return True
+
+
+def cold_settings(args: argparse.Namespace, name: str, d: Deployment) -> dict[str, Any]:
+    """A target's settings as bench/searchers.py records them (its config has no warm start override)."""
+    config = deployment_config(DEPLOYMENTS[name], args.episode_steps)
+    return {"run": run_settings(args), "deployment": deployment_settings(d.bench, config)}
+
+
+def load_cold(path: Path, args: argparse.Namespace, targets: dict[str, Deployment],
+              ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
+    """bench/searchers.py's runs of each target whose settings in `path` equal this run's exactly,
+    and one line per target saying where its cold PPO and baselines come from."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    cold, lines = {}, []
+    for name, d in targets.items():
+        runs = data.get("results", {}).get(name, {})
+        recorded = data.get("deployments", {}).get(name, {}).get("settings")
+        before = {"run": data["settings"], "deployment": recorded} if recorded and "settings" in data else None
+        if not path.is_file():
+            verdict = Reuse(False, "no such file")
+        elif "ppo" not in runs:
+            verdict = Reuse(False, "no ppo runs of it")
+        else:
+            verdict = compare(before, cold_settings(args, name, d))
+        if verdict:
+            cold[name] = runs
+            lines.append(f"{name}: cold PPO and baselines ({', '.join(runs)}) from {path}, settings matched")
+        else:
+            lines.append(f"{name}: cold PPO run here, no baselines ({path}: {verdict.reason})")
+    return cold, lines
 
 
 def main() -> None:
@@ -96,22 +152,32 @@ def main() -> None:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "mlflow.db"
-    reuse = args.keep_sources and store.is_file()
-    if not reuse:
+    sources = {name: source_deployment(name, overrides, args.episode_steps) for name, overrides in SOURCES.items()}
+    targets = {name: build_deployment(name, {**overrides, "search.warm_start": "auto"}, args.episode_steps)
+               for name, overrides in DEPLOYMENTS.items()}
+    settings = sources_settings(args, sources)
+    kept = keep_sources(args, settings)
+    cold_results, cold_lines = load_cold(args.searchers_json, args, targets)
+    print("from earlier runs (reused only where their settings equal this run's exactly):")
+    print("\n".join(f"  {line}" for line in [
+        f"source agents: {f'from {store} (--keep-sources), settings matched' if kept else 'searched here'}",
+        *cold_lines,
+    ]), flush=True)
+    if not kept:
         store.unlink(missing_ok=True)
+        (args.out / SETTINGS_FILE).unlink(missing_ok=True)
     tracker = Tracker(f"sqlite:///{store.resolve()}", experiment="warm-start-bench")
-    if not reuse:
-        train_sources(args, tracker)
-    cold_results = load_cold(args.searchers_json, args)
+    if not kept:
+        train_sources(args, tracker, sources)
+        write_settings(args.out, settings)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, report = [], {}
-    for tname, overrides in DEPLOYMENTS.items():
-        d = build_deployment(tname, {**overrides, "search.warm_start": "auto"}, args.episode_steps)
+    for tname, d in targets.items():
         probe = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
         warm = resolve_warm_start(d.config, probe, tracker)
         assert warm is not None, "the sources were just logged"
         source = next(r.info.run_name for r in tracker.finished_runs({}) if r.info.run_id == warm.run_id)
-        if cold_results is not None:
+        if tname in cold_results:
             cold, baselines = cold_results[tname]["ppo"], {k: v for k, v in cold_results[tname].items() if k != "ppo"}
         else:
             cold = [summarize_run(d, run_searcher(d, "ppo", seed, args.episodes)) for seed in seeds]
@@ -127,7 +193,9 @@ def main() -> None:
             baselines.items(), key=lambda kv: statistics.fmean(r["best"] or 0 for r in kv[1]), default=(None, None)
         )
         rows.append((tname, source, warm_runs, cold, best_name, best_runs, reach_warm, reach_cold, d.kind))
-        report[tname] = {"source": source, "warm": warm_runs, "reach_warm": reach_warm, "reach_cold": reach_cold}
+        report[tname] = {"source": source, "warm": warm_runs, "reach_warm": reach_warm, "reach_cold": reach_cold,
+                         "cold_from": str(args.searchers_json) if tname in cold_results else None,
+                         "sources_from": str(store) if kept else None}
         print(f"{tname}: warm from {source}: best {[r['best'] for r in warm_runs]}, reached cold's final best at "
               f"{reach_warm} vs cold {reach_cold}", flush=True)
     (args.out / f"warm_start-{args.warm_noise}.json").write_text(json.dumps(report, indent=1))
@@ -135,9 +203,14 @@ def main() -> None:
     print("| held-out deployment | warm start from | warm PPO | cold PPO | best baseline | episodes to cold's final best: warm / cold (median) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for tname, source, warm_runs, cold, best_name, best_runs, reach_warm, reach_cold, kind in rows:
-        baseline = f"{best_name} {fmt([r['best'] for r in best_runs], kind)}" if best_runs else "-"
-        print(f"| {tname} | {source} | {fmt([r['best'] for r in warm_runs], kind)} | "
-              f"{fmt([r['best'] for r in cold], kind)} | {baseline} | {median(reach_warm, args.episodes)} / {median(reach_cold, args.episodes)} |")
+        old = f" {MARK}" if tname in cold_results else ""
+        baseline = f"{best_name} {fmt([r['best'] for r in best_runs], kind)}{old}" if best_runs else "-"
+        print(f"| {tname} | {source}{f' {MARK}' if kept else ''} | {fmt([r['best'] for r in warm_runs], kind)} | "
+              f"{fmt([r['best'] for r in cold], kind)}{old} | {baseline} | {median(reach_warm, args.episodes)} / {median(reach_cold, args.episodes)} |")
+    reused = [f"cold PPO and baselines from {args.searchers_json}"] if cold_results else []
+    reused += [f"source agents from {store}"] if kept else []
+    if reused:
+        print(f"\n{MARK} reused from an earlier run, its settings matched this run's exactly: {'; '.join(reused)}")
     print(f"\n{args.episodes} episodes, seeds {args.seeds}, {time.perf_counter() - started:.0f} s in all "
           f"('>{args.episodes}': the median search never got there)")
 

@@ -13,22 +13,32 @@ without a smoke run, and why:
   * warm_start: searches three source deployments (one on cpu-2t) with PPO and three held-out
     targets cold and warm, on examples/digits-resnet20.yaml (no smaller config): minutes;
   * fuzz_api: starts the HTTP API and schemathesis over every operation (tests/test_api.py fuzzes it).
+
+The reuse rule (bench/_settings.py: an earlier result is reused only when its settings match
+exactly) is tested without searches: the helper, searchers.py --merge's refusal, cifar10's rows
+and searches with a fake maker, warm_start's choice of cold rows.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
+SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+"""The bench scripts; bench/_*.py are helpers they import."""
 NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
 
 
@@ -157,7 +167,7 @@ def test_joint_vs_prune_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 def test_feasibility_smoke(tiny: tuple[Path, Path]) -> None:
     config, cache = tiny
     out = run_bench("feasibility", cache, "--config", str(config), "--episodes", "2")
-    assert "ratio 0.6: budget" in out, out
+    assert "ratio 0.6: budget" in out and "latencies timed afresh" in out, out
     rows = [row for row in table_rows(out, ["within budget", "latency / budget", "pred err"]) if "median" not in row]
     assert [row.split()[0] for row in rows] == ["old", "new"] and all(" /2" not in row and "/2" in row for row in rows), rows
 
@@ -182,6 +192,13 @@ def test_searchers_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     rows = table_rows(out, ["| deployment", "searcher", "best", "within budget"], "all-50")
     assert [row.split("|")[2].strip() for row in rows] == ["random", "uniform"], rows
     assert (tmp_path / "searchers.json").is_file()
+    # --merge with the same settings (--episode-steps now omitted: the config's 2): random kept, marked
+    out = run_bench("searchers", cache, "--config", str(config), "--episodes", "2", "--seeds", "0",
+                    "--searchers", "uniform", "--deployments", "all-50", "--merge",
+                    "--out", str(tmp_path / "searchers.json"))
+    rows = table_rows(out, ["| deployment", "searcher", "best", "within budget"], "all-50")
+    assert [row.split("|")[2].strip() for row in rows] == ["random *", "uniform"], rows
+    assert "* reused from an earlier run in" in out, out
 
 
 @pytest.mark.slow
@@ -218,3 +235,137 @@ def test_corpus_smoke(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     (row,) = table_rows(out, ["| model", "units", "frozen", "latency ms", "speedup"], "conv_head")
     assert "refused" not in row and re.search(r"\d+\.\d+x", row), row
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+# -- reuse only with exactly the same settings -----------------------------------------------------
+
+
+@pytest.fixture
+def bench_module(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Import bench/<name>.py as `python bench/<name>.py` sees its siblings: bench/ first on sys.path."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    return importlib.import_module
+
+
+SETTINGS = {"config": {"recovery": {"episode_steps": 40, "final_steps": 800}, "classes": [0, 3, 7]},
+            "teacher": "0123abcd", "device": "cpu-1t|ffff"}
+
+
+def changed(settings: dict[str, Any], value: int) -> dict[str, Any]:
+    other = copy.deepcopy(settings)
+    other["config"]["recovery"]["episode_steps"] = value
+    return other
+
+
+def test_settings_reuse_only_an_exact_match(bench_module: Callable[[str], ModuleType], tmp_path: Path) -> None:
+    s = bench_module("_settings")
+    assert not s.reusable(tmp_path, SETTINGS) and s.reusable(tmp_path, SETTINGS).reason == "it records no settings"
+    s.write_settings(tmp_path, SETTINGS)
+    assert s.reusable(tmp_path, SETTINGS)
+    assert s.reusable(tmp_path, {**SETTINGS, "config": {**SETTINGS["config"], "classes": (0, 3, 7)}})  # as JSON
+    verdict = s.reusable(tmp_path, changed(SETTINGS, 20))
+    assert not verdict and verdict.reason == "config.recovery.episode_steps 40 != 20"
+    extra = s.reusable(tmp_path, {**SETTINGS, "seeds": "0,1"})
+    assert not extra and extra.reason == 'seeds none != "0,1"'
+
+
+def test_cifar10_rows_reused_only_with_the_same_settings(bench_module: Callable[[str], ModuleType], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cifar10 = bench_module("cifar10")
+    made: list[int] = []
+
+    def make() -> Any:
+        made.append(1)
+        return cifar10.Row("torch-pruning uniform 30%", "torch-pruning", 0.8, 0.9, 10, 20, 1.0, b"onnx-%d" % len(made))
+
+    folder = tmp_path / "torch-pruning-uniform-0.3"
+    first = cifar10.cached_row(folder, SETTINGS, make)
+    again = cifar10.cached_row(folder, SETTINGS, make)
+    assert not first.reused and again.reused and again.onnx == b"onnx-1" and len(made) == 1
+    other = cifar10.cached_row(folder, changed(SETTINGS, 20), make)
+    assert not other.reused and other.onnx == b"onnx-2" and len(made) == 2
+    assert "config.recovery.episode_steps 40 != 20" in capsys.readouterr().out
+    assert json.loads((tmp_path / f"{folder.name}.stale" / "settings.json").read_text()) == SETTINGS
+    for row in (first, again):
+        row.latency_ms = row.baseline_latency_ms = 1.0
+    lines = cifar10.print_table([first, again], tmp_path)
+    assert [line.split("|")[1].strip() for line in lines[2:4]] == ["torch-pruning uniform 30%", "torch-pruning uniform 30% *"]
+    assert lines[-1].startswith("* reused from its folder under")
+
+
+def test_cifar10_searches_reused_only_with_the_same_settings(bench_module: Callable[[str], ModuleType],
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_summary import sample_summary
+
+    cifar10 = bench_module("cifar10")
+    calls: list[bool] = []
+
+    def fake_search(config: Any, out: Path, resume: bool = False) -> Any:
+        calls.append(resume)
+        summary = sample_summary()
+        (out / "episodes.jsonl").write_text("")
+        (out / "model.onnx").write_bytes(b"onnx")
+        (out / "summary.json").write_text(summary.model_dump_json())
+        return SimpleNamespace(summary=summary)
+
+    monkeypatch.setattr(cifar10, "run_search", fake_search)
+    out = tmp_path / "budget-0.5"
+    rows = [cifar10.search_row("budget", "modeltailor", None, out, SETTINGS) for _ in range(2)]
+    assert [row.reused for row in rows] == [False, True] and calls == [False]
+    (out / "summary.json").unlink()  # interrupted: resumed with the same settings
+    assert not cifar10.search_row("budget", "modeltailor", None, out, SETTINGS).reused and calls == [False, True]
+    assert not cifar10.search_row("budget", "modeltailor", None, out, changed(SETTINGS, 20)).reused
+    assert calls == [False, True, False] and (tmp_path / "budget-0.5.stale" / "summary.json").is_file()
+
+
+def earlier_searchers_json(searchers: ModuleType, config: Path, out: Path, episode_steps: int | None) -> None:
+    """A results file of bench/searchers.py (its settings and one empty run) made with `episode_steps`."""
+    made = searchers.deployment_config(searchers.DEPLOYMENTS["all-50"], episode_steps, config)
+    settings = {"config": searchers.config_settings(made), "teacher": "0123abcd", "device": "cpu-1t|ffff"}
+    out.write_text(json.dumps({
+        "episodes": 2, "seeds": "0", "settings": {"episodes": 2, "seeds": "0"},
+        "deployments": {"all-50": {"kind": "budget", "settings": settings}},
+        "results": {"all-50": {"random": []}},
+    }))
+
+
+def test_searchers_merge_refuses_other_settings_in_one_line(
+    bench_module: Callable[[str], ModuleType], tiny: tuple[Path, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused before any workbench is built, --episode-steps omitted (the config's 2 against 20)."""
+    searchers = bench_module("searchers")
+    config, _ = tiny
+    out = tmp_path / "searchers.json"
+    earlier_searchers_json(searchers, config, out, episode_steps=20)
+    monkeypatch.setattr(sys, "argv", ["searchers.py", "--config", str(config), "--episodes", "2", "--seeds", "0",
+                                      "--searchers", "uniform", "--deployments", "all-50", "--merge", "--out", str(out)])
+    with pytest.raises(SystemExit) as refused:
+        searchers.main()
+    message = str(refused.value.code)
+    assert "\n" not in message and "all-50: config.recovery.episode_steps 20 != 2" in message, message
+    assert message.startswith(f"--merge: {out} was run with other settings"), message
+    configs = {"all-50": searchers.deployment_config(searchers.DEPLOYMENTS["all-50"], 20, config)}
+    assert searchers.earlier_runs(out, {"episodes": 2, "seeds": "0"}, configs)["results"] == {"all-50": {"random": []}}
+    with pytest.raises(SystemExit, match=r"\(episodes 2 != 3\)"):
+        searchers.earlier_runs(out, {"episodes": 3, "seeds": "0"}, configs)
+
+
+def test_warm_start_takes_cold_rows_only_with_the_same_settings(
+    bench_module: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    warm_start = bench_module("warm_start")
+    path = tmp_path / "searchers.json"
+    path.write_text(json.dumps({
+        "settings": {"episodes": 48, "seeds": "0,1,2"},
+        "deployments": {name: {"settings": SETTINGS} for name in ("all-30", "all-50", "c037-accuracy")},
+        "results": {"all-30": {"ppo": [], "random": []}, "all-50": {"ppo": []}, "c037-accuracy": {"random": []}},
+    }))
+    now = {"all-30": SETTINGS, "all-50": changed(SETTINGS, 20), "c037-accuracy": SETTINGS}
+    monkeypatch.setattr(warm_start, "cold_settings", lambda args, name, d: {"run": {"episodes": 48, "seeds": "0,1,2"},
+                                                                              "deployment": now[name]})
+    cold, lines = warm_start.load_cold(path, SimpleNamespace(), dict.fromkeys(now))
+    assert list(cold) == ["all-30"] and lines[0] == f"all-30: cold PPO and baselines (ppo, random) from {path}, settings matched"
+    assert lines[1] == f"all-50: cold PPO run here, no baselines ({path}: deployment.config.recovery.episode_steps 40 != 20)"
+    assert lines[2].endswith("no ppo runs of it)")
+    assert warm_start.load_cold(tmp_path / "missing.json", SimpleNamespace(), dict.fromkeys(now))[0] == {}
