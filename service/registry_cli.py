@@ -170,3 +170,48 @@ def _run_store(out: Path) -> str | None:
         return json.loads((out / files.RUN).read_text()).get("tracking_uri")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+@registry_app.command("revalidate")
+def revalidate_command(
+    device: Annotated[str, typer.Option("--device", "-d", help="device profile to measure on, e.g. cpu-1t")],
+    challengers: Annotated[int, typer.Option(
+        min=1, help="other versions per deployment measured beside its champion (the best by recorded ranking)")] = 3,
+    repeats: Annotated[int, typer.Option(
+        min=1, help="each model timed this many times the device's usual runs, in alternating rounds")] = 5,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the verdicts; move no alias, record nothing")] = False,
+    profiles: Annotated[Path | None, typer.Option(
+        "--profiles", help="extra device profiles YAML, merged over the built-in and user ones")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Measure each deployment's champion again beside its challengers; move the alias only past the noise."""
+    from modeltailor.experiments.tracking.revalidate import revalidate
+
+    with console.status(f"revalidating {device}") as status:
+        report = revalidate(_uri(tracking_uri), device, challengers=challengers, repeats=repeats, dry_run=dry_run,
+                            profiles=profiles, progress=status.update)
+    if not report.deployments:
+        console.print(f"{report.registered_model} has no deployment champions to revalidate")
+        return
+    for check in report.deployments:
+        console.print(_revalidation_table(check, report.dry_run))
+    moved = sum(check.moves for check in report.deployments)
+    console.print(
+        f"{len(report.deployments)} deployment(s) measured again on {report.device} (profile {report.profile}); "
+        + (f"dry run: {moved} alias(es) would move, nothing recorded" if report.dry_run
+           else f"{moved} alias(es) moved; versions tagged revalidated_* at {report.at}"), highlight=False, soft_wrap=True,
+    )
+
+
+def _revalidation_table(check: Any, dry_run: bool) -> Table:
+    if not check.moves:
+        outcome = f"v{check.champion} keeps it"
+    else:
+        outcome = f"{'would move' if dry_run else 'moved'} from v{check.champion} to v{check.winner}"
+    table = Table(title=f"{check.deployment}: {check.alias}\n{outcome}")
+    for col in ("version", "role", "recorded ms", "measured ms", "spread ms", "verdict"):
+        table.add_column(col, justify="left" if col in ("role", "verdict") else "right")
+    for row in check.rows:
+        table.add_row(str(row.version), row.role, f"{row.recorded_latency_ms:.4f}", f"{row.latency_ms:.4f}",
+                      f"{row.spread_ms:.4f}", row.verdict)
+    return table

@@ -50,9 +50,10 @@ def _onnx(classes: int, width: int) -> bytes:
 def make_out(
     root: Path, tracker: Tracker, name: str, *, accuracy: float, latency_ms: float, memory: int = 1000,
     classes: tuple[int, ...] = (0, 3, 7), device: dict | None = None, objective=BUDGET,
-    deployment: str | None = None,
+    deployment: str | None = None, spread_ms: float = 0.0,
 ) -> Path:
-    """A finished search's folder (model.onnx, policy.json, summary.json) with its MLflow run."""
+    """A finished search's folder (model.onnx, policy.json, summary.json) with its MLflow run; its final
+    measurement's p90 lies `spread_ms` above its median."""
     out = root / name
     out.mkdir(parents=True)
     base = sample_summary()
@@ -60,7 +61,9 @@ def make_out(
     tracker.end_run()
     summary = base.model_copy(update={
         "deployment": deployment or name,
-        "best": base.best.model_copy(update={"accuracy": accuracy, "latency_ms": latency_ms, "memory_bytes": memory}),
+        "best": base.best.model_copy(update={"accuracy": accuracy, "latency_ms": latency_ms, "memory_bytes": memory,
+                                             "latency_p90_ms": latency_ms + spread_ms,
+                                             "latency_spread": spread_ms / latency_ms}),
         "speedup": base.baseline.latency_ms / latency_ms,
         "memory_reduction": base.baseline.memory_bytes / memory,
         "objective": objective,
@@ -165,6 +168,36 @@ def test_a_champion_measured_on_another_profile_is_replaced(tmp_path, store):
     new = registry.register_search(uri, make_out(tmp_path, tracker, "b", accuracy=0.90, latency_ms=0.2,
                                                  device=new_ort))
     assert new.aliases == old.aliases and _alias_version(uri, new.aliases[0]) == new.version
+
+
+def test_a_faster_version_takes_the_alias_only_past_the_measured_spread(tmp_path, store):
+    uri, tracker = store
+    floor = describe_objective(AccuracyFloorReward(min_accuracy=0.9), met=True)  # latency decides
+
+    def register(name: str, latency_ms: float, spread_ms: float) -> registry.VersionInfo:
+        return registry.register_search(uri, make_out(tmp_path, tracker, name, accuracy=0.95, latency_ms=latency_ms,
+                                                      spread_ms=spread_ms, objective=floor))
+
+    champion = register("a", 0.200, 0.02)
+    assert float(mlflow.MlflowClient(uri).get_model_version("modeltailor-cpu-1t", str(champion.version))
+                 .tags["latency_spread_ms"]) == pytest.approx(0.02)
+    alias = champion.aliases[0]
+    noise = register("b", 0.170, 0.02)  # 0.03 ms faster, the spreads add up to 0.04 ms
+    assert noise.aliases == [] and _alias_version(uri, alias) == champion.version
+    better = register("c", 0.150, 0.02)  # 0.05 ms faster: past the 0.04 ms
+    assert _alias_version(uri, alias) == better.version
+
+
+def test_versions_registered_without_a_spread_compare_as_before(tmp_path, store):
+    uri, tracker = store
+    floor = describe_objective(AccuracyFloorReward(min_accuracy=0.9), met=True)
+    old = registry.register_search(uri, make_out(tmp_path, tracker, "a", accuracy=0.95, latency_ms=0.2,
+                                                 objective=floor))
+    client = mlflow.MlflowClient(uri)
+    client.delete_model_version_tag("modeltailor-cpu-1t", str(old.version), "latency_spread_ms")  # an older version
+    new = registry.register_search(uri, make_out(tmp_path, tracker, "b", accuracy=0.95, latency_ms=0.199,
+                                                 objective=floor))
+    assert _alias_version(uri, old.aliases[0]) == new.version  # spread 0 on both sides: the plain rule
 
 
 def test_best_picks_within_the_limits_and_lists_the_pareto_runners_up(tmp_path, store):

@@ -11,9 +11,12 @@ Aliases. A *deployment* on a device is (model, data set, classes, objective). Ea
 alias, ``champion-<model>-<data>-<classes>-<objective kind>-<hash>`` (the hash covers the objective's
 settings), which moves to a new version only when the new version beats the current champion
 under the new deployment's own objective (feasible first, then its reward, with the deployment's
-baseline), measured on the same device profile: a champion measured under a different profile
-(other threads, ONNX Runtime version or CPU) is replaced. Re-registering a run returns its
-existing version and changes nothing.
+baseline) by more than the two versions' measured latency spread (tag ``latency_spread_ms``),
+measured on the same device profile: a champion measured under a different profile (other
+threads, ONNX Runtime version or CPU) is replaced. The exact rule: ``experiments/tracking/
+champions.py``; ``modeltailor registry revalidate`` applies it to latencies measured again side by
+side (``experiments/tracking/revalidate.py``). Re-registering a run returns its existing version
+and changes nothing.
 
 Queries (`best`): the versions of the device for exactly the asked class set (all classes when
 none are asked), within the limits. With no limits the answer is the deployment champions' most
@@ -46,10 +49,10 @@ from pydantic import BaseModel, Field
 
 from modeltailor.common.storage import cache_dir
 from modeltailor.devices.cache import cpu_model
-from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, TradeoffReward
 from modeltailor.errors import ModelTailorError, NoMatchError, NotFoundError
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.tracking.champions import SPREAD_TAG, beats, latency_spread_ms
 from modeltailor.experiments.tracking.tracker import (
     _mlflow_errors,
     check_reachable,
@@ -182,6 +185,7 @@ def _version_tags(summary: SearchSummary, campaign: str | None, fingerprint: str
         "objective_met": str(summary.objective.met_at_final_measurement).lower(),
         "accuracy": repr(summary.best.accuracy),
         "latency_ms": repr(summary.best.latency_ms),
+        SPREAD_TAG: repr(latency_spread_ms(summary.best.latency_ms, summary.best.latency_p90_ms)),
         "memory_bytes": str(summary.best.memory_bytes),
         "speedup": repr(summary.speedup),
         "memory_reduction": repr(summary.memory_reduction),
@@ -338,40 +342,6 @@ def _log_onnx_model(run_id: str, out_dir: Path, summary: SearchSummary) -> tuple
 # -- champions -----------------------------------------------------------------------------------
 
 
-def objective_reward(settings: dict[str, Any]) -> Any:
-    """The reward a summary's objective check describes (BudgetReward, AccuracyFloorReward, ...)."""
-    kind = settings.get("reward")
-    if kind == "BudgetReward":
-        return BudgetReward(settings.get("max_latency_ms"), settings.get("max_memory_bytes"),
-                            settings.get("penalty") or 2.0)
-    if kind == "AccuracyFloorReward":
-        return AccuracyFloorReward(settings.get("min_accuracy") or 0.0, settings.get("minimize") or "latency",
-                                   settings.get("penalty") or 20.0)
-    return TradeoffReward(settings.get("accuracy_weight") or 1.0, settings.get("latency_weight") or 0.1,
-                          settings.get("memory_weight") or 0.02)
-
-
-def ranking(settings: dict[str, Any], candidate: Resources, baseline: Resources) -> tuple[bool, float]:
-    """(meets the objective, its reward): higher is better under that objective."""
-    reward = objective_reward(settings)
-    return reward.feasible(candidate), float(reward(candidate, baseline))
-
-
-def _resources(tags: dict[str, str], prefix: str = "") -> Resources:
-    return Resources(float(tags[f"{prefix}accuracy"]), float(tags[f"{prefix}latency_ms"]),
-                     float(tags[f"{prefix}memory_bytes"]))
-
-
-def beats(new_tags: dict[str, str], old_tags: dict[str, str]) -> bool:
-    """Whether the new version beats the old one under the new version's objective and baseline,
-    both measured on the same device profile (a different profile: the old one is stale)."""
-    if new_tags.get("profile") != old_tags.get("profile"):
-        return True
-    settings = json.loads(new_tags["objective_settings"])
-    baseline = _resources(new_tags, "baseline_")
-    return ranking(settings, _resources(new_tags), baseline) > ranking(settings, _resources(old_tags), baseline)
-
-
 def _crown_if_better(client: mlflow.MlflowClient, name: str, version: ModelVersion, summary: SearchSummary) -> None:
     alias = deployment_alias(summary)
     try:
@@ -433,7 +403,8 @@ def _model_id(version: ModelVersion) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def _versions(client: mlflow.MlflowClient, name: str) -> list[VersionInfo]:
+def model_versions(client: mlflow.MlflowClient, name: str) -> list[ModelVersion]:
+    """Every version of a registered model that modeltailor registered (tagged with its metrics)."""
     found: list[ModelVersion] = []
     token = None
     while True:
@@ -442,10 +413,12 @@ def _versions(client: mlflow.MlflowClient, name: str) -> list[VersionInfo]:
         token = page.token
         if not token:
             break
+    return [v for v in found if "accuracy" in v.tags]  # others are not ours
+
+
+def _versions(client: mlflow.MlflowClient, name: str) -> list[VersionInfo]:
     infos = []
-    for version in found:
-        if "accuracy" not in version.tags:  # not one of ours
-            continue
+    for version in model_versions(client, name):
         if not version.aliases:  # search results may omit aliases: read them from the model
             version = client.get_model_version(name, version.version)
         infos.append(_info(client, version))
