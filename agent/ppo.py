@@ -57,6 +57,7 @@ class PPOSettings:
     log_std_init: float = -0.7
     hidden: int = 64
     warm_noise: str = "keep"  # a warm start keeps the checkpoint's action noise, or resets it to log_std_init
+    minibatch_episodes: int = 1  # episodes per gradient step (at most episodes_per_rollout)
 
 
 CHECKPOINT_FORMAT = 2
@@ -190,7 +191,7 @@ class PPOSearcher:
             "MlpPolicy",
             env,
             n_steps=units * s.episodes_per_rollout,
-            batch_size=units,
+            batch_size=units * max(1, min(s.minibatch_episodes, s.episodes_per_rollout)),
             n_epochs=s.n_epochs,
             learning_rate=s.learning_rate,
             gamma=s.gamma,

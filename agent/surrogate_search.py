@@ -84,6 +84,10 @@ class SurrogateSettings:
     rollout_episodes: int = 16
     """PPO episodes per update on the surrogate (episodes are cheap there: larger, steadier batches
     than the real-episode PPO's `episodes_per_rollout`)."""
+    minibatch_episodes: int = 4
+    """Surrogate episodes per PPO gradient step: a quarter of a rollout, so an update is 4 minibatches
+    x n_epochs steps (one episode per step made an update 16 x 10 steps; on CPU the time goes to
+    the steps' overhead, not their size)."""
     variants: bool = True
     """PPO learns across variants of the deployment (other budgets or floors, the class subsets in
     the experience) besides the deployment itself; see `deployment_variants`."""
@@ -320,7 +324,7 @@ class SurrogateSearcher:
         if self.proposer == "evolution":
             sibling = env.sibling(evaluators[0])
             return [_Agent("evolution", EvolutionProposer(EvolutionSearcher(seed=self.seed)), sibling)]
-        settings = replace(self.ppo, episodes_per_rollout=self.settings.rollout_episodes)
+        settings = self._ppo_settings()
         ppo = PPOSearcher(seed=self.seed, settings=settings, checkpoint=self.checkpoint)
         cold_env = self._mixture(env, evaluators, variants, 0)
         cold = ppo.build(cold_env, seed=self.seed + done)  # type: ignore[arg-type]
@@ -391,7 +395,12 @@ class SurrogateSearcher:
     def _save(self, agent: _Agent, env: CompressionEnv) -> None:
         if self.checkpoint is not None and agent.model is not None:
             save_checkpoint(self.checkpoint, agent.model, env,
-                            replace(self.ppo, episodes_per_rollout=self.settings.rollout_episodes))
+                            self._ppo_settings())
+
+    def _ppo_settings(self) -> PPOSettings:
+        """PPO's settings on the surrogate: larger rollouts and minibatches than on real episodes."""
+        return replace(self.ppo, episodes_per_rollout=self.settings.rollout_episodes,
+                       minibatch_episodes=self.settings.minibatch_episodes)
 
     def _result(self, env: CompressionEnv, start: int, interrupted: bool) -> SearchResult:
         self.notes["real_episodes"] = len(env.history) - start
