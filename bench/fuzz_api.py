@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     result = summarize(interactions(folder / "events.ndjson"))
     result.update(schemathesis_exit=code, jobs_launched=launched, torch_loaded=health["torch_loaded"],
                   seconds=round(time.perf_counter() - started, 1), max_examples=args.max_examples, seed=args.seed)
+    print(f"{'operation':62s} requests by status")
     for label, counts in result["by_operation"].items():
         print(f"{label:62s} " + ", ".join(f"{status}: {n}" for status, n in counts.items()))
     print(f"{result['requests']} requests sent, {result['server_errors']} answered 5xx, "

@@ -19,6 +19,9 @@ episodes the cold search needed.
 
 Usage: python bench/warm_start.py [--episodes 48] [--seeds 0,1,2] [--episode-steps 40]
        [--searchers-json runs/bench/searchers.json] [--out runs/bench/warm_start]
+       [--config examples/digits-resnet20.yaml] [--sources src-all-45-cpu2t,...] [--targets all-30,...]
+--config, --sources and --targets make a smaller run (the tests' smoke run: a tiny deployment, one
+source, one target); cold rows are taken from --searchers-json only when it was run on the same config.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from _settings import (
     write_settings,
 )
 from searchers import (  # bench/searchers.py, beside this file
+    DEFAULT_CONFIG,
     DEPLOYMENTS,
     ROOT,
     Deployment,
@@ -68,8 +72,9 @@ SOURCES: dict[str, dict[str, Any]] = {
 """Where the checkpoints come from: none shares a class subset, budget and profile with a target."""
 
 
-def source_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None) -> Deployment:
-    d = build_deployment(name, overrides, episode_steps)
+def source_deployment(name: str, overrides: dict[str, Any], episode_steps: int | None,
+                      config_path: Path = DEFAULT_CONFIG) -> Deployment:
+    d = build_deployment(name, overrides, episode_steps, config_path)
     d.config = d.config.model_copy(update={"search": d.config.search.model_copy(update={"warm_start": None})})
     return d
 
@@ -108,7 +113,7 @@ def keep_sources(args: argparse.Namespace, settings: dict[str, Any]) -> bool:
 
 def cold_settings(args: argparse.Namespace, name: str, d: Deployment) -> dict[str, Any]:
     """A target's settings as bench/searchers.py records them (its config has no warm start override)."""
-    config = deployment_config(DEPLOYMENTS[name], args.episode_steps)
+    config = deployment_config(DEPLOYMENTS[name], args.episode_steps, args.config)
     return {"run": run_settings(args), "deployment": deployment_settings(d.bench, config)}
 
 
@@ -138,6 +143,10 @@ def load_cold(path: Path, args: argparse.Namespace, targets: dict[str, Deploymen
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="the deployment the sources and targets override (default: examples/digits-resnet20.yaml)")
+    parser.add_argument("--sources", default=",".join(SOURCES), help="source deployments to search first")
+    parser.add_argument("--targets", default=",".join(DEPLOYMENTS), help="held-out deployments (bench/searchers.py's)")
     parser.add_argument("--episodes", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--episode-steps", type=int, default=None)
@@ -152,9 +161,11 @@ def main() -> None:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "mlflow.db"
-    sources = {name: source_deployment(name, overrides, args.episode_steps) for name, overrides in SOURCES.items()}
-    targets = {name: build_deployment(name, {**overrides, "search.warm_start": "auto"}, args.episode_steps)
-               for name, overrides in DEPLOYMENTS.items()}
+    sources = {name: source_deployment(name, SOURCES[name], args.episode_steps, args.config)
+               for name in names(args.sources, SOURCES, "--sources")}
+    targets = {name: build_deployment(name, {**DEPLOYMENTS[name], "search.warm_start": "auto"}, args.episode_steps,
+                                      args.config)
+               for name in names(args.targets, DEPLOYMENTS, "--targets")}
     settings = sources_settings(args, sources)
     kept = keep_sources(args, settings)
     cold_results, cold_lines = load_cold(args.searchers_json, args, targets)
@@ -213,6 +224,15 @@ def main() -> None:
         print(f"\n{MARK} reused from an earlier run, its settings matched this run's exactly: {'; '.join(reused)}")
     print(f"\n{args.episodes} episodes, seeds {args.seeds}, {time.perf_counter() - started:.0f} s in all "
           f"('>{args.episodes}': the median search never got there)")
+
+
+def names(given: str, known: dict[str, Any], option: str) -> list[str]:
+    """The comma-separated names of `given`, each one of `known`, else SystemExit in one line."""
+    chosen = given.split(",")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise SystemExit(f"{option}: unknown {', '.join(unknown)}: choose from {', '.join(known)}")
+    return chosen
 
 
 def median(values: list[int | None], episodes: int) -> str:

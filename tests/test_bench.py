@@ -1,18 +1,19 @@
-"""The bench scripts (bench/*.py) run: every one answers --help, and those with a small setting
-run it (marked slow) and print their table: its header and at least one row of numbers. The
---help checks run every script in one interpreter (about 10 s).
+"""The bench scripts (bench/*.py) run: every one answers --help, and runs its smallest setting
+(marked slow) and prints its table: its header and at least one row of numbers. The --help checks
+run every script in one interpreter (about 10 s).
 
 Smoke runs share one tiny deployment (a width-0.5 ResNet-20 on 16x16 digits, 3 training epochs,
-a few episodes) and one MODELTAILOR_CACHE, so the teacher trains once for the module. Scripts
-without a smoke run, and why:
-  * cifar10: needs the CIFAR-10 archive (--data), which the tests do not have;
-  * campaign: even --quick trains the example campaign's teachers and starts a local Ray for a
-    sequential and a concurrent arm (minutes on two cores); tests/test_campaign*.py run campaigns;
-  * dashboard_screenshot: needs a tracked campaign run and Chromium (tests/test_dashboard.py
-    drives the MLflow UI);
-  * warm_start: searches three source deployments (one on cpu-2t) with PPO and three held-out
-    targets cold and warm, on examples/digits-resnet20.yaml (no smaller config): minutes;
-  * fuzz_api: starts the HTTP API and schemathesis over every operation (tests/test_api.py fuzzes it).
+a few episodes) and one MODELTAILOR_CACHE, so the teacher trains once for the module. Every script
+has one; those that need more than the tiny deployment:
+  * cifar10: a tiny CIFAR-10-format archive (10 classes, 16 train and 2 test JPEGs each) and its own
+    teacher (8 short epochs); one Torch-Pruning ratio, ORT int8 and one 2-episode search;
+  * campaign: a 2-deployment campaign of the tiny deployment, the speed part only (the sequential
+    arm, then the campaign on a local Ray); the fidelity part (a second, background campaign and
+    each model timed alone and during it) is left out;
+  * dashboard_screenshot: the store tests/test_dashboard.py builds (no search) and Chromium,
+    skipped without it except in CI;
+  * warm_start: one source and one held-out target on the tiny deployment, cold PPO run here;
+  * fuzz_api: one example per operation, fuzzing phase only (tests/test_api.py fuzzes it more).
 
 The reuse rule (bench/_settings.py: an earlier result is reused only when its settings match
 exactly) is tested without searches: the helper, searchers.py --merge's refusal, cifar10's rows
@@ -90,7 +91,7 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
         "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "fuzz_api", "held_out",
-        "joint_vs_prune", "recovery_budget", "search_default", "searchers", "surrogate", "warm_start",
+        "joint_vs_prune", "recovery_budget", "search_default", "searchers", "shared_agent", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
 
@@ -235,6 +236,139 @@ def test_corpus_smoke(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     (row,) = table_rows(out, ["| model", "units", "frozen", "latency ms", "speedup"], "conv_head")
     assert "refused" not in row and re.search(r"\d+\.\d+x", row), row
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_warm_start_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """One source, one target, no bench/searchers.py results (cold PPO runs here). The tiny model's
+    latency is mostly overhead: a lower min_keep and more timed runs keep the 50% budget reachable."""
+    config, cache = tiny
+    reachable = copy.deepcopy(TINY)
+    reachable["search"]["min_keep"] = 0.1
+    reachable["device"].update(runs=50, warmup=5)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(reachable))
+    out = run_bench("warm_start", cache, "--config", str(tmp_path / "tiny.yaml"), "--sources", "src-all-45-cpu2t",
+                    "--targets", "all-50", "--episodes", "2", "--seeds", "0",
+                    "--searchers-json", str(tmp_path / "none.json"), "--out", str(tmp_path / "out"))
+    assert "all-50: cold PPO run here, no baselines" in out and "source src-all-45-cpu2t: PPO best" in out, out
+    (row,) = table_rows(out, ["| held-out deployment", "warm start from", "warm PPO", "cold PPO"], "all-50")
+    cells = [cell.strip() for cell in row.strip("| ").split("|")]
+    assert cells[1] == "src-all-45-cpu2t" and all(re.fullmatch(r"\d+\.\d+ ± \d+\.\d+", c) for c in cells[2:4]), row
+    assert cells[4] == "-" and re.fullmatch(r"(\d+|>2) / (\d+|>2)", cells[5]), row
+    assert set(json.loads((tmp_path / "out" / "warm_start-keep.json").read_text())) == {"all-50"}
+
+
+@pytest.mark.slow
+def test_fuzz_api_smoke(tmp_path: Path) -> None:
+    """One example per operation, fuzzing phase only, a query-only server: every operation answered."""
+    out = run_bench("fuzz_api", tmp_path / "cache", "--max-examples", "1", "--phases", "fuzzing", "--max-jobs", "0",
+                    "--folder", str(tmp_path / "api"), "--json", str(tmp_path / "fuzz.json"))
+    rows = [row for row in table_rows(out, ["operation", "requests by status"]) if "requests sent" not in row]
+    assert {"GET /v1/health", "GET /v1/jobs", "POST /v1/searches", "POST /v1/campaigns"} <= {
+        " ".join(row.split()[:2]) for row in rows}, rows
+    counted = sum(int(n) for row in rows for n in re.findall(r"\b\d{3}: (\d+)", row))
+    total = re.search(r"^(\d+) requests sent, 0 answered 5xx, 0 without an answer; 0 jobs launched", out, re.M)
+    assert total and int(total.group(1)) == counted >= len(rows), out
+    assert json.loads((tmp_path / "fuzz.json").read_text())["requests"] == counted
+
+
+def tiny_cifar10(folder: Path) -> Path:
+    """A CIFAR-10-format archive: the 10 class folders, 16 train and 2 test 32x32 JPEGs each."""
+    from tests.test_data_archive import make_members, write_archive
+
+    return write_archive(folder / "cifar10-jpeg.tar.gz", make_members(train=16, test=2))
+
+
+@pytest.mark.slow
+def test_cifar10_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """A teacher trained on the tiny archive, one Torch-Pruning ratio (alone and then int8), ORT int8
+    of the teacher and one 2-episode search (the accuracy objective: no budget to reach)."""
+    _, cache = tiny
+    tiny_set = ["model.kwargs.width=0.5", "data.input_size=16", "train.epochs=8", "train.batch_size=16",
+                "train.lr=0.05", "recovery.final_steps=2", "recovery.episode_steps=2", "recovery.batch_size=16",
+                "device.runs=10", "device.warmup=2", "compute.precision=fp32", "search.searcher=random"]
+    out = run_bench("cifar10", cache, "--data", str(tiny_cifar10(tmp_path)), "--episodes", "2", "--ratios", "0.5",
+                    "--modes", "uniform", "--skip", "budget", "joint", "int8search", "subset", "--repeats", "1",
+                    "--set", *tiny_set, "--out", str(tmp_path / "out"))
+    rows = [row for row in table_rows(out, ["| model", "test acc", "drop (pt)", "latency ms", "speedup", "params k"])
+            if row.startswith("|")]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names == ["teacher", "ORT static int8 (whole teacher)", "torch-pruning uniform 50%",
+                     "torch-pruning uniform 50% + ORT int8", "modeltailor fastest within 1 pt"], rows
+    assert rows[0].split("|")[6].strip() == "1.00x" and "2 episodes" in rows[-1], rows
+    rival = r"(: no rival is as fast| \(\d+\.\d+ ms, .*\): [-+]\d+\.\d+ points)"  # its equal-latency line
+    assert re.search(rf"^modeltailor fastest within 1 pt{rival}", out, re.M), out
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 5
+
+
+@pytest.mark.slow
+def test_campaign_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """The speed part on a 2-deployment campaign of the tiny deployment (2 episodes each); the
+    fidelity part (a background campaign, each model timed alone and during it) is left out."""
+    _, cache = tiny
+    base = {key: value for key, value in TINY.items() if key not in ("name", "tracking")}
+    spec = {"name": "bench-tiny", "max_concurrent": 2, "base": {**base, "objective": {"kind": "tradeoff"}},
+            "deployments": [{"name": "all-1t"}, {"name": "all-2t", "device": {"name": "cpu-2t"}}]}
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(spec))
+    out = run_bench("campaign", cache, "--config", str(tmp_path / "campaign.yaml"), "--out", str(tmp_path / "out"),
+                    "--parts", "speed", "--episodes", "2", "--final-steps", "2", "--search-runs", "10")
+    arms = table_rows(out, ["arm", "finished", "wall s", "deployments/h"])[:2]
+    assert [row.split()[:2] for row in arms] == [["sequential", "2/2"], ["campaign", "2/2"]], arms
+    assert re.search(r"^campaign speed-up: \d+\.\d+x \(2 trials at once", out, re.M), out
+    rows = [row for row in table_rows(out, ["deployment", "device", "arm", "state", "speedup", "acc drop"])
+            if row.split()[0] in ("all-1t", "all-2t")]
+    assert [row.split()[2:4] for row in rows] == [["sequential", "finished"]] * 2 + [["campaign", "finished"]] * 2, rows
+    assert all(re.search(r"\d+\.\d+x", row) for row in rows), rows
+    report = json.loads((tmp_path / "out" / "bench-campaign.json").read_text())
+    assert report["speed"]["campaign"]["extra"]["max_concurrent"] == 2 and "fidelity" not in report
+
+
+@pytest.mark.slow
+def test_shared_agent_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """One deployment per arm (the tiny one, 2 real episodes each, a short surrogate pretraining):
+    both arms finish, the table has a row per arm with its numbers, and a rerun into the same
+    --out refuses (the benchmark reuses nothing)."""
+    _, cache = tiny
+    config = tmp_path / "tiny.yaml"
+    search = {**TINY["search"], "surrogate": {"pretrain_episodes": 20, "round_episodes": 5}}
+    config.write_text(yaml.safe_dump({**TINY, "search": search}))
+    args = ["--config", str(config), "--out", str(tmp_path / "out"), "--shared-episodes", "2",
+            "--independent-episodes", "2", "--episode-steps", "2", "--subsets", "all", "--budgets", "0.6",
+            "--devices", "cpu-1t", "--concurrent", "1"]
+    out = run_bench("shared_agent", cache, *args)
+    rows = [row for row in table_rows(out, ["deployment", "arm", "real episodes", "test acc", "speedup"])
+            if row.startswith("|")]
+    assert [row.split("|")[2].strip() for row in rows] == ["shared", "independent"], out
+    assert all(re.search(r"\| 2 \| \d+\.\d+ \| \d+\.\d+x \|", row) for row in rows), rows
+    assert re.search(r"^wall-clock: shared \d+ s, independent \d+ s, ratio \d+\.\d+$", out, re.M), out
+    report = json.loads((tmp_path / "out" / "shared-agent.json").read_text())
+    assert report["settings"]["args"]["shared_episodes"] == 2 and len(report["rows"]) == 1
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "shared_agent.py"), *args], cwd=ROOT,
+                           env=_env(cache), capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "holds an earlier run" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+def test_dashboard_screenshot_smoke(tmp_path: Path) -> None:
+    """The campaign's parent run of the store tests/test_dashboard.py builds (no search), shot in
+    headless Chromium; skipped without a browser, except in CI, as there."""
+    from tests.test_dashboard import browser_skip_reason, build_store
+
+    reason = browser_skip_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the dashboard screenshot needs a browser in CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    store = build_store(tmp_path / "store")
+    png = tmp_path / "shot.png"
+    out = run_bench("dashboard_screenshot", tmp_path / "cache", "--tracking-uri", store.uri, "--out", str(png))
+    shown = json.loads(out)
+    assert shown["run_id"] == store.parent_run_id and shown["heading"] == "digits-fleet", shown
+    assert shown["description"].startswith("campaign digits-fleet: 2 of 4 deployments finished"), shown
+    assert [image["width"] > 0 for image in shown["images"]] == [True] and "campaign.png" in shown["images"][0]["src"]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and shown["bytes"] == len(data) > 20_000, len(data)
+    assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == (1400, 1000)  # IHDR: the window
 
 
 # -- reuse only with exactly the same settings -----------------------------------------------------
