@@ -206,7 +206,12 @@ def test_searchers_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """One source of 8 random episodes is enough experience: the assisted searchers skip their seed
     episodes and go straight to the surrogate."""
-    config, cache = tiny
+    _, cache = tiny
+    # the target's 40% budget on cpu-2t: the tiny model's latency is mostly fixed overhead, so a
+    # loaded machine can put the budget below what min_keep 0.3 reaches (seen in CI); 0.1 reaches it
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "device": {**TINY["device"], "runs": 50},
+                                      "search": {**TINY["search"], "min_keep": 0.1}}))
     out = run_bench("held_out", cache, "--config", str(config), "--sources", "src-all-30", "--episodes", "8",
                     "--assisted-episodes", "3",
                     "--seeds", "0", "--episode-steps", "2", "--pretrain-episodes", "10", "--round-episodes", "4",

@@ -161,6 +161,7 @@ def run_campaign(
                     _tune(campaign, out_dir, todo, statuses, uri, parent, reporter)
             except KeyboardInterrupt:
                 interrupted = True
+                _stop_trials()
             finally:
                 statuses = _finish(out_dir, campaign, record, parent, interrupted, started, reporter)
     wall = time.perf_counter() - started
@@ -170,6 +171,15 @@ def run_campaign(
             f"deployments finished and kept in {out_dir}; rerun with --resume --out {out_dir} to run the rest"
         )
     return CampaignRun(out_dir, statuses, record.get("mlflow_run_id"), wall, interrupted, _cluster_record(cluster))
+
+
+def _stop_trials() -> None:
+    """Disconnect from Ray, which ends this campaign's trials, before the closing record counts
+    their episodes: a trial still running (SIGTERM reaches the campaign process alone) or finishing
+    its episode would otherwise append one after it was counted."""
+    import ray
+
+    ray.shutdown()
 
 
 def _finish(

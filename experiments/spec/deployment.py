@@ -122,6 +122,9 @@ class PPOConfig(Strict):
     warm_noise: Literal["keep", "reset"] = Field(
         "keep", description="with search.warm_start: keep the checkpoint's learned action noise, or reset it to log_std_init"
     )
+    minibatch_episodes: int = Field(
+        1, ge=1, le=1024, description="ppo-real: episodes per gradient step (the surrogate's PPO uses 4 of its 16)"
+    )
 
 
 class SurrogateConfig(Strict):
