@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from modeltailor.common.http_errors import HttpError, add_error_handlers
 from modeltailor.devices.base import TOKEN_ENV, token_from_environment
 from modeltailor.devices.local import LocalOrtDevice
+from modeltailor.devices.measurement import Measurement
 from modeltailor.errors import ConfigError, ModelTailorError, first_line
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,16 @@ WORKER_START_TIMEOUT_S = 120.0
 WORKER_MODULE = "modeltailor.devices.server"
 
 
+def _payload(measurement: Measurement) -> dict[str, Any]:
+    """One measurement as the server answers it: the flat numbers plus ``latency`` and ``memory``."""
+    return {**measurement.to_dict(), "latency": measurement.latency.to_dict(), "memory": measurement.memory.to_dict()}
+
+
 def _measure_payload(threads: int, onnx_bytes: bytes, runs: int, warmup: int) -> dict[str, Any]:
     device = LocalOrtDevice(name="server", intra_op_threads=threads, runs=runs, warmup=warmup)
     start = time.perf_counter()
     measurement = device.measure(onnx_bytes)
-    return {
-        "device": measurement.device,
-        **measurement.to_dict(),
-        "latency": measurement.latency.to_dict(),
-        "memory": measurement.memory.to_dict(),
-        "measure_seconds": time.perf_counter() - start,
-    }
+    return {"device": measurement.device, **_payload(measurement), "measure_seconds": time.perf_counter() - start}
 
 
 def _alternate_payload(
@@ -68,10 +68,7 @@ def _alternate_payload(
     measured = device.measure_alternately(dict(enumerate(models)), repeats=repeats)
     seconds = time.perf_counter() - start
     return {
-        "measurements": [
-            {**m.to_dict(), "latency": m.latency.to_dict(), "memory": m.memory.to_dict()}
-            for _, m in sorted(measured.items())
-        ],
+        "measurements": [_payload(m) for _, m in sorted(measured.items())],
         "timed": "alternating",
         "repeats": repeats,
         "measure_seconds": seconds,

@@ -163,6 +163,15 @@ def profile_fingerprint(device: dict[str, Any]) -> str:
 # -- registering -------------------------------------------------------------------------------
 
 
+def measured_profile(device: dict[str, Any]) -> str:
+    """The fingerprint of a device as it describes itself, a local device's CPU model added (a
+    local-ort description names no CPU: where it measured is this machine)."""
+    info = dict(device)
+    if info.get("kind") == "local-ort":
+        info.setdefault("cpu", cpu_model())
+    return profile_fingerprint(info)
+
+
 def _client(tracking_uri: str) -> mlflow.MlflowClient:
     quiet_mlflow_logging()
     uri = normalize_tracking_uri(tracking_uri)
@@ -226,11 +235,8 @@ def register_search(tracking_uri: str, out_dir: Path, summary: SearchSummary | N
         if existing is not None:
             return _info(client, existing)
         _ensure_registered_model(client, name, device)
-        device_info = dict(summary.device)
-        if device_info.get("kind") == "local-ort":
-            device_info.setdefault("cpu", cpu_model())
         campaign = _campaign_of(client, run_id)
-        tags = _version_tags(summary, campaign, profile_fingerprint(device_info))
+        tags = _version_tags(summary, campaign, measured_profile(summary.device))
         model_id, source = _log_onnx_model(run_id, out_dir, summary)
         version = client.create_model_version(
             name, source=source, run_id=run_id, tags=tags, model_id=model_id,

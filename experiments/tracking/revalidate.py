@@ -44,7 +44,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from modeltailor.devices.base import Device
-from modeltailor.devices.cache import cpu_model
 from modeltailor.devices.measurement import LatencyStats
 from modeltailor.devices.profiles import get_spec
 from modeltailor.env.reward import Resources
@@ -63,9 +62,9 @@ from modeltailor.experiments.tracking.registry import (
     _unknown_device,
     check_device_name,
     download_file,
+    measured_profile,
     model_name,
     model_versions,
-    profile_fingerprint,
 )
 from modeltailor.experiments.tracking.tracker import _mlflow_errors, normalize_tracking_uri
 
@@ -158,7 +157,7 @@ def revalidate(
         say(f"measuring {pool.alias}: {', '.join(f'v{v.version}' for v in pool.members)}, alternating")
         measured.append(_measure(measuring, pool, models, repeats))
     checks = [_judge(pool, stats, dry_run) for pool, stats in zip(pools, measured, strict=True)]
-    report = Revalidation(device, name, _profile(measuring), datetime.now(UTC).isoformat(timespec="seconds"),
+    report = Revalidation(device, name, measured_profile(measuring.describe()), datetime.now(UTC).isoformat(timespec="seconds"),
                           dry_run, checks)
     if not dry_run:
         with _mlflow_errors(uri):
@@ -232,14 +231,6 @@ def _now(version: ModelVersion, stats: LatencyStats) -> Resources:
     """A version's recorded accuracy and memory with its re-measured latency."""
     recorded = resources(dict(version.tags))
     return Resources(recorded.accuracy, stats.median_ms, recorded.memory_bytes)
-
-
-def _profile(device: Device) -> str:
-    """The fingerprint of the device profile as measured here (see registry.profile_fingerprint)."""
-    info = dict(device.describe())
-    if info.get("kind") == "local-ort":
-        info.setdefault("cpu", cpu_model())
-    return profile_fingerprint(info)
 
 
 def _record(client: mlflow.MlflowClient, name: str, check: DeploymentCheck, report: Revalidation) -> None:
