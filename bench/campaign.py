@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _cli import one_line_errors
+
 from modeltailor.common import cores
 from modeltailor.devices.measurement import LatencyStats
 from modeltailor.errors import ModelTailorError
@@ -553,4 +555,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

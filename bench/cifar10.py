@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch_pruning as tp
 import yaml
+from _cli import one_line_errors
 from _settings import (  # bench/, beside this file
     MARK,
     config_settings,
@@ -355,4 +356,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main()
+    one_line_errors(main)

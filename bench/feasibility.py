@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from _cli import one_line_errors
 
 from modeltailor.compressors.export import export_onnx
 from modeltailor.compressors.policy import Policy
@@ -185,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

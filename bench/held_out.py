@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _cli import one_line_errors
 from searchers import (
     DEFAULT_CONFIG,
     ROOT,
@@ -150,4 +151,4 @@ def table(runs: dict[str, list[dict[str, Any]]], goal: float | None, episodes: i
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

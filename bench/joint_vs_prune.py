@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from _cli import one_line_errors
+
 from modeltailor.experiments.search.run import run_search
 from modeltailor.experiments.spec.deployment import load_config
 
@@ -53,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from _cli import one_line_errors
 from scipy.stats import kendalltau, spearmanr
 
 from modeltailor.compressors.distill import distill, predict_logits, recalibrate_batchnorm
@@ -133,4 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

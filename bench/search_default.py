@@ -12,6 +12,8 @@ import logging
 import time
 from pathlib import Path
 
+from _cli import one_line_errors
+
 from modeltailor.agent import make_searcher
 from modeltailor.env.reward import Resources
 from modeltailor.experiments.search.objective import build_env, make_reward
@@ -49,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from _cli import one_line_errors
 from _settings import (  # bench/, beside this file
     MARK,
     compare,
@@ -332,4 +333,4 @@ def save(args: argparse.Namespace, results: dict, deployments: dict[str, Deploym
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

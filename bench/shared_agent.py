@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _cli import one_line_errors
 from _settings import config_settings
 from campaign import Arm, arm_cache, arm_env, environment, lock_folder, run_parallel, warm_teachers
 
@@ -203,4 +204,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

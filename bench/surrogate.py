@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import one_line_errors
 from searchers import DEFAULT_CONFIG, ROOT, build_deployment
 
 from modeltailor.compressors.policy import Policy, UnitAction
@@ -119,4 +120,4 @@ def _ms(values: tuple[float, ...]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _cli import one_line_errors
 from _settings import (
     MARK,
     SETTINGS_FILE,
@@ -242,4 +243,4 @@ def median(values: list[int | None], episodes: int) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)
