@@ -6,11 +6,13 @@ sibling of the real env whose evaluator is the surrogate (`env/surrogate.py`), f
 experience: every real episode of earlier searches of the same model and data, plus this one's.
 The search then repeats, until the real-episode budget is spent:
 
-1. the proposer plays `round_episodes` surrogate episodes (PPO learns from them);
-2. every distinct model it has played so far (its archive) is ranked by the current surrogate's
+1. the proposer plays `round_episodes` surrogate episodes (PPO learns from them), and
+   `design_candidates` fresh genomes of a space-filling design are played beside it;
+2. every distinct model played so far (the two archives) is ranked by the current surrogate's
    predicted reward (an upper confidence bound: accuracy plus `optimism` standard deviations), and
    the best one not measured yet is evaluated for real on the real env (so it lands in the
-   episode records, the experience, MLflow, and the budget limiter's cost models);
+   episode records, the experience, MLflow, and the budget limiter's cost models); `notes`
+   counts whether the agent or the design played it;
 3. the surrogate is refitted with it.
 
 Before the first round the proposer trains for `pretrain_episodes`. With too little experience to
@@ -20,9 +22,13 @@ unit's deviation from it: mild to aggressive, every unit covered) is measured fi
 episode budget.
 
 A warm start (another search's agent checkpoint) must never make the search worse than a cold
-one: the warm agent and a cold one both train on the surrogate, the first `2 * warm_trial` real
-episodes alternate between their proposals, and the agent whose proposals measured the better
-reward goes on (the warm one on a tie). `notes` says what was decided.
+one. The warm agent has learned already, so it trains only `warm_pretrain_episodes` on this
+deployment's surrogate. Its first `warm_trial` proposals alternate with as many from a rival that
+costs no training: a space-filling design played on the surrogate and ranked by it (what the
+search would measure with no agent at all). If the rival's proposals measure the better reward,
+the warm start falls back: a cold agent trains (`pretrain_episodes`) and goes on; on a tie the
+warm one goes on. `notes` says what was decided. (Pretraining a cold agent beside every warm one,
+as before, cost as much surrogate time as the real episodes a warm start saves.)
 """
 
 from __future__ import annotations
@@ -75,12 +81,15 @@ class SurrogateSettings:
     """Samples the surrogate needs before it is trusted: seed episodes make up the shortfall."""
     pretrain_episodes: int = 600
     """Surrogate episodes the proposer plays before its first real proposal."""
+    warm_pretrain_episodes: int = 150
+    """The same for a warm-started agent, which learned on earlier deployments already."""
     round_episodes: int = 60
     """Surrogate episodes between two real episodes."""
     select_every: int = 12
     """Real episodes between two choices of the regressor kind (by cross-validated Kendall tau)."""
     warm_trial: int = 2
-    """Real episodes each for the warm and the cold agent before one of them goes on."""
+    """Real episodes each for the warm agent and the design rival before the warm agent goes on or
+    falls back to a cold one."""
     rollout_episodes: int = 16
     """PPO episodes per update on the surrogate (episodes are cheap there: larger, steadier batches
     than the real-episode PPO's `episodes_per_rollout`)."""
@@ -88,6 +97,12 @@ class SurrogateSettings:
     """Surrogate episodes per PPO gradient step: a quarter of a rollout, so an update is 4 minibatches
     x n_epochs steps (one episode per step made an update 16 x 10 steps; on CPU the time goes to
     the steps' overhead, not their size)."""
+    design_candidates: int = 30
+    """Fresh genomes of a space-filling design played on the surrogate each round beside the PPO
+    agent's episodes: their models are ranked with the agent's, so a real episode goes to whichever
+    the surrogate rates best (0: the agent's alone). Surrogate-ranked designs are strong at small
+    budgets (predictor-guided random search, as BANANAS found); the agent has to beat them to be
+    measured, and `notes["proposals"]` counts who won."""
     variants: bool = True
     """PPO learns across variants of the deployment (other budgets or floors, the class subsets in
     the experience) besides the deployment itself; see `deployment_variants`."""
@@ -177,6 +192,22 @@ class EvolutionProposer:
 
 
 @dataclass
+class DesignProposer:
+    """No learning: plays fresh genomes of a space-filling design (`seed_design`) on the surrogate.
+    Ranked by the surrogate like any proposer's, they are the rival a warm agent must beat."""
+
+    seed: int
+    played: int = 0
+
+    def learn(self, env: CompressionEnv, episodes: int) -> list[Policy]:
+        start = len(env.history)
+        for genome in seed_design(len(env.units), _dims(env), episodes, self.seed + self.played):
+            run_episode(env, _player(genome))
+        self.played += len(env.history) - start
+        return [r.policy for r in env.history[start:]]
+
+
+@dataclass
 class Archive:
     """Every distinct model a proposer has played on the surrogate, with its encoding, oldest first
     (the oldest dropped beyond `limit`): the candidates real episodes are spent on."""
@@ -258,21 +289,25 @@ class SurrogateSearcher:
             self.notes["deployment_variants"] = len(variants)
             agents = self._agents(env, evaluators, variants, done)
             for agent in agents:
-                agent.archive.add(self._train(agent, self.settings.pretrain_episodes), encoder, view.classes)
+                agent.archive.add(self._train(agent, self._pretrain(agent)), encoder, view.classes)
             self.report(
                 f"surrogate: fitted on {len(surrogate.samples)} real episodes ({surrogate.kind}"
-                f"{_scores(surrogate)}); the agent trained on {self.settings.pretrain_episodes} surrogate "
-                f"episodes{' each (warm and cold)' if len(agents) > 1 else ''}"
+                f"{_scores(surrogate)}); the {agents[0].label} agent trained on {self._pretrain(agents[0])} "
+                f"surrogate episodes{' (a space-filling design is its rival for the first proposals)' if len(agents) > 1 else ''}"
             )
             self._save(agents[0], env)
             measured = {_key(encoder, r.policy, view.classes) for r in env.history if r.failure is None}
             real = seeds
+            design = agents[-1] if len(agents) > 1 else self._design(env, evaluators)
+            self.notes["proposals"] = {"agent": 0, "design": 0}
             while len(env.history) - start < episodes:
-                agent = agents[real % len(agents)] if len(agents) > 1 else agents[0]
-                policy, predicted = self._propose(agent, evaluator, measured, env)
+                # the warm check alternates the two sources; after it, both feed one ranking
+                sources = [agents[real % len(agents)]] if len(agents) > 1 else [agents[0], design]
+                policy, predicted, agent = self._propose(sources, evaluator, measured, env)
                 record = env.evaluate(policy)
                 measured.add(_key(encoder, record.policy, view.classes))
                 agent.rewards.append(record.reward)
+                self.notes["proposals"]["design" if agent is design else "agent"] += 1
                 real += 1
                 self._log_round(real, predicted, record, surrogate)
                 reselect = real % self.settings.select_every == 0
@@ -286,7 +321,7 @@ class SurrogateSearcher:
                         f"({surrogate.kind}{_scores(surrogate)})"
                     )
                 if len(agents) > 1 and all(len(a.rewards) >= self.settings.warm_trial for a in agents):
-                    agents = [self._decide(agents)]
+                    agents = [self._decide(agents, env, evaluators, variants, encoder, view)]
                 self._save(agents[0], env)
         except KeyboardInterrupt:
             return self._result(env, start, True)
@@ -325,24 +360,36 @@ class SurrogateSearcher:
             sibling = env.sibling(evaluators[0])
             return [_Agent("evolution", EvolutionProposer(EvolutionSearcher(seed=self.seed)), sibling)]
         settings = self._ppo_settings()
-        ppo = PPOSearcher(seed=self.seed, settings=settings, checkpoint=self.checkpoint)
-        cold_env = self._mixture(env, evaluators, variants, 0)
-        cold = ppo.build(cold_env, seed=self.seed + done)  # type: ignore[arg-type]
-        if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
-            restore_checkpoint(self.checkpoint, cold, env)
-            self.notes["agent_from"] = "resumed"
-            agents = [_Agent("resumed", PPOProposer(cold), cold_env.main, cold)]
-        else:
-            agents = [_Agent("cold", PPOProposer(cold), cold_env.main, cold)]
         if self.warm_start is not None and done == 0:
             warm_env = self._mixture(env, evaluators, variants, 1)
             warm = PPOSearcher(seed=self.seed, settings=settings, warm_start=self.warm_start).start(env, 0)
             warm.set_env(warm_env)
-            agents.insert(0, _Agent("warm", PPOProposer(warm), warm_env.main, warm))
+            return [self._logged(_Agent("warm", PPOProposer(warm), warm_env.main, warm), env),
+                    self._design(env, evaluators)]
+        cold = self._cold(env, evaluators, variants, done)
+        if done > 0 and self.checkpoint is not None and self.checkpoint.is_file():
+            restore_checkpoint(self.checkpoint, cold.model, env)
+            self.notes["agent_from"] = "resumed"
+            cold.label = "resumed"
+        return [cold]
+
+    def _cold(self, env: CompressionEnv, evaluators: list[SurrogateEvaluator], variants: list[Variant],
+              done: int) -> _Agent:
+        """A fresh PPO agent on its own mixture of surrogate envs."""
+        mixture = self._mixture(env, evaluators, variants, 0)
+        ppo = PPOSearcher(seed=self.seed, settings=self._ppo_settings(), checkpoint=self.checkpoint)
+        model = ppo.build(mixture, seed=self.seed + done)  # type: ignore[arg-type]
+        return self._logged(_Agent("cold", PPOProposer(model), mixture.main, model), env)
+
+    def _logged(self, agent: _Agent, env: CompressionEnv) -> _Agent:
         if self.stats is not None:  # PPO's training statistics, stepped by the real episodes so far
-            for agent in agents:
-                agent.model.set_logger(Logger(folder=None, output_formats=[StatsWriter(self.stats, env)]))
-        return agents
+            agent.model.set_logger(Logger(folder=None, output_formats=[StatsWriter(self.stats, env)]))
+        return agent
+
+    def _pretrain(self, agent: _Agent) -> int:
+        if agent.label == "design":
+            return 0
+        return self.settings.warm_pretrain_episodes if agent.label == "warm" else self.settings.pretrain_episodes
 
     def _mixture(self, env: CompressionEnv, evaluators: list[SurrogateEvaluator], variants: list[Variant],
                  salt: int) -> DeploymentMixture:
@@ -358,34 +405,60 @@ class SurrogateSearcher:
         return policies
 
     def _propose(
-        self, agent: _Agent, evaluator: SurrogateEvaluator, measured: set[bytes], env: CompressionEnv
-    ) -> tuple[Policy, float]:
-        """The agent plays a round on the surrogate; every distinct model it has played so far (its
-        archive) is ranked by the current surrogate's predicted reward, and the best one not yet
-        measured is proposed (up to three rounds of play to find one; else the best)."""
+        self, sources: list[_Agent], evaluator: SurrogateEvaluator, measured: set[bytes], env: CompressionEnv
+    ) -> tuple[Policy, float, _Agent]:
+        """Each source plays a round on the surrogate (the agent `round_episodes`, the design
+        `design_candidates` fresh genomes); every distinct model they have played so far (their
+        archives) is ranked by the current surrogate's predicted reward, and the best one not yet
+        measured is proposed, with the source that played it (up to three rounds of play to find
+        one; else the best)."""
         surrogate = evaluator.surrogate
         for _ in range(3):
-            agent.archive.add(self._train(agent, self.settings.round_episodes), surrogate.encoder, evaluator.classes)
-            fresh = [i for i, key in enumerate(agent.archive.keys) if key not in measured]
-            if fresh:
+            for source in sources:
+                played = self._train(source, self._round(source))
+                source.archive.add(played, surrogate.encoder, evaluator.classes)
+            pool = [(s, i) for s in sources for i, key in enumerate(s.archive.keys) if key not in measured]
+            if pool:
                 break
-        rows = fresh or list(range(len(agent.archive.keys)))
-        ranked = rank_encoded(surrogate, agent.archive.rows(rows), [agent.archive.policies[i] for i in rows],
-                              evaluator.device, env.baseline, env.reward_fn, self.settings.optimism)
-        return ranked[0][1], ranked[0][0]
+        pool = pool or [(s, i) for s in sources for i in range(len(s.archive.keys))]
+        rows = np.array([s.archive.encoded[i] for s, i in pool])
+        policies = [s.archive.policies[i] for s, i in pool]
+        ranked = rank_encoded(surrogate, rows, policies, evaluator.device, env.baseline, env.reward_fn,
+                              self.settings.optimism)
+        predicted, best = ranked[0]
+        source = next(s for s, i in pool if s.archive.policies[i] is best)
+        return best, predicted, source
 
-    def _decide(self, agents: list[_Agent]) -> _Agent:
-        warm, cold = agents
-        keep = max(warm.rewards) >= max(cold.rewards)
-        chosen = warm if keep else cold
+    def _round(self, source: _Agent) -> int:
+        return self.settings.design_candidates if source.label == "design" else self.settings.round_episodes
+
+    def _design(self, env: CompressionEnv, evaluators: list[SurrogateEvaluator]) -> _Agent:
+        """The space-filling design on the searched deployment's surrogate: a warm agent's rival
+        and, beside any agent, a source of candidates that owes nothing to what the agent learned."""
+        return _Agent("design", DesignProposer(self.seed), env.sibling(evaluators[0]))
+
+    def _decide(self, agents: list[_Agent], env: CompressionEnv, evaluators: list[SurrogateEvaluator],
+                variants: list[Variant], encoder: PolicyEncoder, view: ExperienceView) -> _Agent:
+        """The warm agent goes on unless the design's proposals measured better; then a cold agent
+        trains and goes on, starting from every model the two played."""
+        warm, rival = agents
+        keep = max(warm.rewards) >= max(rival.rewards)
         self.notes["agent_from"] = "warm" if keep else "cold (the warm start fell back)"
-        self.notes["warm_check"] = {"warm_best_reward": max(warm.rewards), "cold_best_reward": max(cold.rewards),
+        self.notes["warm_check"] = {"warm_best_reward": max(warm.rewards), "design_best_reward": max(rival.rewards),
                                     "episodes_each": len(warm.rewards), "kept": "warm" if keep else "cold"}
         self.report(
             f"warm start check: the warm agent's best of {len(warm.rewards)} real episodes {max(warm.rewards):.4f}, "
-            f"the cold agent's {max(cold.rewards):.4f}: going on with the {'warm' if keep else 'cold'} agent"
+            f"the space-filling design's {max(rival.rewards):.4f}: "
+            + ("going on with the warm agent" if keep else
+               f"falling back to a cold agent ({self.settings.pretrain_episodes} surrogate episodes)")
         )
-        return chosen
+        if keep:
+            return warm
+        cold = self._cold(env, evaluators, variants, 0)
+        cold.rewards = list(warm.rewards)
+        cold.archive = warm.archive
+        cold.archive.add(self._train(cold, self.settings.pretrain_episodes), encoder, view.classes)
+        return cold
 
     def _log_round(self, real: int, predicted: float, record: EpisodeRecord, surrogate: Surrogate) -> None:
         if self.stats is not None:
@@ -393,7 +466,7 @@ class SurrogateSearcher:
                         "surrogate/episodes": float(self.notes["surrogate_episodes"])}, real)
 
     def _save(self, agent: _Agent, env: CompressionEnv) -> None:
-        if self.checkpoint is not None and agent.model is not None:
+        if self.checkpoint is not None and agent.model is not None and agent.label != "design":
             save_checkpoint(self.checkpoint, agent.model, env,
                             self._ppo_settings())
 

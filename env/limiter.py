@@ -117,6 +117,11 @@ class ReadOnlyLimiter:
         return None
 
 
+BISECTIONS = 12
+"""Halvings of [lo, hi] that find a unit's largest keep ratio within the budget: 2^-12 of the range
+is finer than one channel of any unit up to 4,096 channels, and each halving is a prediction (on
+the surrogate, the limiter's bisection was a third of an episode's time at 20)."""
+
 BACK_OFF = 1e-3
 """A cap found among rounded channel counts is returned this far inside its step, so that the
 policy's 4-decimal keep ratio cannot round it onto the next channel count."""
@@ -173,7 +178,7 @@ class BudgetLimiter:
         if not fits(lo):
             return None
         low = lo
-        for _ in range(20):
+        for _ in range(BISECTIONS):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         return max(low, lo - BACK_OFF) if self.predictor is not None else lo

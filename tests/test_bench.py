@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import json
 import os
 import re
@@ -216,7 +217,10 @@ def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
                     "--assisted-episodes", "3",
                     "--seeds", "0", "--episode-steps", "2", "--pretrain-episodes", "10", "--round-episodes", "4",
                     "--out", str(tmp_path / "held_out.json"))
-    rows = [row for row in table_rows(out, ["| searcher", "best after 3", "real episodes to random"]) if row.startswith("|")]
+    # every row, numbers or not: under load random can find nothing within budget in 8 episodes ("none")
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "| searcher" in line and "real episodes to random" in line)
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[at + 2:]))
     labels = [row.split("|")[1].strip() for row in rows]
     assert labels[0] == "random" and "ppo + experience" in labels and "evolution-surrogate (no experience)" in labels
     assert json.loads((tmp_path / "held_out.json").read_text())["settings"]["assisted_episodes"] == 3

@@ -195,7 +195,7 @@ def test_a_poor_warm_start_falls_back_to_a_cold_agent(model, tmp_path: Path):  #
     result = searcher.search(fresh, FAST.seed_episodes + 6)
     check = result.notes["warm_check"]
     assert result.notes["agent_from"] == "cold (the warm start fell back)", check
-    assert check["kept"] == "cold" and check["cold_best_reward"] > check["warm_best_reward"]
+    assert check["kept"] == "cold" and check["design_best_reward"] > check["warm_best_reward"]
 
 
 def test_experience_is_read_back_by_regime_with_torn_lines_skipped(model, tmp_path: Path):  # noqa: F811

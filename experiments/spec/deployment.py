@@ -137,7 +137,16 @@ class SurrogateConfig(Strict):
         "data and recovery, a space-filling set of seed episodes makes up the shortfall (out of search.episodes)",
     )
     pretrain_episodes: int = Field(600, ge=0, le=1_000_000, description="surrogate episodes before the first real proposal")
+    warm_pretrain_episodes: int = Field(
+        150, ge=0, le=1_000_000,
+        description="the same for an agent warm-started from an earlier deployment's (it learned there already)",
+    )
     round_episodes: int = Field(60, ge=1, le=100_000, description="surrogate episodes between two real episodes")
+    design_candidates: int = Field(
+        30, ge=0, le=100_000,
+        description="fresh space-filling designs played on the surrogate each round and ranked with the agent's models "
+        "(0: the agent's alone)",
+    )
     rollout_episodes: int = Field(
         16, ge=1, le=1024, description="ppo: episodes per PPO update on the surrogate (search.ppo.episodes_per_rollout is ppo-real's)"
     )

@@ -157,14 +157,19 @@ class SearchAgentInfo(Strict):
     seed_episodes: int = Field(description="of them, seed episodes (a space-filling design) for a surrogate short of experience")
     surrogate_episodes: int = Field(description="episodes played on the surrogate (milliseconds each)")
     prior_samples: int = Field(description="earlier real episodes of this model, data and recovery the surrogate started from")
-    agent_from: str = Field(description="cold, warm (another search's agent, checked against a cold one), "
-                            "'cold (the warm start fell back)', or resumed")
+    agent_from: str = Field(description="cold, warm (another search's agent, checked against a surrogate-ranked "
+                            "space-filling design), 'cold (the warm start fell back)', or resumed")
     warm_start: str | None = Field(default=None, description="the run id or path of the warm start's agent checkpoint")
-    warm_check: dict[str, Any] | None = Field(default=None, description="the warm and the cold agent's best real rewards")
+    warm_check: dict[str, Any] | None = Field(
+        default=None, description="the warm agent's and its rival's (a surrogate-ranked space-filling design) "
+        "best real rewards, and which agent went on")
     predictor: dict[str, Any] | None = Field(
         default=None, description="the accuracy predictor: its kind and every candidate's cross-validated Kendall tau"
     )
     experience: str | None = Field(default=None, description="the experience file read and appended (null: off)")
+    proposals: dict[str, int] | None = Field(
+        default=None, description="of the real episodes after the seeds, how many went to the agent's models and how "
+        "many to the space-filling design's (both ranked by the surrogate)")
     deployment_variants: int = Field(
         default=0, description="ppo: variants of the deployment (budgets, floors, class subsets) its agent also learned on"
     )
