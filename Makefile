@@ -24,7 +24,7 @@ campaign: install  ## four deployments of the default model at once on a local R
 	$(BIN)/modeltailor campaign --config examples/campaign-digits.yaml --out runs/campaign
 
 test: install  ## the full test suite (CI runs this)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

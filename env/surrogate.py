@@ -143,7 +143,10 @@ class Regressor:
         if self.kind == "gp":
             mean, std = self._models[0].predict(xs, return_std=True)
         elif self.kind == "trees":
-            per_tree = np.array([tree.predict(xs) for tree in self._models[0].estimators_])
+            # the trees' own float32 input, validated once: per-tree validation was 90% of a
+            # one-row prediction (18 ms of 20 for 100 trees), and a surrogate episode makes three
+            rows = np.ascontiguousarray(xs, dtype=np.float32)
+            per_tree = np.array([tree.predict(rows, check_input=False) for tree in self._models[0].estimators_])
             mean, std = per_tree.mean(axis=0), per_tree.std(axis=0)
         else:
             each = np.array([m.predict(xs) for m in self._models])

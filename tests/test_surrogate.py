@@ -35,6 +35,7 @@ from modeltailor.env.evaluator import EvalData, PolicyEvaluator
 from modeltailor.env.reward import AccuracyFloorReward, Resources
 from modeltailor.env.surrogate import (
     PolicyEncoder,
+    Regressor,
     SurrogateEvaluator,
     fit_surrogate,
     kendall_tau,
@@ -130,6 +131,18 @@ def test_kind_is_picked_by_cross_validated_rank():
     assert select_kind(x[:10], y[:10]) == ("gp", {})  # too few to cross-validate
 
 
+def test_the_trees_mean_is_the_forests_own_prediction():
+    """The trees' per-tree predictions skip sklearn's input checks (one check for all): their mean
+    must still be exactly what the fitted forest predicts."""
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(size=(60, 7)), rng.uniform(size=60)
+    regressor = Regressor("trees").fit(x, y)
+    rows = rng.uniform(size=(5, 7))
+    mean, std = regressor.predict(rows)
+    forest = regressor._models[0].predict(regressor._x(rows))
+    assert np.allclose(mean, forest * regressor._y[1] + regressor._y[0]) and np.all(std > 0)
+
+
 def test_seed_design_spans_mild_to_aggressive():
     genomes = seed_design(units=10, dims=1, count=8, seed=0)
     levels = sorted(float(g.mean()) for g in genomes)
@@ -154,10 +167,19 @@ def test_surrogate_search_is_deterministic_for_a_seed_and_spends_the_budget(mode
     assert notes["seed_episodes"] == FAST.seed_episodes and notes["real_episodes"] == 14
     assert SearchAgentInfo(**notes).surrogate_episodes == notes["surrogate_episodes"]  # what summary.json holds
     assert notes["surrogate_episodes"] >= FAST.pretrain_episodes + 8 * FAST.round_episodes
+    # each real episode after the seeds went to the agent's models or the design's, both ranked
+    assert sum(notes["proposals"].values()) == 14 - FAST.seed_episodes
     # every real episode after the seeds is a model not measured before
     encoder = PolicyEncoder(env.analysis, 1)
     keys = [encoder.encode(r.policy, None).round(6).tobytes() for r in first.episodes]
     assert len(set(keys)) == len(keys)
+
+
+def test_without_design_candidates_every_proposal_is_the_agents(model):  # noqa: F811
+    env = make_env(model, ("prune",), modelled=True)
+    searcher = SurrogateSearcher(seed=0, settings=replace(FAST, design_candidates=0), ppo=PPOSettings(hidden=16))
+    result = searcher.search(env, FAST.seed_episodes + 3)
+    assert result.notes["proposals"] == {"agent": 3, "design": 0}
 
 
 def test_evolution_on_the_surrogate_beats_its_own_seeds(model):  # noqa: F811
