@@ -23,8 +23,11 @@ demo: install  ## search the default deployment: ResNet-20 on digits, all classe
 campaign: install  ## four deployments of the default model at once on a local Ray (examples/campaign-digits.yaml)
 	$(BIN)/modeltailor campaign --config examples/campaign-digits.yaml --out runs/campaign
 
+# test files on $(TEST_WORKERS) workers (pytest-xdist): a file's tests stay on one worker, so its
+# module fixtures (a teacher, a server, a two-node Ray cluster) are built once and never twice at once
+TEST_WORKERS ?= 2
 test: install  ## the full test suite (CI runs this)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

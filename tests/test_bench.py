@@ -113,7 +113,7 @@ TINY = {
     "device": {"name": "cpu-1t", "runs": 10, "warmup": 2},
     "train": {"epochs": 3},
     "objective": {"kind": "budget", "max_latency_ratio": 0.6},
-    "search": {"searcher": "random", "episodes": 2, "round_to": 2, "min_keep": 0.3},
+    "search": {"searcher": "random", "episodes": 2, "round_to": 2, "min_keep": 0.3, "calibration_policies": 4},
     "recovery": {"episode_steps": 2, "final_steps": 5, "finalists": 1},
     "tracking": {"enabled": False},
 }
@@ -262,9 +262,16 @@ def test_warm_start_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     assert "all-50: cold PPO run here, no baselines" in out and "source src-all-45-cpu2t: PPO best" in out, out
     (row,) = table_rows(out, ["| held-out deployment", "warm start from", "warm PPO", "cold PPO"], "all-50")
     cells = [cell.strip() for cell in row.strip("| ").split("|")]
-    assert cells[1] == "src-all-45-cpu2t" and all(re.fullmatch(r"\d+\.\d+ ± \d+\.\d+", c) for c in cells[2:4]), row
+    # "none": the seed found nothing within budget; a loaded machine can push the tiny model's
+    # budget below what 2 episodes reach (seen in CI), so the cell must agree with the report
+    report = json.loads((tmp_path / "out" / "warm_start-keep.json").read_text())
+    assert set(report) == {"all-50"} and len(report["all-50"]["warm"]) == 1
+    (warm,) = report["all-50"]["warm"]
+    assert len(warm["episodes"]) == 2 and all(e["latency_ms"] > 0 for e in warm["episodes"]), warm
+    warm_cell = "none" if warm["best"] is None else f"{warm['best'] * 100:.2f} ± 0.00"
+    assert cells[1] == "src-all-45-cpu2t" and cells[2] == warm_cell, (row, warm["best"])
+    assert re.fullmatch(r"\d+\.\d+ ± \d+\.\d+|none", cells[3]), row
     assert cells[4] == "-" and re.fullmatch(r"(\d+|>2) / (\d+|>2)", cells[5]), row
-    assert set(json.loads((tmp_path / "out" / "warm_start-keep.json").read_text())) == {"all-50"}
 
 
 @pytest.mark.slow

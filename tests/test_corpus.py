@@ -40,7 +40,7 @@ Torch-Pruning cannot follow ("INDICES element is out of DATA bounds" when it pru
 TINY = {
     "data": {"name": "digits", "input_size": 16},
     "train": {"epochs": 12},
-    "search": {"episodes": 3, "round_to": 2},
+    "search": {"episodes": 3, "round_to": 2, "surrogate": {"pretrain_episodes": 40, "round_episodes": 10}},
     "objective": {"kind": "tradeoff"},
     "recovery": {"episode_steps": 5, "final_steps": 20, "finalists": 1},
     "device": {"runs": 8, "warmup": 2},

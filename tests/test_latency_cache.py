@@ -416,7 +416,7 @@ def test_a_campaign_resume_names_the_deployment_and_the_changed_setting(tmp_path
 
 TINY_SEARCH = {
     "model.kwargs": {"width": 0.5}, "data.input_size": 16, "train.epochs": 3, "search.episodes": 3,
-    "search.round_to": 2, "recovery.episode_steps": 5, "recovery.final_steps": 10, "recovery.finalists": 1,
+    "search.round_to": 2, "search.calibration_policies": 4, "recovery.episode_steps": 5, "recovery.final_steps": 10, "recovery.finalists": 1,
     "device.runs": 10, "device.warmup": 2, "tracking.enabled": False,
     "search.searcher": "random",  # the cache is the subject: no surrogate pretraining in each of the three searches
 }

@@ -32,6 +32,7 @@ TINY = {
     "train.epochs": 3,
     "search.episodes": 3,
     "search.round_to": 2,
+    "search.calibration_policies": 4,  # the limiter's latency model: enough to fit one stage
     "search.surrogate.pretrain_episodes": 40,  # ppo's agent after its seed episodes: enough to have learned
     "search.surrogate.round_episodes": 10,
     "recovery.episode_steps": 5,

@@ -124,17 +124,12 @@ def deployment_context(bench: Workbench, baseline: Resources) -> DeploymentConte
     )
 
 
-CALIBRATION_POLICIES = 24
-"""Random policies measured (compressed and exported, no recovery) to fit the latency predictor
-before the search: with the baseline and the fastest model, more than two points per weight of
-ResNet-20's three stages; about 0.3 s each there."""
-
-
 def build_limiter(bench: Workbench, budget: Budget | None) -> ActionLimiter:
     """A BudgetLimiter seeded by the baseline and the most compressed model (after checking that
     the budget is reachable), or NoLimit without a budget. Under a latency budget its latency
-    predictor (`StageLatencyModel`) is also fitted on `CALIBRATION_POLICIES` random policies,
-    each compressed and measured without recovery."""
+    predictor (`StageLatencyModel`) is also fitted on `search.calibration_policies` random policies
+    (24 by default: with the baseline and the fastest model, more than two points per weight of
+    ResNet-20's three stages), each compressed and measured without recovery."""
     if budget is None:
         return NoLimit()
     s = bench.config.search
@@ -145,7 +140,7 @@ def build_limiter(bench: Workbench, budget: Budget | None) -> ActionLimiter:
         calibration: list[Outcome] = []
     else:
         limiter = BudgetLimiter(budget, predictor=StageLatencyModel(bench.analysis, round_to=s.round_to))
-        calibration = [measure_unrecovered(bench, policy) for policy in calibration_policies(bench, CALIBRATION_POLICIES)]
+        calibration = [measure_unrecovered(bench, policy) for policy in calibration_policies(bench, s.calibration_policies)]
     uncompressed = Policy.uniform((u.name for u in bench.analysis.units), 1.0)
     start = measure_unrecovered(bench, uncompressed) if int8_model(bench.config) else bench.baseline
     for outcome in (start, fastest, *calibration):  # every point as the episodes run: int8 when they are

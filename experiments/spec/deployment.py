@@ -184,6 +184,12 @@ class SearchConfig(Strict):
     skip_blocks: bool = Field(
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
     )
+    calibration_policies: int = Field(
+        24, ge=0,
+        description="under a latency budget, random policies compressed and measured (no recovery) before the "
+        "search to fit the limiter's latency model (about 0.3 s each on ResNet-20); fewer start sooner and "
+        "predict less well (0: the baseline and the most compressed model only)",
+    )
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings (searcher: ppo)")
     surrogate: SurrogateConfig = Field(
         default_factory=SurrogateConfig, description="the surrogate-assisted searchers' settings (ppo, evolution-surrogate)"
