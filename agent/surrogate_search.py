@@ -26,8 +26,8 @@ one. The warm agent has learned already, so it trains only `warm_pretrain_episod
 deployment's surrogate. Its first `warm_trial` proposals alternate with as many from a rival that
 costs no training: a space-filling design played on the surrogate and ranked by it (what the
 search would measure with no agent at all). If the rival's proposals measure the better reward,
-the warm start falls back: a cold agent trains (`pretrain_episodes`) and goes on; on a tie the
-warm one goes on. `notes` says what was decided. (Pretraining a cold agent beside every warm one,
+the warm start falls back: a cold agent trains (`pretrain_episodes`) and goes on; within
+`warm_margin` (the noise of one episode's score) it is a tie, and the warm one goes on. `notes` says what was decided. (Pretraining a cold agent beside every warm one,
 as before, cost as much surrogate time as the real episodes a warm start saves.)
 """
 
@@ -90,6 +90,11 @@ class SurrogateSettings:
     warm_trial: int = 2
     """Real episodes each for the warm agent and the design rival before the warm agent goes on or
     falls back to a cold one."""
+    warm_margin: float | None = None
+    """The warm agent falls back only when the design's best real reward beats its own by more than
+    this; None: one binomial standard error of an episode's accuracy at the design's best, on the
+    images episodes are scored on (96% on 136 images: 1.7 points; on 360: 1.0). Within it the two
+    are a tie, and a tie keeps the warm agent."""
     rollout_episodes: int = 16
     """PPO episodes per update on the surrogate (episodes are cheap there: larger, steadier batches
     than the real-episode PPO's `episodes_per_rollout`)."""
@@ -108,6 +113,17 @@ class SurrogateSettings:
     the experience) besides the deployment itself; see `deployment_variants`."""
     optimism: float = 1.0
     """Proposals are ranked with each predicted accuracy raised by this many standard deviations."""
+
+
+def score_noise(reward: float, env: CompressionEnv) -> float:
+    """One binomial standard error of an episode's accuracy near `reward` (clipped into [0.5, 1)),
+    on as many images as the env's evaluator scores on; 0.01 when it does not say (a modelled one)."""
+    data = getattr(getattr(env, "evaluator", None), "data", None)
+    images = len(getattr(data, "score_y", ()))
+    if images == 0:
+        return 0.01
+    p = min(max(reward, 0.5), 1.0 - 1.0 / images)
+    return float(np.sqrt(p * (1.0 - p) / images))
 
 
 @dataclass(frozen=True)
@@ -442,13 +458,17 @@ class SurrogateSearcher:
         """The warm agent goes on unless the design's proposals measured better; then a cold agent
         trains and goes on, starting from every model the two played."""
         warm, rival = agents
-        keep = max(warm.rewards) >= max(rival.rewards)
+        margin = self.settings.warm_margin
+        if margin is None:
+            margin = score_noise(max(rival.rewards), env)
+        keep = max(warm.rewards) >= max(rival.rewards) - margin
         self.notes["agent_from"] = "warm" if keep else "cold (the warm start fell back)"
         self.notes["warm_check"] = {"warm_best_reward": max(warm.rewards), "design_best_reward": max(rival.rewards),
-                                    "episodes_each": len(warm.rewards), "kept": "warm" if keep else "cold"}
+                                    "margin": margin, "episodes_each": len(warm.rewards),
+                                    "kept": "warm" if keep else "cold"}
         self.report(
             f"warm start check: the warm agent's best of {len(warm.rewards)} real episodes {max(warm.rewards):.4f}, "
-            f"the space-filling design's {max(rival.rewards):.4f}: "
+            f"the space-filling design's {max(rival.rewards):.4f} (a tie within {margin:.4f}): "
             + ("going on with the warm agent" if keep else
                f"falling back to a cold agent ({self.settings.pretrain_episodes} surrogate episodes)")
         )

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tests.corpus` as a factory reference, run from anywhere
 
+from _settings import write_settings  # noqa: E402  (bench/_settings.py, beside this file)
+
 from modeltailor.errors import ModelTailorError  # noqa: E402
 from modeltailor.experiments.search.run import run_search  # noqa: E402
 from modeltailor.experiments.search.teacher import load_teacher  # noqa: E402
@@ -40,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-corpus")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows = []
+    rows, configs = [], {}
     for name in args.models:
         cfg = load_config(None, {
             "name": f"corpus-{name}", "model.factory": f"tests.corpus:{CORPUS[name]}",
@@ -50,6 +52,7 @@ def main() -> None:
             **({"objective.kind": "budget", "objective.max_latency_ratio": args.budget} if args.budget
                else {"objective.kind": "tradeoff"}),
         })
+        configs[name] = cfg.model_dump(mode="json")
         try:
             full, _, _ = load_deployment_data(cfg)
             _, source = load_teacher(cfg, full, train=True)
@@ -73,6 +76,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # what the rows were made with, beside them (nothing here is reused: every run searches afresh)
+    write_settings(args.out, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                              "configs": configs})
     print(f"\n| model | units | frozen | compressed | output layer | subsets | teacher | compressed | "
           f"latency ms | speedup | params | search s |\n|{'---|' * 12}")
     for r in rows:

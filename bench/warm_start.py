@@ -210,7 +210,10 @@ def main() -> None:
                          "sources_from": str(store) if kept else None}
         print(f"{tname}: warm from {source}: best {[r['best'] for r in warm_runs]}, reached cold's final best at "
               f"{reach_warm} vs cold {reach_cold}", flush=True)
-    (args.out / f"warm_start-{args.warm_noise}.json").write_text(json.dumps(report, indent=1))
+    run = {"episodes": args.episodes, "seeds": seeds, "episode_steps": args.episode_steps,
+           "warm_noise": args.warm_noise, "config": str(args.config), "sources": list(sources),
+           "targets": {name: deployment_settings(d.bench, d.config) for name, d in targets.items()}}
+    (args.out / f"warm_start-{args.warm_noise}.json").write_text(json.dumps({"settings": run, "targets": report}, indent=1))
     print()
     print("| held-out deployment | warm start from | warm PPO | cold PPO | best baseline | episodes to cold's final best: warm / cold (median) |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -115,7 +115,8 @@ class ChannelPruningCompressor:
 
 
 def skip_blocks(model: nn.Module, units: list[str]) -> None:
-    """Replace, in place, the skippable residual block around each unit with nn.Identity."""
+    """Replace, in place, the skippable residual block around each unit with what its `skip_path()`
+    gives (a projection block: its shortcut), else nn.Identity."""
     blocks = skippable_blocks(model)
     for unit in units:
         owner = next((b for b in sorted(blocks, key=len, reverse=True) if unit.startswith(b + ".")), None)
@@ -127,7 +128,8 @@ def skip_blocks(model: nn.Module, units: list[str]) -> None:
             )
         parent_name, _, child = owner.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        replacement = nn.Identity()
+        skip_path = getattr(blocks[owner], "skip_path", None)
+        replacement: nn.Module = skip_path() if callable(skip_path) else nn.Identity()
         # torch types Module.__setattr__ as taking only a Tensor or Module, though plain attributes are allowed
         replacement.skipped_block = owner  # type: ignore[assignment]
         setattr(parent, child, replacement)

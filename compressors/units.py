@@ -173,8 +173,10 @@ def pruning_groups(model: nn.Module, graph: tp.DependencyGraph, protected: list[
     return [g for g in groups if _out_channels(g[0].dep.target.module) > 1]
 
 
-def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
-    """Find the units of `model` (not modified) and the MACs of each of its layers."""
+def analyze_model(model: nn.Module, example: torch.Tensor, projection_skips: bool = False) -> ModelAnalysis:
+    """Find the units of `model` (not modified) and the MACs of each of its layers. A unit's
+    `block` is the skippable residual block holding it; a projection block's only with
+    `projection_skips` (search.skip_projection)."""
     names = {module: name for name, module in model.named_modules()}
     costs = _layer_macs(model, example)
     graph = build_dependency_graph(model, example)
@@ -199,7 +201,7 @@ def analyze_model(model: nn.Module, example: torch.Tensor) -> ModelAnalysis:
                 in_unit[name] = root_name
             members.append(name)
         unit = _make_unit(root_name, index, root, members, costs)
-        units.append(replace(unit, block=_enclosing_block(model, members)))
+        units.append(replace(unit, block=_enclosing_block(model, members, projection_skips)))
     order = {name: i for i, name in enumerate(costs)}
     units.sort(key=lambda u: order.get(u.name, len(order)))
     units = [replace(u, index=i) for i, u in enumerate(units)]
@@ -306,12 +308,14 @@ def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int,
 
 
 def skippable_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """Residual blocks that declare `skippable = True` (identity shortcut): removable whole."""
+    """Residual blocks that declare `skippable = True`: removable whole (an identity shortcut), or
+    down to their shortcut (`projection = True`: a strided 1x1 conv, kept by `skip_path()`)."""
     return {name: m for name, m in model.named_modules() if getattr(m, "skippable", False) is True}
 
 
-def _enclosing_block(model: nn.Module, members: Sequence[str]) -> str | None:
-    for name in sorted(skippable_blocks(model), key=len, reverse=True):
+def _enclosing_block(model: nn.Module, members: Sequence[str], projection: bool) -> str | None:
+    blocks = {n: b for n, b in skippable_blocks(model).items() if projection or not getattr(b, "projection", False)}
+    for name in sorted(blocks, key=len, reverse=True):
         if members and all(m.startswith(name + ".") for m in members):
             return name
     return None

@@ -106,12 +106,12 @@ def architecture_signature(onnx_bytes: bytes) -> str:
 MAX_AGE_ENV = "MODELTAILOR_CACHE_MAX_AGE_DAYS"
 """Environment variable: the age (days) past which a cached latency is measured again."""
 DEFAULT_MAX_AGE_DAYS = 7.0
+"""A week: long enough for a campaign's searches to share timings, short enough that a host's
+changed load, firmware or power settings are measured again soon."""
 PRUNE_AFTER_DAYS = 30.0
 """Entries older than this (or than the cache's maximum age, if longer) are dropped when the file
 is rewritten: no process with the default maximum age would serve them, and a shared cache would
 otherwise grow with every architecture ever timed."""
-"""A week: long enough for a campaign's searches to share timings, short enough that a host's
-changed load, firmware or power settings are measured again soon."""
 VOLATILE_KEYS = frozenset({"busy", "measured", "status", "timeout_s", "max_model_bytes", "cache"})
 """What a device's ``describe()`` may hold that changes between calls or never changes a timing
 (a device server's busy flag and counter, its limits; the cache's own path)."""

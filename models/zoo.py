@@ -86,12 +86,32 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBNReLU(in_channels, out_channels, 1, stride, relu=False)
         self.relu = nn.ReLU(inplace=False)
-        # identity shortcut and a non-negative input (the previous ReLU): without its residual
-        # branch the block is relu(x) = x, so it can be removed whole (depth compression)
-        self.skippable = isinstance(self.shortcut, nn.Identity)
+        # removable whole (depth compression). With an identity shortcut and a non-negative input
+        # (the previous ReLU) the block without its residual branch is relu(x) = x: nothing is
+        # left. With a projection shortcut (a strided 1x1 conv) what is left is relu(shortcut(x)):
+        # `skip_path` (search.skip_projection lets a search use it).
+        self.skippable = True
+        self.projection = not isinstance(self.shortcut, nn.Identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+    def skip_path(self) -> nn.Module:
+        """What replaces the block when it is skipped: nothing, or its shortcut then the ReLU."""
+        return ProjectionPath(self.shortcut) if self.projection else nn.Identity()
+
+
+class ProjectionPath(nn.Module):
+    """A skipped projection block: relu(shortcut(x)), the shortcut keeping its name (so pruning
+    finds its channels under the same unit names)."""
+
+    def __init__(self, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.shortcut = shortcut
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.shortcut(x))
 
 
 def cifar_resnet(

@@ -167,6 +167,48 @@ def test_skip_of_a_block_whose_input_is_nonnegative_is_exact():
     assert torch.allclose(skipped(x), model(x), atol=1e-5)
 
 
+def test_a_projection_block_is_skipped_down_to_its_shortcut():
+    """A stage's first block (strided, projection shortcut) skipped: relu(shortcut(x)) is what is
+    left, the shortcut keeps its name and weights, the stage's channels still prune around it,
+    and the MAC estimate (what the limiter checks episodes against) counts the shortcut."""
+    from modeltailor.compressors.units import skippable_blocks
+    from modeltailor.models.zoo import ProjectionPath
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", in_channels=3, input_size=32, num_classes=10, width=0.5).eval()
+    analysis = analyze_model(model, torch.zeros(1, *SHAPE), projection_skips=True)
+    blocks = skippable_blocks(model)
+    projection = sorted(name for name, block in blocks.items() if block.projection)
+    assert len(blocks) == 9 and projection == ["features.4", "features.7"]
+    inside = {u.block: u for u in analysis.units if u.block in projection}
+    assert set(inside) == set(projection)
+    default = analyze_model(model, torch.zeros(1, *SHAPE))  # search.skip_projection off: identity blocks only
+    assert {u.name for u in default.units if u.block} == {
+        u.name for u in analysis.units if u.block} - {u.name for u in inside.values()}
+    skips = {inside["features.4"].name: 0.0}
+    actions = [UnitAction(u, "skip", 0.0) for u in skips]
+    actions += [UnitAction(u.name, keep=0.5) for u in analysis.units if u.name not in skips and u.block is None]
+    smaller = ChannelPruningCompressor(round_to=2).apply(model, Policy(tuple(actions)), torch.zeros(1, *SHAPE)).eval()
+    path, block = smaller.get_submodule("features.4"), model.get_submodule("features.4")
+    assert isinstance(path, ProjectionPath) and not hasattr(path, "conv1")
+    z = torch.relu(torch.randn(2, block.conv1[0].in_channels, 32, 32))
+    assert path.shortcut[0].out_channels < block.shortcut[0].out_channels  # the stage's channels pruned through it
+    unpruned = ChannelPruningCompressor().apply(model, Policy(tuple(actions[:1])), torch.zeros(1, *SHAPE)).eval()
+    with torch.no_grad():
+        assert torch.allclose(unpruned.get_submodule("features.4")(z), block.relu(block.shortcut(z)), atol=1e-6)
+    x = torch.randn(3, *SHAPE)
+    assert smaller(x).shape == (3, 10) and count_params(smaller) < count_params(model)
+    keep = {**{a.unit: a.keep for a in actions}}
+    built = {u.name: 0.0 if u.name in skips else channels_to_keep(u.channels, 0.5, 2) / u.channels
+             for u in analysis.units if u.name in keep}
+    assert estimate_macs(analysis, built) == pytest.approx(analyze_model(smaller, x[:1]).total_macs, rel=0.02)
+    assert onnx_matches_torch(smaller, export_onnx(smaller, SHAPE, dynamic_batch=True), x) < 1e-4
+    # measured like any episode: timed against the original in alternating rounds (about 4x fewer MACs)
+    timed = LocalOrtDevice(runs=30, warmup=5).measure_alternately(
+        {"model": export_onnx(model, SHAPE), "smaller": export_onnx(smaller, SHAPE)}, repeats=3)
+    assert timed["smaller"].latency.median_ms < timed["model"].latency.median_ms, timed
+
+
 def test_skip_outside_a_residual_block_is_rejected():
     model = build_model("vgg", in_channels=1, input_size=16, num_classes=3)
     first = analyze_model(model, torch.zeros(1, 1, 16, 16)).units[0]

@@ -39,6 +39,10 @@ def test_none_overrides_are_ignored(tmp_path):
         ("search:\n  min_keep: 0.9\n  max_keep: 0.5\n", "min_keep (0.9) must be below max_keep"),
         ("- a\n- b\n", "must hold a mapping"),
         ("objective:\n  kind: fastest\n", "objective.kind"),
+        ("search:\n  skip_blocks: false\n  skip_projection: true\n", "skip_projection needs skip_blocks: true"),
+        ("search:\n  lowrank_scheme: cpd\n", "search.lowrank_scheme"),
+        ("search:\n  calibration_policies: -1\n", "search.calibration_policies"),
+        ("search:\n  surrogate: {warm_margin: -0.1}\n", "search.surrogate.warm_margin"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, text, message):

@@ -270,6 +270,7 @@ def test_search_on_a_device_agent_takes_its_latencies_from_the_agent(agent_url, 
     run = run_search(cfg, tmp_path / "out")
     after = requests.get(f"{agent_url}/health", timeout=5).json()["measured"]
     assert run.summary.device["kind"] == "remote" and run.summary.device["url"] == agent_url
+    assert run.summary.final_timing == "alternating"  # the agent timed the baseline and the best in rounds
     # baseline + calibration + each distinct episode architecture + the final pair
     distinct = len({tuple(sorted(r.kept_channels.items())) for r in run.result.episodes})
     assert after - before >= 2 + distinct + 2

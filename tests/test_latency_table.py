@@ -68,11 +68,14 @@ def table_file(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: bytes) -> Pa
     measured = [FAST.measure(b).latency.median_ms for b in models]
     table.fit(sums, measured)
     FITTED_MS.update(zip(models, measured, strict=True))
+    FITTED_SUMS.update(zip(models, sums, strict=True))
     return table.save(tmp_path_factory.mktemp("tables") / "fast.json")
 
 
 FITTED_MS: dict[bytes, float] = {}
 """What the table_file fixture measured for each model it fitted the table on."""
+FITTED_SUMS: dict[bytes, float] = {}
+"""The table's node sum (ms) of each of those models."""
 
 
 def test_keys_ignore_weights_but_not_channel_counts(tiny_onnx: bytes) -> None:
@@ -130,8 +133,12 @@ def test_table_device_predicts(table_file: Path, tiny_onnx: bytes) -> None:
     # a deterministic device in test_calibrated_table_error_is_bounded_on_a_known_device.
     fitted = FITTED_MS[tiny_onnx]
     table = LatencyTable.load(table_file)
-    exact = table.scale > 0 and table.intercept != 0.0
-    assert result.latency.median_ms == pytest.approx(fitted, rel=1e-6 if exact else 1.0), (result.latency.median_ms, fitted)
+    if table.intercept != 0.0:  # two points, two parameters: through both
+        assert result.latency.median_ms == pytest.approx(fitted, rel=1e-6), (result.latency.median_ms, fitted)
+    else:  # the fallback: the median of measured / node sum over both models scales the node sum
+        ratio = float(np.median([FITTED_MS[m] / FITTED_SUMS[m] for m in FITTED_MS]))
+        assert table.scale == pytest.approx(ratio, rel=1e-9)
+        assert result.latency.median_ms == pytest.approx(ratio * FITTED_SUMS[tiny_onnx], rel=1e-6)
     assert result.timed == "predicted"
     both = device.measure_alternately({"a": tiny_onnx, "b": tiny_onnx}, repeats=3)
     assert {m.timed for m in both.values()} == {"predicted"}  # nothing timed, and the result says so

@@ -12,7 +12,9 @@ from modeltailor.compressors import policy as policy_module
 from modeltailor.compressors.export import export_onnx, onnx_matches_torch
 from modeltailor.compressors.lowrank import (
     LowRankCompressor,
+    cp_conv,
     factorized_cost,
+    full_rank,
     lowrank_candidates,
     rank_for,
     spatial_svd,
@@ -132,7 +134,7 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-@pytest.mark.parametrize("scheme", ["spatial", "tucker2"])
+@pytest.mark.parametrize("scheme", ["spatial", "tucker2", "cp"])
 @pytest.mark.parametrize(
     "layer, shape",
     [
@@ -174,6 +176,42 @@ def test_zoo_half_rank(name):
     assert all(torch.equal(before[k], after[k]) for k in before), "input model was mutated"
     onnx_bytes = export_onnx(small, SHAPE, dynamic_batch=True)
     assert onnx_matches_torch(small, onnx_bytes, torch.randn(8, *SHAPE)) < 1e-4
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cp_recovers_a_kernel_of_that_cp_rank(stride):
+    """A kernel that is a sum of 5 rank-one terms: CP at rank 5 gives the layer back (1x1,
+    depthwise (3, 1), depthwise (1, 3), 1x1; stride and bias kept), with fewer parameters."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 20, 3, stride=stride, padding=1).eval()
+    a, b, c, d = torch.randn(20, 5), torch.randn(12, 5), torch.randn(3, 5), torch.randn(3, 5)
+    with torch.no_grad():
+        conv.weight.copy_(torch.einsum("or,ir,hr,wr->oihw", a, b, c, d))
+    factors = cp_conv(conv, 5)
+    depthwise = [m for m in factors if m.groups > 1]
+    assert [tuple(m.kernel_size) for m in depthwise] == [(3, 1), (1, 3)] and all(m.groups == 5 for m in depthwise)
+    assert _rel_error(conv, factors, torch.randn(2, 12, 9, 9)) < 1e-4
+    assert count_params(factors) == 5 * (12 + 3 + 3 + 20) + 20 < count_params(conv)
+    assert cp_conv(conv, 5)[0].weight.equal(factors[0].weight), "the same layer gives the same factors"
+
+
+def test_cp_rank_is_capped_below_the_layer_and_checked():
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    cap = full_rank(conv, "cp")
+    assert cap * (16 + 3 + 3 + 16) < 16 * 16 * 9 <= (cap + 1) * (16 + 3 + 3 + 16)
+    with pytest.raises(CompressionError, match="cp rank"):
+        cp_conv(conv, cap + 1)
+
+
+def test_cp_zoo_model_is_smaller_and_exports():
+    torch.manual_seed(0)
+    model = build_model("resnet20", in_channels=3, input_size=32, num_classes=10, width=0.25).eval()
+    candidates = lowrank_candidates(model, 0.3, "cp", exclude=[output_name(model)])
+    assert set(candidates.values()) == {"cp", "svd"}  # svd: the 1x1 shortcuts
+    small = LowRankCompressor("cp").apply_ranks(model, dict.fromkeys(candidates, 0.3)).eval()
+    assert count_params(small) < count_params(model)
+    assert any(m.groups > 1 for m in small.modules() if isinstance(m, nn.Conv2d))
+    assert onnx_matches_torch(small, export_onnx(small, SHAPE, dynamic_batch=True), torch.randn(4, *SHAPE)) < 1e-4
 
 
 def test_policy_with_lowrank_method(monkeypatch):
@@ -219,6 +257,6 @@ def test_bad_inputs_raise():
         with pytest.raises(CompressionError):
             compressor.apply_ranks(model, bad)
     with pytest.raises(CompressionError):
-        LowRankCompressor(scheme="cp")
+        LowRankCompressor(scheme="cpd")
     with pytest.raises(CompressionError):
         spatial_svd(nn.Conv2d(8, 8, 3, groups=8), 2)

@@ -82,6 +82,8 @@ def regime(config: DeploymentConfig, teacher: str) -> str:
                      "alpha": r.alpha, "val_samples": r.val_samples, "seed": s.seed},
         "importance": s.importance, "round_to": s.round_to, "precision": config.compute.precision,
     }
+    if s.lowrank_scheme != "auto":  # only then: the hashes of experience recorded before it existed stay
+        settings["lowrank_scheme"] = s.lowrank_scheme
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -44,6 +44,7 @@ def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
         "classes": bench.classes,
         "importance": config.search.importance,
         "round_to": config.search.round_to,
+        "lowrank_scheme": config.search.lowrank_scheme,
         "kept_channels": record.kept_channels,
     }
     base = record.policy

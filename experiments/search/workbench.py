@@ -181,7 +181,7 @@ def build_workbench(
     teacher, source = load_teacher(config, full, _train_progress(report))
     input_shape = (1, splits.in_channels, splits.input_size, splits.input_size)
     base = narrow_classifier(teacher, classes, torch.zeros(input_shape)) if classes else teacher
-    found = analyze_model(base, torch.zeros(input_shape))
+    found = analyze_model(base, torch.zeros(input_shape), projection_skips=config.search.skip_projection)
     if not found.units:
         raise ModelLoadError("the model has no prunable conv/linear layer: nothing to compress")
     evaluator = _evaluator(config, splits, classes, base, input_shape, device)
@@ -287,7 +287,8 @@ def _evaluator(
     val_x, val_y = scoring_sample(*_split_labels(splits, "val", classes), config.recovery.val_samples, config.data.seed)
     return PolicyEvaluator(
         teacher=base,
-        compressor=make_applier(config.search.importance, config.search.round_to, train_x, train_y),
+        compressor=make_applier(config.search.importance, config.search.round_to, train_x, train_y,
+                                config.search.lowrank_scheme),
         data=EvalData(train_x, train_y, val_x, val_y),
         teacher_logits=TeacherLogits(base, train_x),
         recovery=recovery_config(config),
@@ -300,11 +301,12 @@ IMPORTANCE_SAMPLES = 256
 """Training images a data-driven importance (activation, taylor) ranks channels on."""
 
 
-def make_applier(importance: str, round_to: int, train_x: torch.Tensor, train_y: torch.Tensor) -> PolicyApplier:
+def make_applier(importance: str, round_to: int, train_x: torch.Tensor, train_y: torch.Tensor,
+                 lowrank_scheme: str = "auto") -> PolicyApplier:
     """The policy applier for a deployment; search and `apply` build it the same way."""
     data = (train_x[:IMPORTANCE_SAMPLES], train_y[:IMPORTANCE_SAMPLES]) if importance in DATA_DRIVEN else None
     return PolicyApplier(
-        ChannelPruningCompressor(importance, round_to, calibration=data), LowRankCompressor(round_to=round_to)
+        ChannelPruningCompressor(importance, round_to, calibration=data), LowRankCompressor(lowrank_scheme, round_to=round_to)
     )
 
 

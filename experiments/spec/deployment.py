@@ -142,6 +142,12 @@ class SurrogateConfig(Strict):
         description="the same for an agent warm-started from an earlier deployment's (it learned there already)",
     )
     round_episodes: int = Field(60, ge=1, le=100_000, description="surrogate episodes between two real episodes")
+    warm_margin: float | None = Field(
+        None, ge=0, le=10,
+        description="a warm-started agent falls back to a cold one only when the space-filling design's first "
+        "real episodes beat its own by more than this reward; default: one binomial standard error of an "
+        "episode's accuracy on the images episodes are scored on (1.7 points at 96% on 136 images)",
+    )
     design_candidates: int = Field(
         30, ge=0, le=100_000,
         description="fresh space-filling designs played on the surrogate each round and ranked with the agent's models "
@@ -184,6 +190,11 @@ class SearchConfig(Strict):
     skip_blocks: bool = Field(
         True, description="let the agent remove whole residual blocks with an identity shortcut (zoo models)"
     )
+    skip_projection: bool = Field(
+        False,
+        description="with skip_blocks, also blocks whose shortcut is a projection (a strided 1x1 conv at a stage's "
+        "start): such a block becomes that 1x1 path, so a stage can shrink to nothing but it (zoo models)",
+    )
     calibration_policies: int = Field(
         24, ge=0,
         description="under a latency budget, random policies compressed and measured (no recovery) before the "
@@ -204,6 +215,12 @@ class SearchConfig(Strict):
         description="searcher ppo or ppo-real (ignored by the others when auto): null for a cold start, or start from another search's agent: its --out folder or agent checkpoint "
         "file, its MLflow run id, or auto (the most similar finished deployment of the same model and data)",
     )
+    lowrank_scheme: Literal["auto", "spatial", "tucker2", "cp"] = Field(
+        "auto",
+        description="how lowrank factorizes a k x k conv: auto (spatial SVD or Tucker-2, whichever has fewer "
+        "parameters), spatial, tucker2, or cp (CP decomposition: 1x1, two depthwise, 1x1; TensorLy's CP-ALS, "
+        "slower to build); Linear and 1x1 layers always use SVD",
+    )
     importance: Literal["l1", "l2", "fpgm", "lamp", "activation", "taylor"] = Field(
         "l2",
         description="channel ranking: l1/l2 weight magnitude, fpgm, lamp, activation (DropNet: mean "
@@ -223,6 +240,8 @@ class SearchConfig(Strict):
             raise ValueError(f"warm_start needs searcher: ppo or ppo-real (this search uses {self.searcher}); drop warm_start")
         if not self.experience.strip():
             raise ValueError("experience is empty: give auto, off or a folder")
+        if self.skip_projection and not self.skip_blocks:
+            raise ValueError("skip_projection needs skip_blocks: true (it lets skipping reach projection blocks too)")
         if self.warm_start is not None and not self.warm_start.strip():
             raise ValueError("warm_start is empty: give a folder, a checkpoint file, an MLflow run id, or auto")
         return self

@@ -50,7 +50,7 @@ def rebuild(
     train_x, train_y = splits.train.tensors
     if classes:
         train_y = remap_labels(train_y, classes)
-    applier = make_applier(meta.get("importance", "l2"), round_to, train_x, train_y)
+    applier = make_applier(meta.get("importance", "l2"), round_to, train_x, train_y, meta.get("lowrank_scheme", "auto"))
     model = applier.apply(base, policy, torch.zeros(input_shape))
     if weights is not None:
         load_weights(model, weights)

@@ -78,12 +78,12 @@ def check_model(config: DeploymentConfig) -> ModelReport:
     example = torch.zeros(input_shape)
     output = find_output_layer(model, example)
     base = narrow_classifier(model, classes, example) if classes else model
-    analysis = analyze_model(base, example)
+    analysis = analyze_model(base, example, projection_skips=config.search.skip_projection)
     if not analysis.units:
         raise ModelLoadError("the model has no prunable conv/linear layer: nothing to compress")
     train_x, train_y = splits.train.tensors
     applier = make_applier(config.search.importance, config.search.round_to, train_x,
-                           remap_labels(train_y, classes) if classes else train_y)
+                           remap_labels(train_y, classes) if classes else train_y, config.search.lowrank_scheme)
     checks = check_model_units(config, base, analysis, applier, train_x)
     return ModelReport(
         model=config.model.factory or config.model.name or "resnet20",
