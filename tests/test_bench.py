@@ -92,7 +92,7 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
         "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "fuzz_api", "held_out",
-        "joint_vs_prune", "lowrank", "recovery_budget", "search_default", "searchers", "shared_agent", "surrogate", "warm_start",
+        "joint_vs_prune", "lowrank", "recovery_budget", "search_default", "subsets", "searchers", "shared_agent", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
 
@@ -334,6 +334,31 @@ def test_cifar10_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     rival = r"(: no rival is as fast| \(\d+\.\d+ ms, .*\): [-+]\d+\.\d+ points)"  # its equal-latency line
     assert re.search(rf"^modeltailor fastest within 1 pt{rival}", out, re.M), out
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 5
+
+
+@pytest.mark.slow
+def test_subsets_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """All classes and cat/dog on the tiny archive, one seed, 2 random episodes each: a row per
+    subset with its numbers, the all-class model narrowed beside it, the plot and the report."""
+    _, cache = tiny
+    tiny_set = ["model.kwargs.width=0.5", "data.input_size=16", "train.epochs=8", "train.batch_size=16",
+                "train.lr=0.05", "recovery.final_steps=2", "recovery.episode_steps=2", "recovery.batch_size=16",
+                "device.runs=10", "device.warmup=2", "compute.precision=fp32", "search.searcher=random"]
+    args = ["--data", str(tiny_cifar10(tmp_path)), "--subsets", "all,cat-dog", "--seeds", "0", "--episodes", "2",
+            "--repeats", "1", "--set", *tiny_set, "--out", str(tmp_path / "out")]
+    out = run_bench("subsets", cache, *args)
+    rows = [row for row in table_rows(out, ["| subset", "classes", "teacher acc", "searched: speedup"])
+            if row.startswith("|")]
+    cells = [[c.strip() for c in row.strip("| ").split("|")] for row in rows]
+    assert [(c[0], c[1]) for c in cells] == [("all", "10"), ("cat-dog", "2")], rows
+    assert all(re.fullmatch(r"\d+\.\d+x ± \d+\.\d+", c[3]) and re.fullmatch(r"\d+\.\d+x", c[8]) for c in cells), rows
+    assert cells[0][9] == "1.00x", rows  # the all-class row against itself
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["subsets"]["cat-dog"]["classes"] == [3, 5] and len(report["subsets"]["all"]["speedups"]) == 1
+    assert 0.0 <= report["subsets"]["cat-dog"]["narrowed_accuracy"] <= 1.0
+    assert (tmp_path / "out" / "subsets.png").stat().st_size > 0
+    again = run_bench("subsets", cache, *args)  # rerun: the searches' settings match, so they are reused
+    assert "all * |" in again and "cat-dog * |" in again, again
 
 
 @pytest.mark.slow
