@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from modeltailor.agent.surrogate_search import (
     ExperienceView,
     SurrogateSearcher,
     SurrogateSettings,
+    score_noise,
     seed_design,
 )
 from modeltailor.common.jsonl_log import JsonlLog
@@ -225,6 +228,20 @@ def test_a_poor_warm_start_falls_back_to_a_cold_agent(model, tmp_path: Path, mar
         assert result.notes["agent_from"] == "cold (the warm start fell back)" and check["kept"] == "cold", check
     else:
         assert check["margin"] == margin and result.notes["agent_from"] == "warm" and check["kept"] == "warm", check
+
+
+def test_the_warm_check_margin_is_one_standard_error_of_a_score():
+    """On 136 scored images at 96.3% (digits 0-4 in the shared_agent run) one standard error is 1.6
+    points; a score below 50% uses 50% (the widest), a perfect one still leaves one image's worth."""
+    from types import SimpleNamespace
+
+    def env(images: int) -> Any:
+        return SimpleNamespace(evaluator=SimpleNamespace(data=SimpleNamespace(score_y=torch.zeros(images))))
+
+    assert score_noise(131 / 136, env(136)) == pytest.approx(math.sqrt(131 / 136 * 5 / 136 / 136))
+    assert score_noise(0.2, env(100)) == pytest.approx(0.05) == score_noise(0.5, env(100))
+    assert 0 < score_noise(1.0, env(400)) == pytest.approx(math.sqrt(399 / 400 / 400 / 400))
+    assert score_noise(0.9, SimpleNamespace(evaluator=lambda policy: None)) == 0.01  # no images to say
 
 
 def test_experience_is_read_back_by_regime_with_torn_lines_skipped(model, tmp_path: Path):  # noqa: F811
