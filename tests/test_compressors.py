@@ -59,9 +59,11 @@ def test_pruned_is_faster_on_ort(zoo_model):
     analysis = analyze_model(model, torch.zeros(1, *SHAPE))
     policy = Policy.uniform([u.name for u in analysis.units], 0.3)
     pruned = ChannelPruningCompressor().apply(model, policy, torch.zeros(1, *SHAPE))
-    device = LocalOrtDevice(runs=60, warmup=10)
-    base = device.measure(export_onnx(model, SHAPE)).latency.median_ms
-    small = device.measure(export_onnx(pruned, SHAPE)).latency.median_ms
+    # alternating rounds: load that comes and goes (another test worker, a background job) hits
+    # both alike; timed one after the other, shufflenet's ratio inverted under load
+    timed = LocalOrtDevice(runs=20, warmup=10).measure_alternately(
+        {"base": export_onnx(model, SHAPE), "small": export_onnx(pruned, SHAPE)}, repeats=3)
+    base, small = timed["base"].latency.median_ms, timed["small"].latency.median_ms
     assert small < base, f"{name}: pruned {small:.3f} ms is not faster than {base:.3f} ms"
 
 
