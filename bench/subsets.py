@@ -32,13 +32,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-import yaml
 from _cli import one_line_errors
 from _settings import MARK, deployment_settings, legend
-from cifar10 import Row, search_row, teacher_row  # bench/cifar10.py, beside this file
+from cifar10 import Row, deployment, search_row, teacher_row  # bench/cifar10.py, beside this file
 
 from modeltailor.experiments.search.workbench import build_workbench
-from modeltailor.experiments.spec.deployment import DeploymentConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSETS: dict[str, list[str] | None] = {
@@ -56,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None,
                         help="cifar10-jpeg.tar.gz or its extracted folder (default: the config's data.root)")
     parser.add_argument("--config", type=Path, default=ROOT / "examples" / "cifar10-resnet20.yaml")
+    parser.add_argument("--model", default=None, help="zoo model (default: the config's), e.g. resnet56")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help=f"comma-separated, from {', '.join(SUBSETS)}")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the config's)")
@@ -71,19 +70,6 @@ def parse_args() -> argparse.Namespace:
     if "all" not in args.subsets.split(","):
         raise SystemExit("--subsets: include all: every subset is compared with the all-class search")
     return args
-
-
-def deployment(args: argparse.Namespace, classes: list[str] | None, **overrides: Any) -> DeploymentConfig:
-    values: dict[str, Any] = {"tracking.enabled": False, "classes": classes}
-    if args.data is not None:
-        values["data.root"] = str(args.data)
-    if args.episodes:
-        values["search.episodes"] = args.episodes
-    for item in args.set:
-        key, _, value = item.partition("=")
-        values[key] = yaml.safe_load(value)
-    values.update(overrides)
-    return load_config(args.config, values)
 
 
 def restricted_accuracy(onnx_bytes: bytes, x: torch.Tensor, y: torch.Tensor, columns: list[int]) -> float:
@@ -140,14 +126,14 @@ def main() -> None:
     tests: dict[str, tuple[torch.Tensor, torch.Tensor, list[int]]] = {}
     device = None
     for name in names:
-        bench = build_workbench(deployment(args, SUBSETS[name]), report=lambda m: print(m, flush=True))
+        bench = build_workbench(deployment(args, classes=SUBSETS[name]), report=lambda m: print(m, flush=True))
         device = device or bench.device.uncached()
         teachers[name] = teacher_row(bench, f"teacher on {name}", "teacher")
         x, y = bench.labels("test")
         tests[name] = (x, y, bench.output_classes)
         searched[name] = []
         for seed in seeds:
-            cfg = deployment(args, SUBSETS[name], **within, **{"search.seed": seed})
+            cfg = deployment(args, classes=SUBSETS[name], **within, **{"search.seed": seed})
             row = search_row(f"{name} seed {seed}", name, cfg, args.out / f"{name}-seed{seed}",
                              deployment_settings(bench, cfg))
             searched[name].append(row)
@@ -184,7 +170,7 @@ def main() -> None:
                         "accuracies": [r.accuracy for r in runs], "memory_bytes": [r.memory_bytes for r in runs],
                         "narrowed_accuracy": narrowed_acc, "narrowed_speedup": narrowed_speedup,
                         "reused": [r.reused for r in runs]}
-    config = deployment(args, None)
+    config = deployment(args)
     print(f"\n{config.model.name} on {config.data.name}, device {config.device.name}, fastest within "
           f"{args.within:g} pt of each subset's teacher, {config.search.episodes} episodes per search, seeds "
           f"{args.seeds}, {args.repeats} alternating rounds; {time.perf_counter() - started:.0f} s in all\n")
