@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--episode-steps", type=int, default=None, help="distillation steps per episode (default 40)")
     parser.add_argument("--pretrain-episodes", type=int, default=None, help="search.surrogate.pretrain_episodes (600)")
     parser.add_argument("--round-episodes", type=int, default=None, help="search.surrogate.round_episodes (60)")
+    parser.add_argument("--target-latency-ratio", type=float, default=TARGET[1]["objective.max_latency_ratio"],
+                        help="the held-out target's latency budget, a fraction of its baseline (default 0.40)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="the deployment every deployment here overrides (default: examples/digits-resnet20.yaml)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "held_out.json")
@@ -100,6 +102,7 @@ def main() -> None:
         print(f"source {name}: {len(records)} real episodes (random search), baseline {d.baseline.latency_ms:.3f} ms",
               flush=True)
     name, overrides = TARGET
+    overrides = {**overrides, "objective.max_latency_ratio": args.target_latency_ratio}
     target = build_deployment(name, overrides, args.episode_steps, args.config)
     classes = tuple(target.bench.classes) if target.bench.classes else None
     view = ExperienceView(tuple(prior), classes, target.bench.splits.num_classes, device_key(target.bench),
@@ -127,7 +130,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"sources": args.sources, "episodes": args.episodes, "assisted_episodes": args.assisted_episodes, "seeds": args.seeds,
                 "surrogate": surrogate, "config": str(args.config),
-                "episode_steps": target.config.recovery.episode_steps, "overrides": SOURCES, "target": TARGET}
+                "episode_steps": target.config.recovery.episode_steps, "overrides": SOURCES, "target": [name, overrides]}
     args.out.write_text(json.dumps({"settings": settings, "goal": goal, "runs": runs,
                                     "seconds": time.perf_counter() - started}, indent=1))
     print()

@@ -208,13 +208,13 @@ def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """One source of 8 random episodes is enough experience: the assisted searchers skip their seed
     episodes and go straight to the surrogate."""
     _, cache = tiny
-    # the target's 40% budget on cpu-2t: the tiny model's latency is mostly fixed overhead, so a
-    # loaded machine can put the budget below what min_keep 0.3 reaches (seen in CI); 0.1 reaches it
+    # the tiny model's latency is mostly fixed overhead: on a loaded machine the fastest model
+    # min_keep 0.1 builds measured 46% of the baseline (CI), so the target's budget is 80%, not 40%
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "device": {**TINY["device"], "runs": 50},
                                       "search": {**TINY["search"], "min_keep": 0.1}}))
     out = run_bench("held_out", cache, "--config", str(config), "--sources", "src-all-30", "--episodes", "8",
-                    "--assisted-episodes", "3",
+                    "--assisted-episodes", "3", "--target-latency-ratio", "0.8",
                     "--seeds", "0", "--episode-steps", "2", "--pretrain-episodes", "10", "--round-episodes", "4",
                     "--out", str(tmp_path / "held_out.json"))
     # every row, numbers or not: under load random can find nothing within budget in 8 episodes ("none")
@@ -223,7 +223,8 @@ def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[at + 2:]))
     labels = [row.split("|")[1].strip() for row in rows]
     assert labels[0] == "random" and "ppo + experience" in labels and "evolution-surrogate (no experience)" in labels
-    assert json.loads((tmp_path / "held_out.json").read_text())["settings"]["assisted_episodes"] == 3
+    settings = json.loads((tmp_path / "held_out.json").read_text())["settings"]
+    assert settings["assisted_episodes"] == 3 and settings["target"][1]["objective.max_latency_ratio"] == 0.8
 
 
 @pytest.mark.slow
