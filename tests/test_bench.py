@@ -91,7 +91,7 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
-        "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "fuzz_api", "held_out",
+        "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "floor_correction", "fuzz_api", "held_out",
         "joint_vs_prune", "lowrank", "recovery_budget", "search_default", "subsets", "searchers", "shared_agent", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
@@ -225,6 +225,26 @@ def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     assert labels[0] == "random" and "ppo + experience" in labels and "evolution-surrogate (no experience)" in labels
     settings = json.loads((tmp_path / "held_out.json").read_text())["settings"]
     assert settings["assisted_episodes"] == 3 and settings["target"][1]["objective.max_latency_ratio"] == 0.8
+
+
+@pytest.mark.slow
+def test_floor_correction_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """A warm-up and both arms on one seed; a rerun reuses all three, marked."""
+    config, cache = tiny
+    args = ("--config", str(config), "--classes", "0,3,7", "--seeds", "0", "--episodes", "4", "--finalists", "3",
+            "--out", str(tmp_path / "floor"))
+    out = run_bench("floor_correction", cache, *args)
+    rows = [r for r in table_rows(out, ["| seed", "floor judged by", "finalists fitted", "speedup"]) if r.startswith("|")]
+    assert len(rows) == 2 and "search_slack" in rows[1], rows
+    results = json.loads((tmp_path / "floor" / "results.json").read_text())
+    assert [r["arm"] for r in results["rows"]] == ["learned", "slack"]
+    learned = results["rows"][0]
+    # the warm-up's 3 finalists: learned unless their episode accuracies were all equal (no slope)
+    assert learned["judged_by"] in ("learned correction", "search_slack") and learned["finalists"] == 3
+    again = run_bench("floor_correction", cache, *args)
+    rows = [r for r in table_rows(again, ["| seed", "floor judged by"]) if r.startswith("|")]
+    assert len(rows) == 2 and all(row.startswith("| 0 *") for row in rows), again
+    assert "reused from" in again
 
 
 @pytest.mark.slow

@@ -266,7 +266,8 @@ def test_experience_is_read_back_by_regime_with_torn_lines_skipped(model, tmp_pa
     assert samples[0].classes == (0, 2) and samples[0].device == "cpu|abc"
     assert experience("run-a").samples() == []  # a search's own episodes come from its env, not read back
     finals = [r for r in log.read().records if r["kind"] == "final"]
-    assert finals == [{"kind": "final", "format": 1, "of": "run-a/1", "regime": "r1", "final_accuracy": 0.9}]
+    assert finals == [{"kind": "final", "format": 1, "of": "run-a/1", "regime": "r1", "final_recovery": {},
+                       "final_accuracy": 0.9}]
     assert log.read().skipped == 1  # the torn line, fenced off by the next append
 
 

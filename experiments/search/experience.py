@@ -11,7 +11,9 @@ real episode of every search and campaign trial:
   of this search's regime train its surrogate;
 - the policy and the measured accuracy (short recovery), latency, memory, with the deployment's
   baseline (so samples become ratios the surrogate can share across deployments);
-- a finalist's long-recovery accuracy, appended later as a `final` record naming its episode.
+- a finalist's long-recovery accuracy, appended later as a `final` record naming its episode and
+  the long recovery's settings. Paired with their episodes they teach an accuracy floor what the
+  long recovery gives back (`correction_pairs`, `env.reward.RecoveryCorrection`).
 
 Where it lives (`search.experience`): `auto`, a file under modeltailor's cache folder
 (`<cache>/experience/<model>--<data>.jsonl`); a folder path, the same file name there (shared
@@ -28,7 +30,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,7 @@ class Experience:
     num_classes: int
     deployment: dict[str, Any]
     run: str
+    final_recovery: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
 
     @property
@@ -145,7 +148,33 @@ class Experience:
         if self.log is None:
             return
         self.log.extend({"kind": "final", "format": FORMAT, "of": f"{self.run}/{episode}", "regime": self.regime,
-                         "final_accuracy": accuracy} for episode, accuracy in finals)
+                         "final_recovery": self.final_recovery, "final_accuracy": accuracy}
+                        for episode, accuracy in finals)
+
+    def correction_pairs(self) -> list[tuple[float, float]]:
+        """(episode drop, final drop) of every finalist of this regime whose long recovery had this
+        search's settings, drops measured from its own deployment's baseline (a final record written
+        before the settings were recorded, or naming an episode not in the file, is left out)."""
+        if self.log is None:
+            return []
+        episodes: dict[str, dict[str, Any]] = {}
+        finals: dict[str, Any] = {}
+        for entry in self.log.read().records:
+            if entry.get("regime") != self.regime:
+                continue
+            if entry.get("kind") == "episode" and isinstance(entry.get("id"), str):
+                episodes[entry["id"]] = entry
+            elif entry.get("kind") == "final" and entry.get("final_recovery") == self.final_recovery:
+                finals[str(entry.get("of"))] = entry.get("final_accuracy")  # the latest final of an episode counts
+        pairs = []
+        for of, final in finals.items():
+            try:
+                entry = episodes[of]
+                base = float(entry["baseline"]["accuracy"])
+                pairs.append((base - float(entry["accuracy"]), base - float(final)))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return pairs
 
     def attach(self, env: CompressionEnv) -> None:
         """Append every real episode of `env` as it finishes."""
@@ -200,4 +229,11 @@ def open_experience(bench: Workbench, baseline: Resources, run: str | None = Non
         deployment={"name": config.name, "model": config.model.factory or config.model.name,
                     "data": config.data.name, "device": config.device.name, "objective": objective},
         run=run or uuid.uuid4().hex,
+        final_recovery=final_recovery(config),
     )
+
+
+def final_recovery(config: DeploymentConfig) -> dict[str, Any]:
+    """The long recovery's settings a finalist's accuracy depends on (beside the regime's)."""
+    r = config.recovery
+    return {"steps": r.final_steps, "lr": r.final_lr, "batch": r.batch_size, "t": r.temperature, "alpha": r.alpha}

@@ -1,7 +1,8 @@
 """From a deployment's objective to the env's reward, budget and action range.
 
-``make_reward`` turns the objective into a reward function (the search's, with an accuracy floor
-relaxed by ``search_slack``, or the final one); ``build_env`` builds the CompressionEnv with its
+``make_reward`` turns the objective into a reward function (the search's, whose accuracy floor
+judges episodes through a learned ``RecoveryCorrection`` or is relaxed by ``search_slack``, or the
+final one); ``build_env`` builds the CompressionEnv with its
 action limiter: for a budget, a ``BudgetLimiter`` whose cost models are seeded by the baseline and
 the most compressed model, after checking that the budget is reachable at all, and for a latency
 budget also by a few random policies measured without recovery (``calibration_policies``). Both read the
@@ -24,6 +25,7 @@ from modeltailor.env.records import Outcome
 from modeltailor.env.reward import (
     AccuracyFloorReward,
     BudgetReward,
+    RecoveryCorrection,
     Resources,
     RewardFunction,
     TradeoffReward,
@@ -36,14 +38,21 @@ DEFAULT_LATENCY_RATIO = 0.45
 SKIP_FRACTION = 0.15  # share of a skippable unit's action range that means "remove the block"
 
 
-def make_reward(config: DeploymentConfig, baseline: Resources, final: bool = False) -> RewardFunction:
-    """The objective's reward; `final=False` is the search's (accuracy floor relaxed by search_slack)."""
+def make_reward(
+    config: DeploymentConfig, baseline: Resources, final: bool = False, correction: RecoveryCorrection | None = None
+) -> RewardFunction:
+    """The objective's reward; `final=False` is the search's: under an accuracy floor it judges an
+    episode by the final accuracy `correction` predicts (with `objective.floor_correction: learned`),
+    else against the floor relaxed by search_slack."""
     o = config.objective
     if o.kind == "tradeoff":
         w = o.weights
         return TradeoffReward(w.accuracy, w.latency, w.memory)
     if o.kind == "accuracy":
         floor = o.min_accuracy if o.min_accuracy is not None else baseline.accuracy - o.max_accuracy_drop / 100
+        if not final and correction is not None and o.floor_correction == "learned":
+            return AccuracyFloorReward(min_accuracy=floor, minimize=o.minimize, correction=correction,
+                                       reference=baseline.accuracy)
         if not final:
             floor -= o.search_slack / 100
         return AccuracyFloorReward(min_accuracy=floor, minimize=o.minimize)

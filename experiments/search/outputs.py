@@ -23,6 +23,7 @@ from modeltailor.experiments.search.plots import plot_pareto
 from modeltailor.experiments.search.workbench import Workbench
 from modeltailor.experiments.spec import files
 from modeltailor.experiments.spec.summary import (
+    FloorJudgement,
     LatencyCacheStats,
     ModelMetrics,
     ParetoPoint,
@@ -58,6 +59,7 @@ class RunInfo:
     search_seconds: float
     total_seconds: float
     mlflow_run_id: str | None
+    accuracy_floor: FloorJudgement | None = None
 
 
 def build_summary(
@@ -89,6 +91,7 @@ def build_summary(
         latency_cache=LatencyCacheStats(**bench.latency_cache.stats()) if bench.latency_cache is not None else None,
         final_timing=final.best.timed,
         search_agent=SearchAgentInfo(**result.notes) if result.notes else None,
+        accuracy_floor=info.accuracy_floor,
         interrupted=result.interrupted,
         searcher=result.searcher,
         search_seconds=info.search_seconds,

@@ -27,7 +27,12 @@ from modeltailor.devices.base import Device
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.history import search_result
 from modeltailor.env.records import EpisodeRecord, SearchResult
-from modeltailor.env.reward import Resources
+from modeltailor.env.reward import (
+    MIN_CORRECTION_PAIRS,
+    RecoveryCorrection,
+    Resources,
+    RewardFunction,
+)
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, SearchInterrupted
 from modeltailor.experiments.search.episodes import (
     attach_episode_sinks,
@@ -60,7 +65,7 @@ from modeltailor.experiments.spec.deployment import (
     resume_settings,
     unrecorded_settings,
 )
-from modeltailor.experiments.spec.summary import SearchSummary
+from modeltailor.experiments.spec.summary import FloorJudgement, SearchSummary
 from modeltailor.experiments.tracking.registry import VersionInfo, register_search
 from modeltailor.experiments.tracking.tracker import Tracker, open_tracker
 
@@ -127,7 +132,8 @@ def run_search(
     registered: VersionInfo | None = None
     try:
         experience = open_experience(bench, _baseline(bench), run=experience_run(out_dir))
-        result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter, experience)
+        reward, floor = search_reward(config, _baseline(bench), experience, reporter)
+        result, search_seconds = _run_searcher(config, bench, previous, out_dir, tracker, reporter, experience, reward)
         if bench.latency_cache is not None:
             reporter.message(cache_line(bench.latency_cache))
         final = finalize(
@@ -136,7 +142,7 @@ def run_search(
             judge=lambda paired: make_reward(config, paired, final=True),
         )
         experience.append_finals([(f.record.episode, f.val_accuracy) for f in final.finalists])
-        info = RunInfo(search_seconds, time.perf_counter() - started, run_id)
+        info = RunInfo(search_seconds, time.perf_counter() - started, run_id, floor)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)
         if tracker is not None and run_id is not None:
             registered = None if result.interrupted else _register(tracker, out_dir, summary, reporter)
@@ -164,6 +170,30 @@ def _register(tracker: Tracker, out_dir: Path, summary: SearchSummary, reporter:
     return version
 
 
+def search_reward(
+    config: DeploymentConfig, baseline: Resources, experience: Experience, reporter: Reporter
+) -> tuple[RewardFunction, FloorJudgement | None]:
+    """The search's reward and, under an accuracy floor, how it judges episodes (said once): through
+    the correction learned from earlier finalists of this model, data and recovery (the experience),
+    or against the floor relaxed by search_slack while fewer than MIN_CORRECTION_PAIRS are known."""
+    o = config.objective
+    if o.kind != "accuracy":
+        return make_reward(config, baseline), None
+    pairs = experience.correction_pairs() if o.floor_correction == "learned" else []
+    correction = RecoveryCorrection.fit(pairs)
+    reward = make_reward(config, baseline, correction=correction)
+    if correction is not None:
+        reporter.message(f"accuracy floor: episodes judged by their predicted long-recovery accuracy "
+                         f"({correction.describe()})")
+        knots = [[round(100 * x, 3), round(100 * y, 3)]
+                 for x, y in zip(correction.episode_drops, correction.final_drops, strict=True)]
+        return reward, FloorJudgement(judged_by="learned correction", finalists=correction.pairs, correction=knots)
+    why = (f"{len(pairs)} earlier finalists of this model, data and recovery, {MIN_CORRECTION_PAIRS} needed to learn "
+           "what the long recovery gives back" if o.floor_correction == "learned" else "objective.floor_correction: slack")
+    reporter.message(f"accuracy floor: relaxed by search_slack {o.search_slack:g} points during the search ({why})")
+    return reward, FloorJudgement(judged_by="search_slack", finalists=len(pairs))
+
+
 def _baseline(bench: Workbench) -> Resources:
     return Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
 
@@ -176,10 +206,11 @@ def _run_searcher(
     tracker: Tracker | None,
     reporter: Reporter,
     experience: Experience,
+    reward: RewardFunction,
 ) -> tuple[SearchResult, float]:
     """The search on a fresh env holding `previous`: its result and how long it took (s). Every
     real episode also lands in the experience."""
-    env = build_env(bench, make_reward(config, _baseline(bench)), _baseline(bench))
+    env = build_env(bench, reward, _baseline(bench))
     env.history.extend(previous)
     attach_episode_sinks(env, out_dir / files.EPISODES, tracker, reporter)
     experience.attach(env)

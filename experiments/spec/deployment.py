@@ -96,7 +96,14 @@ class ObjectiveConfig(Strict):
     search_slack: float = Field(
         3.0, ge=0, le=100,
         description="accuracy kind: points the floor is relaxed by during the search (its short recovery "
-        "underestimates final accuracy); finalists are held to the real floor after the long distillation",
+        "underestimates final accuracy) while no correction is learned; finalists are held to the real floor "
+        "after the long distillation",
+    )
+    floor_correction: Literal["learned", "slack"] = Field(
+        "learned",
+        description="accuracy kind: learned = judge each episode by the accuracy its long recovery is predicted to "
+        "reach, learned from the finalists of earlier searches of this model, data and recovery (at least 3; "
+        "until then search_slack); slack = always relax the floor by search_slack",
     )
 
 

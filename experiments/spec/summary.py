@@ -199,6 +199,19 @@ class LatencyCacheStats(Strict):
     expired: int = Field(description="of `measured`: models whose cached entry was past max_age_days")
 
 
+class FloorJudgement(Strict):
+    """How an accuracy objective's search judged its episodes against the floor."""
+
+    judged_by: Literal["learned correction", "search_slack"] = Field(
+        description="learned correction: each episode's accuracy after its long recovery, predicted from earlier "
+        "finalists; search_slack: the floor relaxed by objective.search_slack points"
+    )
+    finalists: int = Field(description="earlier finalists (episode and long-recovery accuracy) the correction was fitted on")
+    correction: list[list[float]] | None = Field(
+        default=None, description="the fitted correction's knots: [episode drop, predicted final drop] in points"
+    )
+
+
 class SearchSummary(Strict):
     """summary.json: what one search of one deployment found, measured on the deployment's device.
 
@@ -237,6 +250,9 @@ class SearchSummary(Strict):
     )
     search_agent: SearchAgentInfo | None = Field(
         default=None, description="surrogate-assisted searchers: real and surrogate episodes, where the agent came from"
+    )
+    accuracy_floor: FloorJudgement | None = Field(
+        default=None, description="accuracy objective: how episodes were judged against the floor during the search"
     )
     interrupted: bool = Field(description="whether the search was stopped early (Ctrl-C)")
     searcher: str = Field(description="the searcher: ppo, ppo-real, evolution-surrogate, random, uniform, greedy, evolution, ddpg")
