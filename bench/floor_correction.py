@@ -3,17 +3,21 @@
 An accuracy-floor deployment (default: examples/digits-resnet20.yaml with classes 0, 3, 7 and the
 fastest model within --within points of the restricted teacher). For each seed: a warm-up search
 (floor relaxed by search_slack, as every first search is) leaves its finalists in an experience
-folder; then two searches start from copies of that same experience and differ only in
-`objective.floor_correction`: learned (episodes judged through the correction fitted on the
-warm-up's finalists) and slack (the floor relaxed by search_slack). Each is finalized as usual
-(the finalists' long recovery, the chosen model timed against its baseline in alternating rounds).
+folder; then each arm's search starts from a copy of that same experience, and the arms differ
+only in how the floor is used: learned (`objective.floor_correction: learned`, episodes judged
+through the correction fitted on the warm-up's finalists), slack (the floor relaxed by
+search_slack), learned-tighten (learned, and `objective.tighten_step: 0.1`: a latency budget the
+limiter enforces, 10% below the fastest model judged within the floor so far). Each is finalized
+as usual (the finalists' long recovery, the chosen model timed against its baseline in
+alternating rounds).
 
 Reports per seed and arm: how the floor was judged (and on how many finalists), the episodes the
 search judged within the floor, the chosen model's speedup, test accuracy drop and whether it
 meets the floor; then the mean speedup per arm. A search is reused only when its folder's
 settings.json equals this run's exactly (marked *), else run afresh.
 Usage: python bench/floor_correction.py [--config examples/digits-resnet20.yaml] [--classes 0,3,7]
-       [--within 1.0] [--seeds 0,1] [--episodes 48] [--finalists 3] [--set KEY=VALUE ...]
+       [--within 1.0] [--seeds 0,1] [--episodes 48] [--finalists 3] [--arms learned,slack,learned-tighten]
+       [--set KEY=VALUE ...]
        [--out runs/bench-floor-correction]
 """
 
@@ -37,7 +41,11 @@ from modeltailor.experiments.spec.deployment import load_config
 from modeltailor.experiments.spec.summary import SearchSummary
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("learned", "slack")
+ARMS: dict[str, dict[str, Any]] = {
+    "learned": {"objective.floor_correction": "learned"},
+    "slack": {"objective.floor_correction": "slack"},
+    "learned-tighten": {"objective.floor_correction": "learned", "objective.tighten_step": 0.1},
+}
 DONE = ("summary.json", "model.onnx")
 
 
@@ -75,9 +83,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--episodes", type=int, default=48, help="episodes of every search")
     parser.add_argument("--finalists", type=int, default=3, help="recovery.finalists of every search")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-floor-correction")
     args = parser.parse_args()
+    arms = args.arms.split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"error: --arms: unknown arm '{unknown[0]}': give some of {', '.join(ARMS)}")
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     values: dict[str, Any] = {
@@ -95,9 +108,9 @@ def main() -> None:
         warmup = args.out / f"seed-{seed}" / "warmup"
         summary, _ = search({**seeded, "objective.floor_correction": "slack"}, args, warmup, None)
         print(f"seed {seed} warm-up: {summary.speedup:.2f}x, {summary.accuracy_drop:+.2f} pts", flush=True)
-        for arm in ARMS:
+        for arm in arms:
             folder = args.out / f"seed-{seed}" / arm
-            summary, reused = search({**seeded, "objective.floor_correction": arm}, args, folder, warmup / "experience")
+            summary, reused = search({**seeded, **ARMS[arm]}, args, folder, warmup / "experience")
             floor = summary.accuracy_floor
             rows.append({
                 "seed": seed, "arm": arm, "reused": reused,
@@ -107,7 +120,7 @@ def main() -> None:
                 "met": summary.objective.met_at_final_measurement, "seconds": summary.total_seconds,
             })
             print(f"seed {seed} {arm}: {summary.speedup:.2f}x, {summary.accuracy_drop:+.2f} pts", flush=True)
-    lines = table(rows, args)
+    lines = table(rows, args, arms)
     print("\n" + "\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
@@ -116,20 +129,20 @@ def main() -> None:
     print(f"\n{time.perf_counter() - started:.0f} s in all; written: {args.out / 'table.md'}, {args.out / 'results.json'}")
 
 
-def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+def table(rows: list[dict[str, Any]], args: argparse.Namespace, arms: list[str]) -> list[str]:
     lines = [
         f"classes {args.classes}, floor {args.within:g} pt below the restricted teacher, {args.episodes} episodes, "
         f"{args.finalists} finalists per search",
         "",
-        "| seed | floor judged by | finalists fitted | episodes judged within | speedup | test acc drop (pts) | floor met |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| seed | arm | floor judged by | finalists fitted | episodes judged within | speedup | test acc drop (pts) | floor met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         mark = f" {MARK}" if r["reused"] else ""
-        lines.append(f"| {r['seed']}{mark} | {r['judged_by']} | {r['finalists']} | {r['judged_within']}/{r['episodes']} | "
+        lines.append(f"| {r['seed']}{mark} | {r['arm']} | {r['judged_by']} | {r['finalists']} | {r['judged_within']}/{r['episodes']} | "
                      f"{r['speedup']:.2f}x | {r['accuracy_drop']:+.2f} | {'yes' if r['met'] else 'no'} |")
     lines.append("")
-    for arm in ARMS:
+    for arm in arms:
         speedups = [r["speedup"] for r in rows if r["arm"] == arm]
         met = sum(r["met"] for r in rows if r["arm"] == arm)
         spread = statistics.stdev(speedups) if len(speedups) > 1 else 0.0

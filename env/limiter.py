@@ -7,15 +7,16 @@ from a `LinearCostModel` in parameters (times a fixed safety factor). Latency co
 rounds them), kept within budget / (1 + margin), the margin being a high quantile of its own
 leave-one-out errors: as close to the budget as this device's predictions allow. Without one, the
 plain AMC way: a `LinearCostModel` of latency in total MACs times the fixed safety factor. Every
-cost model is refitted on each fresh measurement the env reports. `NoLimit` is for objectives
-without a budget. The env knows only the `ActionLimiter` protocol, never which objective or
+cost model is refitted on each fresh measurement the env reports. `TighteningLimiter` turns an
+accuracy floor into such budgets: each a step below the fastest model judged within the floor so
+far. `NoLimit` is for objectives without a budget. The env knows only the `ActionLimiter` protocol, never which objective or
 reward is used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from modeltailor.compressors.units import ModelAnalysis, estimate_macs, estimate_params
@@ -228,3 +229,48 @@ class BudgetLimiter:
         self.memory_model.add(outcome.params, outcome.memory_bytes)
         if self.predictor is not None:
             self.predictor.add_outcome(outcome.kept_channels, outcome.macs, outcome.latency_ms)
+
+
+@dataclass
+class TighteningLimiter:
+    """An accuracy floor's limits: a budget that follows the search ("fastest within the floor").
+
+    No budget until an episode is judged within the floor (`judge`); then the latency (or memory,
+    `resource`) budget of `inner` is that of the fastest (smallest) such model so far times
+    (1 - `step`): later episodes are steered to beat it, so an episode is either a new best or a
+    miss of the floor, never a slower model within it. After `patience` misses in a row the step
+    halves (the budget moves back toward the best); once it is below `min_step` the budget holds at
+    the best itself. The cost models are `inner`'s, refitted on every fresh measurement."""
+
+    inner: BudgetLimiter
+    judge: Callable[[Outcome], bool]
+    resource: str = "latency"
+    step: float = 0.1
+    patience: int = 3
+    min_step: float = 0.0125
+    best: float | None = None
+    misses: int = 0
+
+    def max_keep(self, trial: Trial, lo: float, hi: float) -> float | None:
+        return self.inner.max_keep(trial, lo, hi)
+
+    def budget_fraction(self, total_macs: float) -> float:
+        return self.inner.budget_fraction(total_macs)
+
+    def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
+        return self.inner.fits(analysis, keep, ranks)
+
+    def record(self, outcome: Outcome) -> None:
+        self.inner.record(outcome)
+        value = float(outcome.latency_ms if self.resource == "latency" else outcome.memory_bytes)
+        if self.judge(outcome):
+            self.misses = 0
+            self.best = value if self.best is None else min(self.best, value)
+        else:
+            self.misses += 1
+            if self.misses >= self.patience and self.step >= self.min_step:
+                self.step, self.misses = self.step / 2, 0
+        if self.best is not None:
+            cap = self.best * (1 - self.step) if self.step >= self.min_step else self.best
+            field_name = "max_latency_ms" if self.resource == "latency" else "max_memory_bytes"
+            self.inner.budget = replace(self.inner.budget, **{field_name: cap})

@@ -229,21 +229,21 @@ def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_floor_correction_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    """A warm-up and both arms on one seed; a rerun reuses all three, marked."""
+    """A warm-up and the three arms on one seed; a rerun reuses them all, marked."""
     config, cache = tiny
     args = ("--config", str(config), "--classes", "0,3,7", "--seeds", "0", "--episodes", "4", "--finalists", "3",
             "--out", str(tmp_path / "floor"))
     out = run_bench("floor_correction", cache, *args)
     rows = [r for r in table_rows(out, ["| seed", "floor judged by", "finalists fitted", "speedup"]) if r.startswith("|")]
-    assert len(rows) == 2 and "search_slack" in rows[1], rows
+    assert len(rows) == 3 and "search_slack" in rows[1], rows
     results = json.loads((tmp_path / "floor" / "results.json").read_text())
-    assert [r["arm"] for r in results["rows"]] == ["learned", "slack"]
+    assert [r["arm"] for r in results["rows"]] == ["learned", "slack", "learned-tighten"]
     learned = results["rows"][0]
     # the warm-up's 3 finalists: learned unless their episode accuracies were all equal (no slope)
     assert learned["judged_by"] in ("learned correction", "search_slack") and learned["finalists"] == 3
     again = run_bench("floor_correction", cache, *args)
     rows = [r for r in table_rows(again, ["| seed", "floor judged by"]) if r.startswith("|")]
-    assert len(rows) == 2 and all(row.startswith("| 0 *") for row in rows), again
+    assert len(rows) == 3 and all(row.startswith("| 0 *") for row in rows), again
     assert "reused from" in again
 
 

@@ -10,12 +10,14 @@ import pytest
 
 from modeltailor.common.jsonl_log import JsonlLog
 from modeltailor.compressors.policy import Policy
+from modeltailor.env.limiter import TighteningLimiter
 from modeltailor.env.records import EpisodeRecord
 from modeltailor.env.reward import AccuracyFloorReward, RecoveryCorrection, Resources
 from modeltailor.errors import ConfigError
 from modeltailor.experiments.search.experience import Experience
-from modeltailor.experiments.search.objective import make_reward
+from modeltailor.experiments.search.objective import build_env, make_reward
 from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.search.workbench import build_workbench
 from modeltailor.experiments.spec.deployment import load_config
 from tests.test_search_e2e import TINY
 
@@ -124,7 +126,13 @@ def test_a_second_search_judges_its_floor_by_the_first_ones_finalists(tmp_path: 
                 if r["kind"] == "episode"}
     if len({episodes[r["of"]] for r in finals}) > 1:  # one episode accuracy for all three: no slope to learn
         assert floor.judged_by == "learned correction" and floor.finalists == 3 and floor.correction
-    assert run_search(load_config(None, {**settings, "objective.floor_correction": "slack"}),
-                      tmp_path / "third").summary.accuracy_floor.judged_by == "search_slack"
+    # the floor relaxed by search_slack as asked, and a budget tightening below the best within it
+    tightened = {**settings, "objective.floor_correction": "slack", "objective.tighten_step": 0.1}
+    bench = build_workbench(load_config(None, tightened), lambda _m: None)
+    base = Resources(bench.baseline.accuracy, bench.baseline.latency_ms, bench.baseline.memory_bytes)
+    limiter = build_env(bench, make_reward(bench.config, base), base).limiter
+    assert isinstance(limiter, TighteningLimiter) and limiter.inner.predictor is not None and limiter.best is None
+    third = run_search(load_config(None, tightened), tmp_path / "third").summary
+    assert third.accuracy_floor is not None and third.accuracy_floor.judged_by == "search_slack"
     budget = run_search(load_config(None, {**settings, "objective.kind": "budget"}), tmp_path / "budget").summary
     assert budget.accuracy_floor is None

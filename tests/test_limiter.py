@@ -8,6 +8,7 @@ effects that made the old MACs line overrun budgets.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from modeltailor.devices.measurement import LatencyStats, Measurement
 from modeltailor.devices.memory import MemoryStats
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import MARGIN_RANGE, LinearCostModel, StageLatencyModel
-from modeltailor.env.limiter import BACK_OFF, Budget, BudgetLimiter, Trial
+from modeltailor.env.limiter import BACK_OFF, Budget, BudgetLimiter, TighteningLimiter, Trial
 from modeltailor.env.records import Outcome
 from modeltailor.env.reward import BudgetReward, Resources
 from modeltailor.models import build_model
@@ -297,3 +298,39 @@ def test_budget_fraction_shrinks_with_the_budget(analysis):
     fractions = [latency_limiter(analysis, latency, r).budget_fraction(analysis.total_macs) for r in (2.0, 0.6, 0.35)]
     assert fractions[0] == 1.0
     assert 1.0 > fractions[1] > fractions[2] > 0.0
+
+
+def test_an_accuracy_floor_tightens_its_budget_below_the_fastest_model_within_it(analysis):
+    """TighteningLimiter: no limit until a model meets the floor, then a step below the best;
+    misses in a row halve the step, down to holding at the best."""
+    latency = device_latency(analysis)
+    inner = latency_limiter(analysis, latency, 1.0)
+    inner.budget = Budget()
+    limiter = TighteningLimiter(inner, judge=lambda o: o.accuracy >= 0.9, step=0.2, patience=2, min_step=0.05)
+    full = {u.name: 1.0 for u in analysis.units}
+    trial = Trial(analysis, analysis.units[-1].name, "prune", {u.name: 0.7 for u in analysis.units}, {})
+    assert limiter.max_keep(trial, 0.2, 1.0) == 1.0  # nothing within the floor yet: no limit
+
+    def outcome(keep: float, accuracy: float) -> Outcome:
+        o = synthetic_outcome(analysis, {u.name: keep for u in analysis.units}, latency)
+        return replace(o, accuracy=accuracy)
+
+    limiter.record(outcome(0.5, 0.80))  # a miss: still no budget
+    assert limiter.best is None and inner.budget == Budget()
+    within = outcome(0.7, 0.95)
+    limiter.record(within)
+    assert limiter.best == within.latency_ms
+    assert inner.budget.max_latency_ms == pytest.approx(0.8 * within.latency_ms)
+    # the rest as kept by the best: the last unit must now keep less than it did
+    assert not limiter.fits(analysis, full, {}) and (limiter.max_keep(trial, 0.2, 1.0) or 0.0) < 0.7
+    limiter.record(outcome(0.9, 0.97))  # within the floor but slower: the best stays
+    assert limiter.best == within.latency_ms
+    for _ in range(2):  # two misses in a row: the step halves
+        limiter.record(outcome(0.3, 0.5))
+    assert limiter.step == pytest.approx(0.1) and inner.budget.max_latency_ms == pytest.approx(0.9 * within.latency_ms)
+    for _ in range(4):  # 0.05, then below min_step: the budget holds at the best
+        limiter.record(outcome(0.3, 0.5))
+    assert inner.budget.max_latency_ms == pytest.approx(within.latency_ms)
+    faster = outcome(0.5, 0.92)
+    limiter.record(faster)
+    assert limiter.best == faster.latency_ms < within.latency_ms and inner.budget.max_latency_ms == pytest.approx(faster.latency_ms)

@@ -20,7 +20,7 @@ from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.env.compression_env import ActionRange, CompressionEnv
 from modeltailor.env.cost_model import StageLatencyModel
 from modeltailor.env.features import DeploymentContext
-from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit
+from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit, TighteningLimiter
 from modeltailor.env.records import Outcome
 from modeltailor.env.reward import (
     AccuracyFloorReward,
@@ -99,7 +99,7 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
         reward=reward,
         baseline=baseline,
         action_range=ActionRange(s.min_keep, s.max_keep, SKIP_FRACTION if s.skip_blocks else 0.0),
-        limiter=build_limiter(bench, objective_budget(bench.config, baseline)),
+        limiter=build_limiter(bench, objective_budget(bench.config, baseline), reward),
         class_fraction=classes / bench.splits.num_classes,
         lowrank_units=frozenset(
             lowrank_units(bench.analysis, bench.base, s.round_to) & bench.units_for("lowrank")
@@ -133,18 +133,35 @@ def deployment_context(bench: Workbench, baseline: Resources) -> DeploymentConte
     )
 
 
-def build_limiter(bench: Workbench, budget: Budget | None) -> ActionLimiter:
+def build_limiter(bench: Workbench, budget: Budget | None, reward: RewardFunction | None = None) -> ActionLimiter:
     """A BudgetLimiter seeded by the baseline and the most compressed model (after checking that
     the budget is reachable), or NoLimit without a budget. Under a latency budget its latency
     predictor (`StageLatencyModel`) is also fitted on `search.calibration_policies` random policies
     (24 by default: with the baseline and the fastest model, more than two points per weight of
-    ResNet-20's three stages), each compressed and measured without recovery."""
+    ResNet-20's three stages), each compressed and measured without recovery. An accuracy floor with
+    `objective.tighten_step` gets a TighteningLimiter around such a BudgetLimiter (no budget yet),
+    judging outcomes by `reward`."""
+    o = bench.config.objective
+    if budget is None and o.kind == "accuracy" and o.tighten_step > 0 and reward is not None:
+        latency = o.minimize == "latency"
+        inner = calibrated_limiter(bench, Budget(), measure_fastest(bench), latency)
+        judge = reward.feasible
+        return TighteningLimiter(
+            inner, lambda out: judge(Resources(out.accuracy, out.latency_ms, out.memory_bytes)),
+            "latency" if latency else "memory", step=o.tighten_step,
+        )
     if budget is None:
         return NoLimit()
-    s = bench.config.search
     fastest = measure_fastest(bench)
-    check_budget_reachable(budget, fastest, s.min_keep)
-    if budget.max_latency_ms is None:
+    check_budget_reachable(budget, fastest, bench.config.search.min_keep)
+    return calibrated_limiter(bench, budget, fastest, budget.max_latency_ms is not None)
+
+
+def calibrated_limiter(bench: Workbench, budget: Budget, fastest: Outcome, latency: bool) -> BudgetLimiter:
+    """A BudgetLimiter for `budget`, its cost models seeded by the uncompressed and the `fastest`
+    model and, with `latency`, a StageLatencyModel fitted on the calibration policies too."""
+    s = bench.config.search
+    if not latency:
         limiter = BudgetLimiter(budget)
         calibration: list[Outcome] = []
     else:

@@ -99,6 +99,12 @@ class ObjectiveConfig(Strict):
         "underestimates final accuracy) while no correction is learned; finalists are held to the real floor "
         "after the long distillation",
     )
+    tighten_step: float = Field(
+        0.0, ge=0, lt=1,
+        description="accuracy kind: above 0, a latency (memory, with minimize: memory) budget the limiter enforces, "
+        "this fraction below the fastest (smallest) model judged within the floor so far; it halves after 3 misses "
+        "of the floor in a row (0: no limit, every action as the agent asks)",
+    )
     floor_correction: Literal["learned", "slack"] = Field(
         "learned",
         description="accuracy kind: learned = judge each episode by the accuracy its long recovery is predicted to "
