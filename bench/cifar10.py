@@ -84,6 +84,7 @@ class Row:
     baseline_latency_ms: float = 0.0
     note: str = ""
     reused: bool = False  # from an earlier run's folder, its settings matching this run's exactly
+    floor: str = ""  # an accuracy-floor search: how its episodes were judged (summary.json accuracy_floor)
 
     @property
     def label(self) -> str:
@@ -220,6 +221,7 @@ def search_row(name: str, group: str, config: DeploymentConfig, out: Path, setti
         s.total_seconds, onnx_bytes,
         note=f"{s.episodes} episodes, {s.search_seconds / max(1, s.episodes):.1f} s each; {','.join(s.methods)}",
         reused=bool(verdict),
+        floor=f"{s.accuracy_floor.judged_by} ({s.accuracy_floor.finalists})" if s.accuracy_floor else "",
     )
 
 

@@ -10,8 +10,10 @@ narrowing the head does), scored on the subset's test images. Every model and ea
 teacher are timed at the end in alternating rounds on the device, past the latency cache.
 
 Reports per subset: classes, the restricted teacher's test accuracy, the searched model's speedup
-over that teacher (mean ± sd over seeds), test accuracy, memory, and the all-class model's accuracy
-on the subset and speedup; then the ratio of each subset's speedup to the all-class one, and a
+over that teacher (mean ± sd over seeds), test accuracy, memory, the all-class model's accuracy
+on the subset and speedup, and how each search judged its episodes against the floor (the
+correction learned from earlier finalists of the same seed, which grows as the subsets run in
+order, or search_slack); then the ratio of each subset's speedup to the all-class one, and a
 plot of speedup against the number of classes (subsets.png). A search is reused only when its
 folder's settings.json equals this run's exactly (marked *), else run afresh.
 Usage: python bench/subsets.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--config examples/cifar10-resnet20.yaml]
@@ -148,7 +150,8 @@ def main() -> None:
         r.memory_bytes = measured[i].memory.total_bytes
     all_model = searched["all"][0]
     lines = ["| subset | classes | teacher acc | searched: speedup | test acc | drop (pt) | memory MB | "
-             "all-class model narrowed: acc | its speedup | speedup vs all-class |", "|" + "---|" * 10]
+             "all-class model narrowed: acc | its speedup | speedup vs all-class | floor judged by (finalists) |",
+             "|" + "---|" * 11]
     points: dict[str, tuple[int, list[float], float | None]] = {}
     report: dict[str, Any] = {}
     all_speedup = statistics.fmean(teachers["all"].latency_ms / r.latency_ms for r in searched["all"])
@@ -164,12 +167,13 @@ def main() -> None:
             f"| {name}{mark} | {len(columns)} | {100 * teacher.accuracy:.2f} | {mean_sd(speedups, unit='x')} | "
             f"{mean_sd([r.accuracy for r in runs], 100)} | {mean_sd(drops)} | "
             f"{statistics.fmean(r.memory_bytes for r in runs) / 1e6:.3f} | {100 * narrowed_acc:.2f} | "
-            f"{narrowed_speedup:.2f}x | {statistics.fmean(speedups) / all_speedup:.2f}x |")
+            f"{narrowed_speedup:.2f}x | {statistics.fmean(speedups) / all_speedup:.2f}x | "
+            f"{'; '.join(r.floor for r in runs)} |")
         points[name] = (len(columns), speedups, narrowed_speedup)
         report[name] = {"classes": columns, "teacher_accuracy": teacher.accuracy, "speedups": speedups,
                         "accuracies": [r.accuracy for r in runs], "memory_bytes": [r.memory_bytes for r in runs],
                         "narrowed_accuracy": narrowed_acc, "narrowed_speedup": narrowed_speedup,
-                        "reused": [r.reused for r in runs]}
+                        "reused": [r.reused for r in runs], "floor": [r.floor for r in runs]}
     config = deployment(args)
     print(f"\n{config.model.name} on {config.data.name}, device {config.device.name}, fastest within "
           f"{args.within:g} pt of each subset's teacher, {config.search.episodes} episodes per search, seeds "

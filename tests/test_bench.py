@@ -374,6 +374,7 @@ def test_subsets_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     assert [(c[0], c[1]) for c in cells] == [("all", "10"), ("cat-dog", "2")], rows
     assert all(re.fullmatch(r"\d+\.\d+x ± \d+\.\d+", c[3]) and re.fullmatch(r"\d+\.\d+x", c[8]) for c in cells), rows
     assert cells[0][9] == "1.00x", rows  # the all-class row against itself
+    assert all(c[10].startswith(("search_slack (", "learned correction (")) for c in cells), rows
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert report["subsets"]["cat-dog"]["classes"] == [3, 5] and len(report["subsets"]["all"]["speedups"]) == 1
     assert 0.0 <= report["subsets"]["cat-dog"]["narrowed_accuracy"] <= 1.0
