@@ -11,6 +11,7 @@ from modeltailor.compressors.head import narrow_classifier
 from modeltailor.datasets import load_dataset, remap_labels, resolve_classes, restrict_splits
 from modeltailor.errors import DataError
 from modeltailor.experiments.search.run import run_search
+from modeltailor.experiments.search.workbench import build_workbench
 from modeltailor.experiments.spec.deployment import load_config
 from modeltailor.models import build_model
 from tests.test_search_e2e import TINY
@@ -58,3 +59,21 @@ def test_subset_search_narrows_the_model(tmp_path):
     assert policy["meta"]["classes"] == [0, 3, 7]
     assert run.final is not None
     assert run.final.chosen.model.classifier.out_features == 3
+
+
+@pytest.mark.slow
+def test_a_subset_ranks_channels_and_distills_on_its_own_classes():
+    """Class-aware compression: the activation criterion ranks channels on the subset's training
+    images only, and distillation's targets are the teacher's logits on those columns alone."""
+    cfg = load_config(None, {**TINY, "classes": [0, 3, 7], "search.importance": "activation",
+                             "tracking.enabled": False})
+    bench = build_workbench(cfg, lambda _m: None)
+    images, labels = bench.evaluator.compressor.pruning.calibration
+    assert set(labels.tolist()) == {0, 1, 2}  # remapped: the subset's 3 classes, nothing else
+    train_x, original = bench.splits.train.tensors
+    assert set(original.tolist()) == {0, 3, 7} and torch.equal(images, train_x[: len(images)])
+    logits = bench.evaluator.teacher_logits.logits
+    assert logits.shape == (len(train_x), 3)
+    with torch.no_grad():
+        teacher = bench.teacher.eval()(train_x[:16])
+    assert torch.allclose(logits[:16], teacher[:, [0, 3, 7]], atol=1e-4)  # the teacher's columns, restricted
