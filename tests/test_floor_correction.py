@@ -135,4 +135,10 @@ def test_a_second_search_judges_its_floor_by_the_first_ones_finalists(tmp_path: 
     third = run_search(load_config(None, tightened), tmp_path / "third").summary
     assert third.accuracy_floor is not None and third.accuracy_floor.judged_by == "search_slack"
     budget = run_search(load_config(None, {**settings, "objective.kind": "budget"}), tmp_path / "budget").summary
-    assert budget.accuracy_floor is None
+    assert budget.accuracy_floor is None and budget.subset_gain is None
+    assert first.subset_gain is None  # all classes: nothing to compare
+    # a class subset after them (same regime and device): compared with their all-class episodes
+    subset = {**settings, "classes": [0, 3, 7], "objective.max_accuracy_drop": 90.0}
+    gain = run_search(load_config(None, subset), tmp_path / "subset").summary.subset_gain
+    assert gain is not None and gain.all_class_episodes >= 15 and gain.pays == (gain.ratio >= 1.1)
+    assert gain.says.startswith("the class subset ") and gain.max_drop == pytest.approx(93.0)

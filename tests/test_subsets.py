@@ -77,3 +77,23 @@ def test_a_subset_ranks_channels_and_distills_on_its_own_classes():
     with torch.no_grad():
         teacher = bench.teacher.eval()(train_x[:16])
     assert torch.allclose(logits[:16], teacher[:, [0, 3, 7]], atol=1e-4)  # the teacher's columns, restricted
+
+
+def test_the_search_says_plainly_when_a_subset_buys_nothing():
+    from modeltailor.compressors.policy import Policy
+    from modeltailor.env.surrogate import Sample
+    from modeltailor.experiments.search.experience import subset_gain
+
+    def sample(classes, drop, ratio, device="cpu-1t|abc"):
+        return Sample(Policy.uniform(["a"], 0.5), classes, drop, ratio, ratio, device)
+
+    prior = [sample(None, 0.005, 0.5), sample(None, 0.2, 0.2), sample(None, 0.0, 0.1, device="cpu-2t|def"),
+             sample((0, 1), 0.0, 0.1)]  # too deep, another device, another subset: none of them counts
+    same = subset_gain([sample((3, 5), 0.01, 0.48), sample((3, 5), 0.3, 0.1)], prior, "cpu-1t|abc", 0.02, "resnet20")
+    assert same is not None and not same["pays"] and same["all_class_episodes"] == 2
+    assert same["ratio"] == pytest.approx(0.5 / 0.48) and same["max_drop"] == pytest.approx(2.0)
+    assert same["says"].startswith("the class subset buys little or nothing on resnet20 on cpu-1t")
+    faster = subset_gain([sample((3, 5), 0.01, 0.25)], prior, "cpu-1t|abc", 0.02, "resnet20")
+    assert faster is not None and faster["pays"] and faster["ratio"] == pytest.approx(2.0)
+    assert subset_gain([sample((3, 5), 0.05, 0.25)], prior, "cpu-1t|abc", 0.02, "resnet20") is None  # none within
+    assert subset_gain([sample((3, 5), 0.0, 0.25)], prior[2:], "cpu-1t|abc", 0.02, "resnet20") is None  # no all-class

@@ -237,3 +237,34 @@ def final_recovery(config: DeploymentConfig) -> dict[str, Any]:
     """The long recovery's settings a finalist's accuracy depends on (beside the regime's)."""
     r = config.recovery
     return {"steps": r.final_steps, "lr": r.final_lr, "batch": r.batch_size, "t": r.temperature, "alpha": r.alpha}
+
+
+PAYS = 1.10
+"""A class subset pays when its fastest episode within the floor is at least this much faster
+than the fastest all-class one within the same drop."""
+
+
+def fastest_within(samples: Sequence[Sample], max_drop: float) -> float | None:
+    """The smallest latency ratio among `samples` whose accuracy drop is at most `max_drop`."""
+    ratios = [s.latency_ratio for s in samples if s.accuracy_drop <= max_drop + 1e-12]
+    return min(ratios) if ratios else None
+
+
+def subset_gain(own: Sequence[Sample], prior: Sequence[Sample], device: str, max_drop: float,
+                model: str) -> dict[str, Any] | None:
+    """`SubsetGain`'s fields: this subset search's fastest episode within `max_drop` (a fraction)
+    against earlier all-class episodes on the same device; None when either has none within it."""
+    every = [s for s in prior if s.classes is None and s.device == device]
+    mine, theirs = fastest_within(own, max_drop), fastest_within(every, max_drop)
+    if mine is None or theirs is None:
+        return None
+    ratio = theirs / mine
+    pays = ratio >= PAYS
+    where = f"{model} on {device.split('|')[0]}"
+    says = (f"the class subset pays on {model}: {1 / mine:.2f}x within the drop against {1 / theirs:.2f}x for all "
+            f"classes ({ratio:.2f}x)" if pays else
+            f"the class subset buys little or nothing on {where}: its fastest episode within the drop is "
+            f"{1 / mine:.2f}x, all classes' {1 / theirs:.2f}x ({ratio:.2f}x, {PAYS:.2f}x needed to pay); "
+            "a smaller search space (search.skip_projection, a lower search.min_keep) or another backbone may")
+    return {"subset_speedup": 1 / mine, "all_class_speedup": 1 / theirs, "all_class_episodes": len(every),
+            "max_drop": 100 * max_drop, "ratio": ratio, "pays": pays, "says": says}

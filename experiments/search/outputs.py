@@ -30,6 +30,7 @@ from modeltailor.experiments.spec.summary import (
     PolicyData,
     SearchAgentInfo,
     SearchSummary,
+    SubsetGain,
 )
 from modeltailor.experiments.tracking.tracker import TRAINING_VIEW, Tracker
 
@@ -60,6 +61,7 @@ class RunInfo:
     total_seconds: float
     mlflow_run_id: str | None
     accuracy_floor: FloorJudgement | None = None
+    subset_gain: SubsetGain | None = None
 
 
 def build_summary(
@@ -92,6 +94,7 @@ def build_summary(
         final_timing=final.best.timed,
         search_agent=SearchAgentInfo(**result.notes) if result.notes else None,
         accuracy_floor=info.accuracy_floor,
+        subset_gain=info.subset_gain,
         interrupted=result.interrupted,
         searcher=result.searcher,
         search_seconds=info.search_seconds,

@@ -29,10 +29,12 @@ from modeltailor.env.history import search_result
 from modeltailor.env.records import EpisodeRecord, SearchResult
 from modeltailor.env.reward import (
     MIN_CORRECTION_PAIRS,
+    AccuracyFloorReward,
     RecoveryCorrection,
     Resources,
     RewardFunction,
 )
+from modeltailor.env.surrogate import sample_of
 from modeltailor.errors import ConfigError, DeviceError, ModelTailorError, SearchInterrupted
 from modeltailor.experiments.search.episodes import (
     attach_episode_sinks,
@@ -45,6 +47,7 @@ from modeltailor.experiments.search.experience import (
     check_writable,
     experience_path,
     open_experience,
+    subset_gain,
 )
 from modeltailor.experiments.search.finalize import FinalResult, finalize
 from modeltailor.experiments.search.objective import build_env, make_reward
@@ -65,7 +68,7 @@ from modeltailor.experiments.spec.deployment import (
     resume_settings,
     unrecorded_settings,
 )
-from modeltailor.experiments.spec.summary import FloorJudgement, SearchSummary
+from modeltailor.experiments.spec.summary import FloorJudgement, SearchSummary, SubsetGain
 from modeltailor.experiments.tracking.registry import VersionInfo, register_search
 from modeltailor.experiments.tracking.tracker import Tracker, open_tracker
 
@@ -142,7 +145,8 @@ def run_search(
             judge=lambda paired: make_reward(config, paired, final=True),
         )
         experience.append_finals([(f.record.episode, f.val_accuracy) for f in final.finalists])
-        info = RunInfo(search_seconds, time.perf_counter() - started, run_id, floor)
+        gain = subset_verdict(config, bench, experience, result, reporter)
+        info = RunInfo(search_seconds, time.perf_counter() - started, run_id, floor, gain)
         summary = write_outputs(out_dir, bench, result, final, info, tracker)
         if tracker is not None and run_id is not None:
             registered = None if result.interrupted else _register(tracker, out_dir, summary, reporter)
@@ -192,6 +196,28 @@ def search_reward(
            "what the long recovery gives back" if o.floor_correction == "learned" else "objective.floor_correction: slack")
     reporter.message(f"accuracy floor: relaxed by search_slack {o.search_slack:g} points during the search ({why})")
     return reward, FloorJudgement(judged_by="search_slack", finalists=len(pairs))
+
+
+def subset_verdict(
+    config: DeploymentConfig, bench: Workbench, experience: Experience, result: SearchResult, reporter: Reporter
+) -> SubsetGain | None:
+    """Under an accuracy floor, whether this class subset made the model faster than all classes do
+    on this model and device (said once, and in summary.json): its fastest episode against the
+    experience's all-class episodes, both held to the drop the search itself was held to."""
+    if bench.classes is None or config.objective.kind != "accuracy":
+        return None
+    baseline = _baseline(bench)
+    floor = make_reward(config, baseline, final=True)
+    assert isinstance(floor, AccuracyFloorReward)
+    max_drop = baseline.accuracy - floor.min_accuracy + config.objective.search_slack / 100
+    own = [sample_of(r.policy, r.accuracy, r.latency_ms, r.memory_bytes, baseline, bench.classes, experience.device)
+           for r in result.episodes if r.failure is None]
+    fields = subset_gain(own, experience.samples(), experience.device, max_drop,
+                         config.model.factory or config.model.name or "the model")
+    if fields is None:
+        return None
+    reporter.message(fields["says"])
+    return SubsetGain(**fields)
 
 
 def _baseline(bench: Workbench) -> Resources:

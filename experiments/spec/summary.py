@@ -212,6 +212,20 @@ class FloorJudgement(Strict):
     )
 
 
+class SubsetGain(Strict):
+    """What a class subset bought on this model and device: its fastest episode within the floor
+    against the fastest all-class episode within the same drop, from the experience."""
+
+    subset_speedup: float = Field(description="this search's fastest episode within the drop: baseline latency / its latency")
+    all_class_speedup: float = Field(description="the same over earlier all-class episodes of this model, data, "
+                                     "recovery and device")
+    all_class_episodes: int = Field(description="earlier all-class episodes compared (all, within the drop or not)")
+    max_drop: float = Field(description="the accuracy drop (points, after the episode's short recovery) both were held to")
+    ratio: float = Field(description="subset_speedup / all_class_speedup")
+    pays: bool = Field(description="whether the subset is at least 10% faster than all classes within the same drop")
+    says: str = Field(description="the verdict in one sentence")
+
+
 class SearchSummary(Strict):
     """summary.json: what one search of one deployment found, measured on the deployment's device.
 
@@ -253,6 +267,10 @@ class SearchSummary(Strict):
     )
     accuracy_floor: FloorJudgement | None = Field(
         default=None, description="accuracy objective: how episodes were judged against the floor during the search"
+    )
+    subset_gain: SubsetGain | None = Field(
+        default=None, description="a class subset under an accuracy floor: whether it made the model faster than "
+        "all classes do on this model and device (null: not a subset, no floor, or no all-class episode to compare)"
     )
     interrupted: bool = Field(description="whether the search was stopped early (Ctrl-C)")
     searcher: str = Field(description="the searcher: ppo, ppo-real, evolution-surrogate, random, uniform, greedy, evolution, ddpg")
