@@ -98,10 +98,8 @@ class NoLimit:
         return None
 
 
-@dataclass(frozen=True)
-class ReadOnlyLimiter:
-    """Another limiter's limits, not taught by what it is told: for an env on the surrogate, whose
-    predicted outcomes must never refit the cost models the real episodes fit."""
+class _Limits:
+    """The limits of `self.inner`, asked as they are: for limiters that only change what `record` does."""
 
     inner: ActionLimiter
 
@@ -113,6 +111,14 @@ class ReadOnlyLimiter:
 
     def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
         return self.inner.fits(analysis, keep, ranks)
+
+
+@dataclass(frozen=True)
+class ReadOnlyLimiter(_Limits):
+    """Another limiter's limits, not taught by what it is told: for an env on the surrogate, whose
+    predicted outcomes must never refit the cost models the real episodes fit."""
+
+    inner: ActionLimiter
 
     def record(self, outcome: Outcome) -> None:
         return None
@@ -232,7 +238,7 @@ class BudgetLimiter:
 
 
 @dataclass
-class TighteningLimiter:
+class TighteningLimiter(_Limits):
     """An accuracy floor's limits: a budget that follows the search ("fastest within the floor").
 
     No budget until an episode is judged within the floor (`judge`); then the latency (or memory,
@@ -250,15 +256,6 @@ class TighteningLimiter:
     min_step: float = 0.0125
     best: float | None = None
     misses: int = 0
-
-    def max_keep(self, trial: Trial, lo: float, hi: float) -> float | None:
-        return self.inner.max_keep(trial, lo, hi)
-
-    def budget_fraction(self, total_macs: float) -> float:
-        return self.inner.budget_fraction(total_macs)
-
-    def fits(self, analysis: ModelAnalysis, keep: Mapping[str, float], ranks: Mapping[str, float]) -> bool:
-        return self.inner.fits(analysis, keep, ranks)
 
     def record(self, outcome: Outcome) -> None:
         self.inner.record(outcome)
