@@ -1,7 +1,8 @@
 """A policy applied end to end: structure in torch, then (after recovery) the ONNX model to ship.
 
-Order: skip blocks and prune channels (Torch-Pruning), factorize `lowrank` units, [recover in the
-caller], export to ONNX, quantize the `bits: 8` units with ONNX Runtime. When every unit is int8
+Order: skip blocks and prune channels (Torch-Pruning), run the first convolution at the policy's
+`downsample` times its stride, factorize `lowrank` units (a factorized first convolution keeps
+that stride), [recover in the caller], export to ONNX, quantize the `bits: 8` units with ONNX Runtime. When every unit is int8
 the whole graph is quantized (adds and pooling too); a partial set quantizes only those layers,
 which ONNX Runtime runs as int8 islands with layout changes around them (measured slower than
 float on the 2-core dev machine: the agent has to learn that).
@@ -22,6 +23,7 @@ from modeltailor.compressors.lowrank import LowRankCompressor, lowrank_candidate
 from modeltailor.compressors.policy import Policy
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.compressors.quantization import conv_node_names, quantize_layers, quantize_onnx
+from modeltailor.compressors.resolution import set_downsample
 from modeltailor.compressors.units import ModelAnalysis
 
 
@@ -34,9 +36,9 @@ class PolicyApplier:
     name: str = "joint"
 
     def apply(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
-        """The structurally compressed copy (skip, prune, low-rank); `model` is untouched."""
+        """The structurally compressed copy (skip, prune, downsample, low-rank); `model` is untouched."""
         with working():  # CPU work: not while a model is timed
-            pruned = self.pruning.apply(model, policy, example)
+            pruned = set_downsample(self.pruning.apply(model, policy, example), policy.downsample, example)
             ranks = policy.lowrank_ratios()
             return self.lowrank.apply_ranks(pruned, ranks, example) if ranks else pruned
 

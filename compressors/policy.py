@@ -16,6 +16,7 @@ METHODS: tuple[str, ...] = ("prune", "skip", "lowrank")
 lowrank: factorize the unit's root layer at rank ratio `keep`. Independently, `bits` = 8 runs the
 unit's layers in int8 (ONNX Runtime static QDQ quantization), 32 keeps them in float."""
 BITS: tuple[int, ...] = (32, 8)
+DOWNSAMPLE: tuple[int, ...] = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,20 @@ class UnitAction:
 
 @dataclass(frozen=True)
 class Policy:
-    """Per-unit actions plus whatever identifies the model the policy was found for."""
+    """Per-unit actions plus whatever identifies the model the policy was found for.
+
+    `downsample`: the factor the model's first convolution's stride is multiplied by (2: every
+    later feature map a quarter of the size, `compressors/resolution.py`); 1 leaves it."""
 
     actions: tuple[UnitAction, ...]
     meta: tuple[tuple[str, Any], ...] = ()
+    downsample: int = 1
+
+    def __post_init__(self) -> None:
+        if self.downsample not in DOWNSAMPLE:
+            raise CompressionError(
+                f"policy downsample {self.downsample!r} is not one of {', '.join(map(str, DOWNSAMPLE))}"
+            )
 
     @classmethod
     def uniform(cls, units: Iterable[str], keep: float) -> Policy:
@@ -65,15 +76,16 @@ class Policy:
         return [a.unit for a in self.actions if a.bits == 8 and a.method != "skip"]
 
     def methods(self) -> set[str]:
-        """Methods in use, with "int8" for quantized units."""
+        """Methods in use, with "int8" for quantized units and "downsample" for a lower resolution."""
         used = {a.method for a in self.actions if a.method != "prune" or a.keep < 1.0}
-        return used | ({"int8"} if self.quantized() else set())
+        return used | ({"int8"} if self.quantized() else set()) | ({"downsample"} if self.downsample > 1 else set())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": POLICY_FORMAT,
             "meta": dict(self.meta),
             "units": [asdict(a) for a in self.actions],
+            "downsample": self.downsample,
         }
 
     @classmethod
@@ -87,7 +99,10 @@ class Policy:
         except TypeError as exc:
             raise CompressionError(f"{source}: malformed unit entry ({exc})") from None
         meta = tuple(sorted((data.get("meta") or {}).items()))
-        return cls(actions, meta)
+        downsample = data.get("downsample", 1)  # absent in policies written before it existed
+        if isinstance(downsample, bool) or downsample not in DOWNSAMPLE:
+            raise CompressionError(f"{source}: downsample {downsample!r} is not one of {', '.join(map(str, DOWNSAMPLE))}")
+        return cls(actions, meta, int(downsample))
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

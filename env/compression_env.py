@@ -8,7 +8,9 @@ Action: float32 `Box(-1, 1, (1,))`, mapped linearly to a keep ratio in [min_keep
 low-rank or int8 offered, `Box(-1, 1, (3,))`: amount, method selector (> 0: low-rank, where the
 unit's root layer can be factorized) and int8 flag (> 0). With `int8_model` every unit runs in
 int8 in every episode (the whole graph quantized, adds and pooling too) and there is no flag: the
-agent searches the structure under int8 latency. For a unit inside a skippable residual
+agent searches the structure under int8 latency. With `downsample` 2 every episode's model runs
+its first convolution at twice its stride (a deployment setting, `search.downsample`: the units'
+costs are then those of the downsampled model). For a unit inside a skippable residual
 block (identity shortcut), the lowest `skip_fraction` of the action range means "remove the whole
 block" (depth compression); other units cannot choose it, so impossible combinations are mapped
 away rather than masked.
@@ -86,6 +88,7 @@ class CompressionEnv(gym.Env):
         context: DeploymentContext | None = None,
         int8_units: frozenset[str] | None = None,
         int8_model: bool = False,
+        downsample: int = 1,
     ) -> None:
         super().__init__()
         self.analysis = analysis
@@ -101,6 +104,7 @@ class CompressionEnv(gym.Env):
         self.int8 = int8 and not int8_model  # the agent's per-unit flag
         self.int8_model = int8_model  # every unit in int8, always
         self.int8_units = int8_units  # None: every unit may run in int8
+        self.downsample = downsample  # every episode's model runs its first conv at this times its stride
         # joint mode: (amount, method selector, int8 flag); otherwise just the amount
         dims = 3 if (self.lowrank_units or self.int8) else 1
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(dims,), dtype=np.float32)
@@ -128,7 +132,7 @@ class CompressionEnv(gym.Env):
         return CompressionEnv(
             self.analysis, evaluator, reward or self.reward_fn, self.baseline, self.range,
             ReadOnlyLimiter(limiter or self.limiter), context.class_fraction, self.lowrank_units, self.int8, context,
-            self.int8_units, self.int8_model,
+            self.int8_units, self.int8_model, self.downsample,
         )
 
     # gymnasium API -------------------------------------------------------------------------
@@ -180,7 +184,7 @@ class CompressionEnv(gym.Env):
 
         For one-shot searchers (greedy sensitivity, evolution) that propose complete policies; they
         count the same evaluations as step-wise ones, one episode per policy. Units the policy
-        does not name keep everything.
+        does not name keep everything; the model is downsampled as every episode of this env is.
         """
         given = {a.unit: a for a in policy.actions}
         self.reset()
@@ -208,7 +212,8 @@ class CompressionEnv(gym.Env):
             tuple(
                 UnitAction(unit=u, method=self._method[u], keep=round(k, 4), bits=self._bits[u])
                 for u, k in self._keep.items()
-            )
+            ),
+            downsample=self.downsample,
         )
 
     def _split(self, decided: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:

@@ -102,7 +102,7 @@ class PolicyEvaluator:
         measure still raises its own error."""
         start = time.perf_counter()
         student = self._stage("compressing", policy, lambda: self.compress(policy))
-        key = (architecture_key(student), tuple(sorted(policy.quantized())))
+        key = (architecture_key(student), tuple(sorted(policy.quantized())), policy.downsample)
         if key in self.cache:
             return replace(self.cache[key], seconds=0.0, cached=True)
         student = self._stage("recovering", policy, lambda: self._recover(student))
@@ -157,7 +157,7 @@ class PolicyEvaluator:
             macs=analysis.total_macs,
             kept_channels=channels,
             seconds=time.perf_counter() - start,
-            architecture=architecture_id(model, quantized),
+            architecture=architecture_id(model, quantized, policy.downsample if policy is not None else 1),
         )
 
 
@@ -166,7 +166,8 @@ def architecture_key(model: nn.Module) -> tuple:
     return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
-def architecture_id(model: nn.Module, quantized: list[str]) -> str:
-    """A short id of the compressed architecture and its int8 units (same id = same model shape)."""
-    text = repr((architecture_key(model), quantized))
+def architecture_id(model: nn.Module, quantized: list[str], downsample: int = 1) -> str:
+    """A short id of the compressed architecture, its int8 units and its downsampling (same id =
+    same model shape; downsampling only changes a stride, so it is named)."""
+    text = repr((architecture_key(model), quantized) + ((downsample,) if downsample != 1 else ()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -92,7 +92,7 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
         "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "floor_correction", "fuzz_api", "held_out",
-        "joint_vs_prune", "lowrank", "recovery_budget", "search_default", "subsets", "searchers", "shared_agent", "surrogate", "warm_start",
+        "joint_vs_prune", "lowrank", "recovery_budget", "resolution", "search_default", "subsets", "searchers", "shared_agent", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
 
@@ -312,6 +312,23 @@ def test_lowrank_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["scheme"] for r in results["rows"]] == ["teacher", "tucker2", "cp"]
     assert results["settings"]["args"]["steps"] == 5 == results["settings"]["steps"]
+
+
+@pytest.mark.slow
+def test_resolution_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """One keep ratio, 2 recovery steps, 1 round: each model at both resolutions, the half-resolution
+    one doing a quarter of the work or less, and the settings beside the rows."""
+    config, cache = tiny
+    out = run_bench("resolution", cache, "--config", str(config), "--keeps", "0.5", "--steps", "2", "--repeats", "1",
+                    "--out", str(tmp_path / "out"))
+    rows = [row for row in table_rows(out, ["| model", "downsample", "MMACs", "latency ms", "speedup"])
+            if row.startswith("|")]
+    labels = [(row.split("|")[1].strip(), row.split("|")[2].strip()) for row in rows]
+    assert labels == [(m, d) for m in ("teacher", "uniform 0.5", "most compressed") for d in ("1", "2")], rows
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    macs = {(r["model"], r["downsample"]): r["macs"] for r in results["rows"]}
+    assert all(macs[m, 2] <= 0.3 * macs[m, 1] for m in ("teacher", "uniform 0.5", "most compressed")), macs
+    assert results["settings"]["args"]["steps"] == 2 and results["settings"]["config"]["search"]["downsample"] == 1
 
 
 @pytest.mark.slow

@@ -86,6 +86,8 @@ def regime(config: DeploymentConfig, teacher: str) -> str:
     }
     if s.lowrank_scheme != "auto":  # only then: the hashes of experience recorded before it existed stay
         settings["lowrank_scheme"] = s.lowrank_scheme
+    if s.downsample != 1:  # the same: episodes at another resolution are another regime
+        settings["downsample"] = s.downsample
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -109,6 +109,7 @@ def build_env(bench: Workbench, reward: RewardFunction, baseline: Resources) -> 
         int8_units=bench.units_for("int8") if "int8" in s.methods else None,
         int8_model=int8_model(bench.config),
         context=deployment_context(bench, baseline),
+        downsample=s.downsample,
     )
 
 
@@ -175,9 +176,9 @@ def calibrated_limiter(bench: Workbench, budget: Budget, fastest: Outcome, laten
 
 
 def measure_fastest(bench: Workbench) -> Outcome:
-    """The most compressed model this search can build (see `_fastest`), measured without recovery."""
+    """The most compressed model this search can build (see `fastest_policy`), measured without recovery."""
     s = bench.config.search
-    return measure_unrecovered(bench, _fastest(bench, s.min_keep, s.skip_blocks))
+    return measure_unrecovered(bench, fastest_policy(bench, s.min_keep, s.skip_blocks))
 
 
 def int8_model(config: DeploymentConfig) -> bool:
@@ -187,10 +188,11 @@ def int8_model(config: DeploymentConfig) -> bool:
 
 def measure_unrecovered(bench: Workbench, policy: Policy) -> Outcome:
     """`policy`'s compressed model measured without recovery, in int8 where every candidate is (the
-    limiter's cost models must see what the episodes measure)."""
+    limiter's cost models must see what the episodes measure), downsampled as every episode is."""
+    policy = replace(policy, downsample=bench.config.search.downsample)
     if int8_model(bench.config):
         units = bench.units_for("int8")
-        policy = Policy(tuple(replace(a, bits=8) if a.unit in units else a for a in policy.actions), policy.meta)
+        policy = replace(policy, actions=tuple(replace(a, bits=8) if a.unit in units else a for a in policy.actions))
         return bench.evaluator.measure(bench.evaluator.compress(policy), policy=policy)
     return bench.evaluator.measure(bench.evaluator.compress(policy))
 
@@ -214,7 +216,7 @@ def calibration_policies(bench: Workbench, count: int) -> list[Policy]:
     return policies
 
 
-def _fastest(bench: Workbench, keep: float, skip: bool) -> Policy:
+def fastest_policy(bench: Workbench, keep: float, skip: bool) -> Policy:
     """Every unit at `keep`, every skippable block removed: the most compressed model reachable."""
     return Policy(
         tuple(

@@ -10,7 +10,7 @@ deployment's device, memory, params), `speedup`, `accuracy_drop` (points), `pare
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def policy_with_meta(bench: Workbench, record: EpisodeRecord) -> Policy:
         "kept_channels": record.kept_channels,
     }
     base = record.policy
-    return Policy(base.actions, tuple(sorted(meta.items())))
+    return replace(base, meta=tuple(sorted(meta.items())))
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,12 @@ class SearchConfig(Strict):
         description="with skip_blocks, also blocks whose shortcut is a projection (a strided 1x1 conv at a stage's "
         "start): such a block becomes that 1x1 path, so a stage can shrink to nothing but it (zoo models)",
     )
+    downsample: Literal[1, 2] = Field(
+        1,
+        description="2: every candidate runs its first convolution at twice its stride, so every later layer works "
+        "on feature maps half as high and wide (about a quarter of the work) while the model still takes the "
+        "same input; the search compresses that model, distilled from the full-resolution teacher",
+    )
     calibration_policies: int = Field(
         24, ge=0,
         description="under a latency budget, random policies compressed and measured (no recovery) before the "

@@ -45,6 +45,11 @@ class PolicyData(Strict):
         description="what it takes to rebuild the model (model, input_shape, classes, importance, ...)",
     )
     units: list[PolicyUnit] = Field(description="one action per unit, in the model's unit order")
+    downsample: Literal[1, 2] = Field(
+        default=1,
+        description="2: the first convolution runs at twice its stride (every later feature map a quarter of "
+        "the size; search.downsample); 1: as the teacher",
+    )
 
     @classmethod
     def from_policy(cls, policy: Policy) -> PolicyData:
@@ -52,7 +57,7 @@ class PolicyData(Strict):
 
     def to_policy(self, source: str = "policy") -> Policy:
         """The :class:`Policy`; CompressionError naming ``source`` when an action is invalid."""
-        return Policy.from_dict(self.model_dump(mode="json"), source=source)
+        return Policy.from_dict(self.model_dump(mode="json", exclude_defaults=False), source=source)
 
 
 class ModelMetrics(Strict):
@@ -285,7 +290,7 @@ class SearchSummary(Strict):
     subset: bool = Field(description="whether the deployment predicts a subset of the model's classes")
     teacher: str = Field(description="where the original model came from (weights file or cache entry)")
     onnx_parity: OnnxParity = Field(description="model.onnx checked against the torch model")
-    methods: list[str] = Field(description="compression methods the chosen policy uses (prune, skip, lowrank, int8)")
+    methods: list[str] = Field(description="compression methods the chosen policy uses (prune, skip, lowrank, int8, downsample)")
     mlflow_run_id: str | None = Field(description="MLflow run of the search; null when tracking is off")
     config: dict[str, Any] = Field(description="the effective deployment config, defaults filled in")
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modeltailor.compressors.head import narrow_classifier
-from modeltailor.compressors.units import ModelAnalysis, analyze_model, find_output_layer
+from modeltailor.compressors.units import ModelAnalysis, find_output_layer
 from modeltailor.datasets import remap_labels
 from modeltailor.errors import ModelLoadError
 from modeltailor.experiments.search.teacher import (
@@ -30,6 +30,7 @@ from modeltailor.experiments.search.workbench import (
     check_model_units,
     load_deployment_data,
     make_applier,
+    searched_analysis,
 )
 from modeltailor.experiments.spec.deployment import DeploymentConfig
 
@@ -78,7 +79,7 @@ def check_model(config: DeploymentConfig) -> ModelReport:
     example = torch.zeros(input_shape)
     output = find_output_layer(model, example)
     base = narrow_classifier(model, classes, example) if classes else model
-    analysis = analyze_model(base, example, projection_skips=config.search.skip_projection)
+    analysis = searched_analysis(config, base, example)
     if not analysis.units:
         raise ModelLoadError("the model has no prunable conv/linear layer: nothing to compress")
     train_x, train_y = splits.train.tensors

@@ -8,6 +8,7 @@ the picked model and recovers it fully.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from modeltailor.compressors.policy import Policy
@@ -55,4 +56,4 @@ def picked_policy(summary: SearchSummary, point: ParetoPoint) -> Policy:
     meta.pop("kept_channels", None)
     meta["picked_from_episode"] = point.episode
     base = point.policy.to_policy(source="picked policy")
-    return Policy(base.actions, tuple(sorted(meta.items())))
+    return replace(base, meta=tuple(sorted(meta.items())))
