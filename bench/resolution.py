@@ -7,7 +7,8 @@ search.min_keep, every skippable block removed). Each is recovered with the same
 distillation from the full-resolution teacher (0: none), scored on the deployment's validation
 sample, and every model is timed in --repeats alternating rounds on the device (past the latency
 cache). Prints per model: MACs, parameters, latency, speedup over the teacher, accuracy and its
-drop, so a lower resolution can be compared with pruning at equal speed.
+drop, so a lower resolution can be compared with pruning at equal speed. The teacher's row is the
+teacher itself (no distillation).
 Usage: python bench/resolution.py [--config examples/digits-resnet20.yaml] [--keeps 0.75,0.5,0.25]
        [--steps 400] [--repeats 10] [--set KEY=VALUE ...] [--out runs/bench-resolution]
 Writes results.json (the settings: arguments and resolved config; every row) into --out.
@@ -48,7 +49,9 @@ class Built:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "examples" / "digits-resnet20.yaml")
-    parser.add_argument("--keeps", default="0.75,0.5,0.25", help="uniform channel keep ratios")
+    parser.add_argument("--keeps", default="0.75,0.5,0.25", help="uniform channel keep ratios (none: no uniform rows)")
+    parser.add_argument("--most-compressed", action=argparse.BooleanOptionalAction, default=True,
+                        help="the most compressed model a search can reach, at both resolutions")
     parser.add_argument("--steps", type=int, default=400, help="distillation steps for every model (0: none)")
     parser.add_argument("--repeats", type=int, default=10, help="alternating timing rounds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -57,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     if args.steps < 0 or args.repeats < 1:
         raise SystemExit("--steps must be 0 or more and --repeats at least 1")
     try:
-        args.keep_ratios = [float(k) for k in args.keeps.split(",")]
+        args.keep_ratios = [] if args.keeps == "none" else [float(k) for k in args.keeps.split(",")]
     except ValueError:
         raise SystemExit(f"--keeps {args.keeps!r}: give comma-separated ratios in (0, 1], e.g. 0.75,0.5") from None
     if not all(0 < k <= 1 for k in args.keep_ratios):
@@ -66,9 +69,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def build(bench: Workbench, label: str, policy: Policy, steps: int) -> Built:
-    """`policy`'s model recovered with `steps` of distillation, scored on the validation sample."""
+    """`policy`'s model recovered with `steps` of distillation (the teacher itself: none), scored on
+    the validation sample."""
     evaluator = bench.evaluator
-    model = evaluator.build(policy, replace(evaluator.recovery, steps=steps)) if steps else evaluator.compress(policy)
+    teacher = policy.downsample == 1 and all(a.method == "prune" and a.keep == 1.0 for a in policy.actions)
+    recover = steps > 0 and not teacher
+    model = evaluator.build(policy, replace(evaluator.recovery, steps=steps)) if recover else evaluator.compress(policy)
     onnx = evaluator.export(model, None)
     accuracy = evaluator.score(model, onnx, quantized=False)
     macs = analyze_model(model, evaluator.example).total_macs
@@ -86,7 +92,8 @@ def main() -> None:
     units = [u.name for u in bench.analysis.units]
     policies = {"teacher": Policy.uniform(units, 1.0)}
     policies.update({f"uniform {k:g}": Policy(tuple(UnitAction(u, keep=k) for u in units)) for k in args.keep_ratios})
-    policies["most compressed"] = fastest_policy(bench, config.search.min_keep, config.search.skip_blocks)
+    if args.most_compressed:
+        policies["most compressed"] = fastest_policy(bench, config.search.min_keep, config.search.skip_blocks)
     built: list[Built] = []
     for label, policy in policies.items():
         for factor in (1, 2):
@@ -96,8 +103,9 @@ def main() -> None:
     measured = bench.device.measure_alternately({i: b.onnx for i, b in enumerate(built)}, repeats=args.repeats)
     teacher = built[0]
     base_ms = measured[0].latency.median_ms
-    print(f"\n{config.model.name} on {config.data.name}, device {config.device.name}, {args.steps} distillation "
-          f"steps each, accuracy on {len(bench.evaluator.data.score_y)} validation images, {args.repeats} "
+    classes = f"classes {config.classes}" if config.classes else "all classes"
+    print(f"\n{config.model.name} on {config.data.name} ({classes}), device {config.device.name}, {args.steps} "
+          f"distillation steps each (the teacher none), accuracy on {len(bench.evaluator.data.score_y)} validation images, {args.repeats} "
           f"alternating rounds; {time.perf_counter() - started:.0f} s in all\n")
     print("| model | downsample | MMACs | params k | latency ms | speedup | accuracy | drop (pt) |")
     print("|---|---|---|---|---|---|---|---|")
