@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from modeltailor.compressors.policy import DOWNSAMPLE
-from modeltailor.compressors.units import conv_pair
+from modeltailor.compressors.units import conv_pair, run_once
 from modeltailor.errors import CompressionError
 
 
@@ -29,16 +29,7 @@ def first_conv(model: nn.Module, example: torch.Tensor) -> str:
     def record(module: nn.Module, _inputs, _output) -> None:
         order.append(names[module])
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    run_once(model, example, {m: record for m in model.modules() if isinstance(m, nn.Conv2d)})
     if not order:
         raise CompressionError("downsampling needs a convolution: the model runs no nn.Conv2d")
     return order[0]
@@ -79,11 +70,5 @@ def downsampled(model: nn.Module, factor: int, example: torch.Tensor) -> nn.Modu
 
 
 def _output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example[:1])
-    finally:
-        model.train(was_training)
+    out = run_once(model, example)
     return tuple(out.shape) if isinstance(out, torch.Tensor) else ()

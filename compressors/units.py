@@ -12,7 +12,7 @@ building the pruned model (`estimate_macs`), which the env uses to keep actions 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -277,7 +277,6 @@ def _make_unit(
 def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
     """MACs and parameter count of every Conv2d / Linear at batch 1, in forward order."""
     costs: dict[str, tuple[int, int]] = {}
-    hooks = []
 
     def hook(name: str):
         def record(module: nn.Module, _inputs, output: torch.Tensor) -> None:
@@ -292,19 +291,23 @@ def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int,
 
         return record
 
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(hook(name)))
+    run_once(model, example, {m: hook(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))})
+    return costs
+
+
+def run_once(model: nn.Module, example: torch.Tensor, hooks: Mapping[nn.Module, Callable] | None = None) -> object:
+    """`model`'s output on `example[:1]` in eval mode without gradients, each module of `hooks`
+    calling its forward hook; the model's mode is restored and the hooks removed after."""
+    handles = [module.register_forward_hook(hook) for module, hook in (hooks or {}).items()]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example[:1])
+            return model(example[:1])
     finally:
         model.train(was_training)
-        for handle in hooks:
+        for handle in handles:
             handle.remove()
-    return costs
 
 
 def skippable_blocks(model: nn.Module) -> dict[str, nn.Module]:

@@ -57,7 +57,7 @@ class PolicyData(Strict):
 
     def to_policy(self, source: str = "policy") -> Policy:
         """The :class:`Policy`; CompressionError naming ``source`` when an action is invalid."""
-        return Policy.from_dict(self.model_dump(mode="json", exclude_defaults=False), source=source)
+        return Policy.from_dict(self.model_dump(mode="json"), source=source)
 
 
 class ModelMetrics(Strict):
