@@ -36,6 +36,9 @@ class DistillConfig:
     seed: int = 0
     device: str = "cpu"  # torch device the student trains on (it comes back on the CPU)
     precision: str = "fp32"  # fp32 or bf16 (autocast of the forward pass; the loss stays float32)
+    recalibrate: bool = True
+    """Re-estimate BatchNorm statistics at the final weights (False only to measure what that
+    changes: bench/episode_noise.py)."""
 
 
 class TeacherLogits:
@@ -123,7 +126,8 @@ def distill(
     config: DistillConfig,
     on_step: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Fine-tune `student` in place towards the teacher's logits; returns it in eval mode.
+    """Fine-tune `student` in place towards the teacher's logits; returns it in eval mode, on the
+    CPU, its BatchNorm statistics re-estimated at the final weights (`recalibrate_batchnorm`).
 
     `labels` index the student's outputs (already remapped for a narrowed head).
     """
@@ -160,4 +164,10 @@ def distill(
             schedule.step()
         if on_step is not None:
             on_step(step, loss.item())
-    return student.cpu().eval()
+    student.cpu()
+    # The running statistics trail the weights: an EMA over the last few steps of weights that were
+    # still moving. Re-estimated at the final weights, a short recovery's accuracy is its model's
+    # (bench/episode_noise.py measures the difference).
+    if config.recalibrate:
+        recalibrate_batchnorm(student, teacher.inputs)
+    return student.eval()

@@ -91,7 +91,7 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
-        "campaign", "cifar10", "corpus", "dashboard_screenshot", "feasibility", "floor_correction", "fuzz_api", "held_out",
+        "campaign", "cifar10", "corpus", "dashboard_screenshot", "episode_noise", "feasibility", "floor_correction", "fuzz_api", "held_out",
         "joint_vs_prune", "lowrank", "recovery_budget", "resolution", "search_default", "subsets", "searchers", "shared_agent", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
@@ -256,6 +256,19 @@ def test_surrogate_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
             if row.startswith("|")]
     assert {row.split("|")[1].strip().split(" ")[0] for row in rows} == {"gp", "trees", "mlp", "auto"}, rows
     assert len(json.loads((tmp_path / "s.json").read_text())["episodes"]) == 24
+
+
+@pytest.mark.slow
+def test_episode_noise_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    config, cache = tiny
+    out = run_bench("episode_noise", cache, "--config", str(config), "--policies", "4", "--seeds", "0,1",
+                    "--episode-steps", "2", "--final-steps", "3", "--out", str(tmp_path / "n.json"))
+    rows = [row for row in table_rows(out, ["| BatchNorm statistics", "Kendall tau between seeds"]) if row.startswith("|")]
+    assert [row.split("|")[1].strip() for row in rows] == ["left by the training", "re-estimated at the final weights"], rows
+    saved = json.loads((tmp_path / "n.json").read_text())
+    assert saved["settings"]["final_steps"] == 3 and len(saved["long_recovery"]) == 4
+    assert all(len(runs) == 2 and all(len(a) == 4 for a in runs) for runs in saved["accuracies"].values())
+    assert all(0.0 <= a <= 1.0 for runs in saved["accuracies"].values() for acc in runs for a in acc)
 
 
 @pytest.mark.slow

@@ -162,6 +162,18 @@ def test_fp32_and_bf16_distillation_give_different_but_close_updates():
     assert F.cosine_similarity(full, half, dim=0) > 0.999
 
 
+def test_distill_leaves_batchnorm_statistics_of_the_final_weights():
+    logits, y = distill_setup()
+    out = distill(tiny_net(seed=1), logits, y, DistillConfig(steps=20, batch_size=32, lr=0.05))
+    norm = out[1]
+    # the statistics of the distillation inputs at the returned weights, computed directly
+    with torch.no_grad():
+        features = out[0](logits.inputs)
+    assert torch.allclose(norm.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(norm.running_var, features.var(dim=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    assert not out.training
+
+
 def test_distill_rejects_an_unknown_precision():
     logits, y = distill_setup()
     with pytest.raises(ConfigError, match="compute.precision"):

@@ -81,7 +81,10 @@ def regime(config: DeploymentConfig, teacher: str) -> str:
         "teacher": teacher,
         "model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
         "recovery": {"steps": r.episode_steps, "batch": r.batch_size, "lr": r.lr, "t": r.temperature,
-                     "alpha": r.alpha, "val_samples": r.val_samples, "seed": s.seed},
+                     "alpha": r.alpha, "val_samples": r.val_samples, "seed": s.seed,
+                     # BatchNorm re-estimated after the recovery (2026-12-03): an episode's accuracy
+                     # means something else than before it, so earlier episodes are another regime
+                     "bn": "after"},
         "importance": s.importance, "round_to": s.round_to, "precision": config.compute.precision,
     }
     if s.lowrank_scheme != "auto":  # only then: the hashes of experience recorded before it existed stay
