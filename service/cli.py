@@ -314,15 +314,19 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill <pid>` (SIGTERM) is handled like Ctrl-C while the block runs in the main thread."""
+    """`kill <pid>` (SIGTERM) is handled like Ctrl-C while the block runs in the main thread, and
+    SIGINT is Ctrl-C even where it was inherited ignored: a non-interactive shell starts `cmd &`
+    with SIGINT ignored, and the API cancels a job (`experiments/fleet/jobs.py`) with SIGINT."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _forget_caught_interrupt() -> None:

@@ -285,9 +285,14 @@ def test_a_job_still_running_after_an_api_restart_is_adopted_and_cancelled(api):
     """A job started by an earlier API process (not this one's child) is found running through its
     pid and command line, and a cancel reaches its process group."""
     folder = api.jobs / "bbbbbbbbbbb1"
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(folder / "campaign.yaml")],
-                                start_new_session=True)
+    # like the CLI, SIGINT is Ctrl-C even if this test runs from a shell's background (SIGINT inherited
+    # ignored); it says when its handler is in place, so the cancel cannot arrive before it
+    code = ("import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "print('ready', flush=True); time.sleep(60)")
+    stand_in = subprocess.Popen([sys.executable, "-c", code, str(folder / "campaign.yaml")], start_new_session=True,
+                                stdout=subprocess.PIPE, text=True)
     try:
+        assert stand_in.stdout is not None and stand_in.stdout.readline().strip() == "ready"
         cmdline = Path(f"/proc/{stand_in.pid}/cmdline")
         wait_until("the stand-in's exec", lambda: b"campaign.yaml" in cmdline.read_bytes(), 10, api)
         write_job(api, "bbbbbbbbbbb1", pid=stand_in.pid)
