@@ -313,7 +313,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _stop_signals_as_interrupt() -> Iterator[None]:
     """`kill <pid>` (SIGTERM) is handled like Ctrl-C while the block runs in the main thread, and
     SIGINT is Ctrl-C even where it was inherited ignored: a non-interactive shell starts `cmd &`
     with SIGINT ignored, and the API cancels a job (`experiments/fleet/jobs.py`) with SIGINT."""
@@ -371,7 +371,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:
-        with _sigterm_as_interrupt():
+        with _stop_signals_as_interrupt():
             code = app(standalone_mode=False)  # Ctrl-C outside a search: typer returns 130
     except SearchInterrupted as exc:
         _exit_interrupted(str(exc))
