@@ -129,11 +129,17 @@ class FirstSight:
         return replace(outcome, cached=False)
 
 
-def run_searcher(d: Deployment, name: str, seed: int, episodes: int, **kwargs: Any) -> list[EpisodeRecord]:
+def search_run(d: Deployment, name: str, seed: int, episodes: int,
+               **kwargs: Any) -> tuple[list[EpisodeRecord], dict[str, Any]]:
+    """One search on a fresh env of the deployment: its episodes, and what the searcher noted."""
     env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
     env.evaluator = FirstSight(env.evaluator)
-    make_searcher(name, seed, report=lambda _m: None, **kwargs).search(env, episodes)
-    return env.history
+    result = make_searcher(name, seed, report=lambda _m: None, **kwargs).search(env, episodes)
+    return env.history, result.notes
+
+
+def run_searcher(d: Deployment, name: str, seed: int, episodes: int, **kwargs: Any) -> list[EpisodeRecord]:
+    return search_run(d, name, seed, episodes, **kwargs)[0]
 
 
 def score(d: Deployment, record: EpisodeRecord) -> float:
@@ -272,11 +278,16 @@ def main() -> None:
                     run = {**results[dname][sname][0], "seed": seed, "same_as_seed": seeds[0]}
                     results[dname][sname].append(run)
                     continue
-                run = summarize_run(d, run_searcher(d, sname, seed, args.episodes))
+                records, notes = search_run(d, sname, seed, args.episodes)
+                run = summarize_run(d, records)
                 run["seed"], run["seconds"] = seed, time.perf_counter() - t0
+                proposals = ""
+                if notes.get("proposals"):  # the surrogate searchers: whose models the real episodes measured
+                    run["proposals"] = notes["proposals"]
+                    proposals = "  proposals " + ", ".join(f"{k} {v}" for k, v in notes["proposals"].items())
                 results[dname][sname].append(run)
                 print(f"  seed {seed} {sname:<19} best {run['best']}  feasible {run['feasible']:.0%}  "
-                      f"near best at {run['to_near_best']}  ({run['seconds']:.0f} s)", flush=True)
+                      f"near best at {run['to_near_best']}{proposals}  ({run['seconds']:.0f} s)", flush=True)
         save(args, results, deployments, started)
     print()
     kinds = {name: m["kind"] for name, m in json.loads(args.out.read_text())["deployments"].items()}

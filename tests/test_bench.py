@@ -225,6 +225,7 @@ def test_held_out_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     assert labels[0] == "random" and "ppo + experience" in labels and "evolution-surrogate (no experience)" in labels
     settings = json.loads((tmp_path / "held_out.json").read_text())["settings"]
     assert settings["assisted_episodes"] == 3 and settings["target"][1]["objective.max_latency_ratio"] == 0.8
+    assert settings["target"][0] == "c1245689-25-cpu2t" and len(settings["target"][1]["classes"]) == 7  # the default
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from modeltailor.agent import make_searcher
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings, save_checkpoint
 from modeltailor.agent.surrogate_search import (
     ExperienceView,
+    LocalProposer,
     SurrogateSearcher,
     SurrogateSettings,
     score_noise,
@@ -178,11 +179,36 @@ def test_surrogate_search_is_deterministic_for_a_seed_and_spends_the_budget(mode
     assert len(set(keys)) == len(keys)
 
 
-def test_without_design_candidates_every_proposal_is_the_agents(model):  # noqa: F811
+def test_without_design_or_local_candidates_every_proposal_is_the_agents(model):  # noqa: F811
     env = make_env(model, ("prune",), modelled=True)
-    searcher = SurrogateSearcher(seed=0, settings=replace(FAST, design_candidates=0), ppo=PPOSettings(hidden=16))
+    settings = replace(FAST, design_candidates=0, local_candidates=0)
+    searcher = SurrogateSearcher(seed=0, settings=settings, ppo=PPOSettings(hidden=16))
     result = searcher.search(env, FAST.seed_episodes + 3)
     assert result.notes["proposals"] == {"agent": 3, "design": 0}
+
+
+def test_local_candidates_are_mutations_of_the_best_real_episodes(model):  # noqa: F811
+    env = make_env(model, ("prune",), modelled=True)
+    for keep in (0.9, 0.5, 0.3):
+        env.evaluate(Policy(tuple(UnitAction(u.name, keep=keep) for u in env.units)))
+    best = max(env.history, key=lambda r: r.reward)
+    proposer = LocalProposer(env, seed=0, parents=1)
+    played = proposer.learn(env.sibling(env.evaluator), 6)
+    assert len(played) == 6 and proposer.played == 6
+    parent = {a.unit: a.keep for a in best.policy.actions}
+    for policy in played:  # each child differs from the best real episode in a few units, not all
+        changed = sum(1 for a in policy.actions if a.keep != parent[a.unit])
+        assert 1 <= changed < len(env.units) // 2
+    assert LocalProposer(make_env(model, ("prune",), modelled=True), seed=0).learn(env, 3) == []  # nothing measured yet
+
+
+def test_only_the_ppo_search_plays_local_candidates(model):  # noqa: F811
+    _, _, ppo = surrogate_search(model, seed=0, episodes=FAST.seed_episodes + 4)
+    assert set(ppo.notes["proposals"]) == {"agent", "design", "local"}
+    assert sum(ppo.notes["proposals"].values()) == 4
+    env = make_env(model, ("prune",), modelled=True)
+    evolution = make_searcher("evolution-surrogate", 0, surrogate=vars(FAST)).search(env, FAST.seed_episodes + 2)
+    assert set(evolution.notes["proposals"]) == {"agent", "design"}
 
 
 def test_evolution_on_the_surrogate_beats_its_own_seeds(model):  # noqa: F811
