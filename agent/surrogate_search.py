@@ -59,10 +59,11 @@ from modeltailor.compressors.policy import Policy
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.features import DeploymentContext
 from modeltailor.env.history import search_result
-from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit
+from modeltailor.env.limiter import ActionLimiter, Budget, BudgetLimiter, NoLimit, TighteningLimiter
 from modeltailor.env.records import EpisodeRecord, SearchResult
 from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources, RewardFunction
 from modeltailor.env.surrogate import (
+    LatencyFn,
     PolicyEncoder,
     Sample,
     Surrogate,
@@ -131,6 +132,14 @@ class SurrogateSettings:
     the experience) besides the deployment itself; see `deployment_variants`."""
     optimism: float = 1.0
     """Proposals are ranked with each predicted accuracy raised by this many standard deviations."""
+    floor_pessimism: float = 1.0
+    """Under an accuracy floor the agent plays the surrogate with each predicted accuracy lowered by
+    this many standard deviations: it learns models the surrogate is sure clear the floor, not the
+    ones it merely cannot rule out (its errors are what an optimizer against it finds first)."""
+    device_latency: bool = True
+    """On the searched device, latency from the limiter's calibrated model (`device_latency`);
+    False: the regressor's on every device (the ablation bench/searchers.py runs as
+    `ppo-regressor-latency`)."""
 
 
 def score_noise(reward: float, env: CompressionEnv) -> float:
@@ -340,7 +349,9 @@ class SurrogateSearcher:
             # the surrogate) for the next deployment to start from
             surrogate = self._fit(env, view, encoder, None)
             evaluator = SurrogateEvaluator(surrogate, env.baseline, view.classes, view.device, env.analysis,
-                                           view.round_to)
+                                           view.round_to, device_latency(env) if self.settings.device_latency else None,
+                                           -self.settings.floor_pessimism if isinstance(env.reward_fn, AccuracyFloorReward)
+                                           else 0.0)
             variants = deployment_variants(env, view) if self.proposer == "ppo" and self.settings.variants else []
             evaluators = [evaluator, *(replace(evaluator, classes=v.classes, _memo={}) for v in variants)]
             self.notes["deployment_variants"] = len(variants)
@@ -484,7 +495,7 @@ class SurrogateSearcher:
         rows = np.array([s.archive.encoded[i] for s, i in pool])
         policies = [s.archive.policies[i] for s, i in pool]
         ranked = rank_encoded(surrogate, rows, policies, evaluator.device, env.baseline, env.reward_fn,
-                              self.settings.optimism)
+                              self.settings.optimism, evaluator.latency)
         predicted, best = ranked[0]
         source = next(s for s, i in pool if s.archive.policies[i] is best)
         return best, predicted, source
@@ -604,6 +615,18 @@ def deployment_variants(env: CompressionEnv, view: ExperienceView) -> list[Varia
         fraction = len(classes) / max(view.num_classes, 1) if classes else 1.0
         variants.append(Variant(classes, reward, limiter, replace(context, class_fraction=fraction)))
     return variants
+
+
+def device_latency(env: CompressionEnv) -> LatencyFn | None:
+    """The latency the env's limiter predicts for a policy on the searched device (its model is
+    calibrated on that device and refitted on every real episode; see `env.surrogate`), or None
+    where the limiter has no latency model or the agent picks int8 per unit (the model ignores
+    bits): the surrogate's regressor then."""
+    limiter = env.limiter.inner if isinstance(env.limiter, TighteningLimiter) else env.limiter
+    if not isinstance(limiter, BudgetLimiter) or limiter.predictor is None or env.int8:
+        return None
+    model = limiter.predictor
+    return lambda policy: model.predict(policy.keep_ratios(), policy.lowrank_ratios())
 
 
 def seed_design(units: int, dims: int, count: int, seed: int) -> list[np.ndarray]:

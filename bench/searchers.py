@@ -129,11 +129,21 @@ class FirstSight:
         return replace(outcome, cached=False)
 
 
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ppo-regressor-latency": ("ppo", {"device_latency": False}),
+    "ppo-floor-mean": ("ppo", {"floor_pessimism": 0.0}),
+}
+"""Searchers the bench also runs by name: a searcher with some `search.surrogate` settings changed."""
+
+
 def search_run(d: Deployment, name: str, seed: int, episodes: int,
                **kwargs: Any) -> tuple[list[EpisodeRecord], dict[str, Any]]:
     """One search on a fresh env of the deployment: its episodes, and what the searcher noted."""
     env = build_env(d.bench, make_reward(d.config, d.baseline), d.baseline)
     env.evaluator = FirstSight(env.evaluator)
+    if name in ABLATIONS:
+        name, changed = ABLATIONS[name]
+        kwargs = {**kwargs, "surrogate": {**kwargs.get("surrogate", {}), **changed}}
     result = make_searcher(name, seed, report=lambda _m: None, **kwargs).search(env, episodes)
     return env.history, result.notes
 
@@ -239,7 +249,8 @@ def main() -> None:
                         help="the deployment the benchmark's deployments override (default: examples/digits-resnet20.yaml)")
     parser.add_argument("--episodes", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--searchers", default="ppo,evolution-surrogate,ppo-real,random,uniform,greedy,evolution")
+    parser.add_argument("--searchers", default="ppo,evolution-surrogate,ppo-real,random,uniform,greedy,evolution",
+                        help=f"any of modeltailor's searchers, or an ablation: {', '.join(ABLATIONS)}")
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument("--episode-steps", type=int, default=None,
                         help="distillation steps per episode (default: the config's, 40)")
@@ -260,6 +271,8 @@ def main() -> None:
                    for name in names}
     if args.merge:  # the teacher and the device too, now that they are built: still before any search
         check_earlier(args.out, earlier, {name: deployment_settings(d.bench) for name, d in deployments.items()})
+        for line in baseline_drift(earlier, deployments):
+            print(line, flush=True)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         name: {s: [{**r, "reused": True} for r in runs] for s, runs in by_searcher.items()}
         for name, by_searcher in earlier.get("results", {}).items()
@@ -328,6 +341,21 @@ def check_earlier(out: Path, data: dict[str, Any], settings: dict[str, dict[str,
         if not verdict:
             raise SystemExit(f"--merge: {out} was run with other settings ({what}{verdict.reason}): "
                              "use another --out or remove it")
+
+
+def baseline_drift(earlier: dict[str, Any], deployments: dict[str, Deployment], tolerance: float = 0.02) -> list[str]:
+    """--merge: a line per deployment whose baseline latency, measured afresh, differs from the
+    reused rows' by more than `tolerance`: budgets and speedups are ratios of it, so the reused
+    rows were searched under limits that far apart."""
+    lines = []
+    for name, d in deployments.items():
+        recorded = earlier.get("deployments", {}).get(name, {}).get("baseline", {}).get("latency_ms")
+        if recorded:
+            change = d.baseline.latency_ms / recorded - 1
+            if abs(change) > tolerance:
+                lines.append(f"note: {name}'s baseline measures {d.baseline.latency_ms:.3f} ms now, {recorded:.3f} ms "
+                             f"when the reused rows ran ({change:+.1%}): budgets and speedups are ratios of it")
+    return lines
 
 
 def save(args: argparse.Namespace, results: dict, deployments: dict[str, Deployment], started: float) -> None:

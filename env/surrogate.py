@@ -14,6 +14,13 @@ data) becomes a training `Sample`, and three regressors learn from them:
   devices, so a device with few or no real episodes yet is predicted from the others (its one-hot
   all zeros until it has `MIN_DEVICE_SAMPLES`).
 
+  On the searched deployment's own device the search may hand a `LatencyFn` instead: the budget
+  limiter's latency model, calibrated on that device's own measurements (and refitted on every
+  real episode). Ratios do not transfer between thread counts: fitted on two cpu-1t deployments'
+  96 episodes, the regressor predicted 32 cpu-2t episodes 37% too slow (median), 20% after 8 of
+  that device's own, where the limiter's model was within 6.7% from its calibration alone (digits
+  ResNet-20, 7 classes, 2026-12-04), so the search thought most within-budget models were over it.
+
 The policy encoding (`PolicyEncoder`): per unit the channel fraction the compressor really keeps
 (rounded as it rounds; 0 for a removed block), the rank ratio of a factorized unit and an int8
 flag; then the estimated MACs and parameter ratios of the whole model and the class subset
@@ -57,6 +64,9 @@ FOLDS = 5
 MIN_DEVICE_SAMPLES = 3
 """Real episodes on a device before its latency and memory can be predicted."""
 SURROGATE_DEVICE = "surrogate"
+
+LatencyFn = Callable[[Policy], float]
+"""A policy's predicted latency (ms) on the searched deployment's device (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +294,10 @@ class SurrogateEvaluator:
     device: str
     analysis: ModelAnalysis
     round_to: int = 1
+    latency: LatencyFn | None = None
+    """Latency from this instead of the surrogate's regressor (the device's calibrated model)."""
+    accuracy_shift: float = 0.0
+    """Standard deviations of its prediction added to each accuracy (negative: a lower bound)."""
     calls: int = 0
     _memo: dict[bytes, Outcome] = field(default_factory=dict, repr=False)
     _fitted: int = field(default=-1, repr=False)
@@ -295,8 +309,14 @@ class SurrogateEvaluator:
             self._fitted = id(self.surrogate)
         key = self.surrogate.encoder.encode(policy, self.classes).tobytes()
         if key not in self._memo:
-            predicted = self.surrogate.predict([policy], self.classes, self.device, self.baseline)
-            self._memo[key] = self._outcome(policy, predicted.resources(0))
+            prediction = self.surrogate.predict([policy], self.classes, self.device, self.baseline)
+            predicted = prediction.resources(0)
+            if self.accuracy_shift:
+                shifted = predicted.accuracy + self.accuracy_shift * float(prediction.accuracy_std[0])
+                predicted = replace(predicted, accuracy=min(max(shifted, 0.0), 1.0))
+            if self.latency is not None:
+                predicted = replace(predicted, latency_ms=self.latency(policy))
+            self._memo[key] = self._outcome(policy, predicted)
         return self._memo[key]
 
     def _outcome(self, policy: Policy, predicted: Resources) -> Outcome:
@@ -328,14 +348,16 @@ def rank_policies(
     baseline: Resources,
     reward: Callable[[Resources, Resources], float],
     optimism: float = 0.0,
+    latency: LatencyFn | None = None,
 ) -> list[tuple[float, Policy]]:
     """(predicted reward, policy), best first, for policies of one deployment (one batch
     prediction); each accuracy raised by `optimism` standard deviations of its prediction (an
-    upper confidence bound: where the surrogate is unsure, it is worth measuring)."""
+    upper confidence bound: where the surrogate is unsure, it is worth measuring); latencies from
+    `latency` when given."""
     if not policies:
         return []
     return rank_encoded(surrogate, surrogate.encoder.encode_all(policies, classes), policies, device, baseline,
-                        reward, optimism)
+                        reward, optimism, latency)
 
 
 def rank_encoded(
@@ -346,9 +368,12 @@ def rank_encoded(
     baseline: Resources,
     reward: Callable[[Resources, Resources], float],
     optimism: float = 0.0,
+    latency: LatencyFn | None = None,
 ) -> list[tuple[float, Policy]]:
     """`rank_policies` for policies already encoded (rows of `x`)."""
     predicted = surrogate.predict_encoded(x, device, baseline)
+    if latency is not None:
+        predicted = replace(predicted, latency_ms=np.array([latency(p) for p in policies]))
     hopeful = replace(predicted, accuracy=np.clip(predicted.accuracy + optimism * predicted.accuracy_std, 0.0, 1.0))
     scored = [(float(reward(hopeful.resources(i), baseline)), p) for i, p in enumerate(policies)]
     return sorted(scored, key=lambda item: -item[0])

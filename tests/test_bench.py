@@ -616,3 +616,13 @@ def test_warm_start_takes_cold_rows_only_with_the_same_settings(
     assert lines[1] == f"all-50: cold PPO run here, no baselines ({path}: deployment.config.recovery.episode_steps 40 != 20)"
     assert lines[2].endswith("no ppo runs of it)")
     assert warm_start.load_cold(tmp_path / "missing.json", SimpleNamespace(), dict.fromkeys(now))[0] == {}
+
+
+def test_searchers_merge_names_a_baseline_that_moved(bench_module: Callable[[str], ModuleType]) -> None:
+    """Reused rows searched under a baseline more than 2% away are said to be, with both numbers."""
+    searchers = bench_module("searchers")
+    earlier = {"deployments": {"all-30": {"baseline": {"latency_ms": 0.766}}, "all-50": {"baseline": {"latency_ms": 0.72}}}}
+    now = {name: SimpleNamespace(baseline=SimpleNamespace(latency_ms=0.716)) for name in ("all-30", "all-50", "c037")}
+    lines = searchers.baseline_drift(earlier, now)
+    assert len(lines) == 1 and lines[0].startswith("note: all-30's baseline measures 0.716 ms now, 0.766 ms"), lines
+    assert "(-6.5%)" in lines[0]

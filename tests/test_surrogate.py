@@ -26,6 +26,7 @@ from modeltailor.agent.surrogate_search import (
     LocalProposer,
     SurrogateSearcher,
     SurrogateSettings,
+    device_latency,
     score_noise,
     seed_design,
 )
@@ -36,13 +37,15 @@ from modeltailor.compressors.policy import Policy, UnitAction
 from modeltailor.compressors.pruning import ChannelPruningCompressor
 from modeltailor.env.compression_env import CompressionEnv
 from modeltailor.env.evaluator import EvalData, PolicyEvaluator
-from modeltailor.env.reward import AccuracyFloorReward, Resources
+from modeltailor.env.limiter import Budget, BudgetLimiter, TighteningLimiter
+from modeltailor.env.reward import AccuracyFloorReward, BudgetReward, Resources
 from modeltailor.env.surrogate import (
     PolicyEncoder,
     Regressor,
     SurrogateEvaluator,
     fit_surrogate,
     kendall_tau,
+    rank_encoded,
     sample_of,
     select_kind,
 )
@@ -374,3 +377,74 @@ def test_an_unwritable_experience_folder_is_one_clear_error(tmp_path: Path):
         check_writable(blocker / "sub" / "x.jsonl")
     check_writable(tmp_path / "fine" / "x.jsonl")  # created when missing
     assert (tmp_path / "fine").is_dir()
+
+
+class KeptChannelsModel:
+    """A stand-in latency model: the mean keep ratio asked about, in ms (so any policy's is known)."""
+
+    def predict(self, keep, ranks=None) -> float:
+        return float(np.mean(list(keep.values())))
+
+
+def test_the_searched_device_latency_is_the_limiters_calibrated_model(model):  # noqa: F811
+    """On the searched device the surrogate's latency is what the limiter's model (fitted on that
+    device's own measurements) predicts, in the evaluator the agent plays and in the ranking;
+    without a latency model, or with int8 chosen per unit (which it ignores), the regressor's."""
+    analysis, _ = model
+    names = [u.name for u in analysis.units]
+    limiter = BudgetLimiter(Budget(max_latency_ms=1.0), predictor=KeptChannelsModel())  # type: ignore[arg-type]
+    env = make_env(model, ("prune",), modelled=True, limiter=limiter)
+    latency = device_latency(env)
+    assert latency is not None and latency(Policy.uniform(names, 0.5)) == pytest.approx(0.5)
+    floor = TighteningLimiter(limiter, lambda _out: True)
+    assert device_latency(make_env(model, ("prune",), modelled=True, limiter=floor)) is not None
+    assert device_latency(make_env(model, ("prune",), modelled=True)) is None  # no budget: no model
+    assert device_latency(make_env(model, ("prune", "int8"), modelled=True, limiter=limiter)) is None
+
+    rng = np.random.default_rng(0)
+    policies = [random_policy(analysis.units, rng) for _ in range(12)]
+    baseline = Resources(0.95, 0.2, 2000)
+    samples = [sample_of(p, 0.9, 0.1 + 0.01 * i, 1000, baseline, None, "cpu-1t") for i, p in enumerate(policies)]
+    surrogate = fit_surrogate(samples, PolicyEncoder(analysis, num_classes=4, round_to=1), kind="trees", seed=0)
+    plain = SurrogateEvaluator(surrogate, baseline, None, "cpu-2t", analysis)
+    calibrated = replace(plain, latency=latency, _memo={})
+    for p in policies[:3]:
+        assert calibrated(p).latency_ms == pytest.approx(np.mean(list(p.keep_ratios().values())))
+        assert calibrated(p).accuracy == plain(p).accuracy and plain(p).latency_ms != calibrated(p).latency_ms
+    # the ranking judges the budget by the same latencies: a budget only the mildest policy misses
+    budget = BudgetReward(max_latency_ms=max(latency(p) for p in policies) - 1e-6)
+    ranked = rank_encoded(surrogate, surrogate.encoder.encode_all(policies, None), policies, "cpu-2t", baseline,
+                          budget, 0.0, latency)
+    mildest = max(policies, key=latency)
+    assert ranked[-1][1] is mildest and ranked[-1][0] < ranked[0][0]
+
+
+def test_under_a_floor_the_surrogate_plays_a_lower_bound_of_accuracy(model, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+    """accuracy_shift -1: each accuracy the evaluator gives is its prediction less one standard
+    deviation; the search sets it only under an accuracy floor (`floor_pessimism`)."""
+    analysis, _ = model
+    rng = np.random.default_rng(1)
+    policies = [random_policy(analysis.units, rng) for _ in range(16)]
+    baseline = Resources(0.95, 0.2, 2000)
+    samples = [sample_of(p, float(rng.uniform(0.5, 0.95)), 0.1, 1000, baseline, None, "cpu-1t") for p in policies]
+    surrogate = fit_surrogate(samples, PolicyEncoder(analysis, num_classes=4, round_to=1), kind="trees", seed=0)
+    mean = SurrogateEvaluator(surrogate, baseline, None, "cpu-1t", analysis)
+    lower = replace(mean, accuracy_shift=-1.0, _memo={})
+    fresh = random_policy(analysis.units, rng)
+    std = float(surrogate.predict([fresh], None, "cpu-1t", baseline).accuracy_std[0])
+    assert std > 0 and lower(fresh).accuracy == pytest.approx(mean(fresh).accuracy - std)
+
+    shifts: list[float] = []
+    original = SurrogateEvaluator.__call__
+
+    def spy(self: SurrogateEvaluator, policy: Policy):  # type: ignore[no-untyped-def]
+        shifts.append(self.accuracy_shift)
+        return original(self, policy)
+
+    monkeypatch.setattr(SurrogateEvaluator, "__call__", spy)
+    for reward, expected in ((AccuracyFloorReward(min_accuracy=0.9), -1.0), (BudgetReward(max_latency_ms=1.0), 0.0)):
+        shifts.clear()
+        env = make_env(model, ("prune",), modelled=True)
+        env.reward_fn = reward
+        SurrogateSearcher(seed=0, settings=FAST, ppo=PPOSettings(hidden=16)).search(env, 10)
+        assert shifts and set(shifts) == {expected}, (reward, set(shifts))
