@@ -348,10 +348,12 @@ class SurrogateSearcher:
             # a search spent on seed episodes still leaves an agent (trained on what they taught
             # the surrogate) for the next deployment to start from
             surrogate = self._fit(env, view, encoder, None)
-            evaluator = SurrogateEvaluator(surrogate, env.baseline, view.classes, view.device, env.analysis,
-                                           view.round_to, device_latency(env) if self.settings.device_latency else None,
-                                           -self.settings.floor_pessimism if isinstance(env.reward_fn, AccuracyFloorReward)
-                                           else 0.0)
+            floor = isinstance(env.reward_fn, AccuracyFloorReward)
+            evaluator = SurrogateEvaluator(
+                surrogate, env.baseline, view.classes, view.device, env.analysis, view.round_to,
+                latency=device_latency(env) if self.settings.device_latency else None,
+                accuracy_shift=-self.settings.floor_pessimism if floor else 0.0,
+            )
             variants = deployment_variants(env, view) if self.proposer == "ppo" and self.settings.variants else []
             evaluators = [evaluator, *(replace(evaluator, classes=v.classes, _memo={}) for v in variants)]
             self.notes["deployment_variants"] = len(variants)
@@ -625,8 +627,7 @@ def device_latency(env: CompressionEnv) -> LatencyFn | None:
     limiter = env.limiter.inner if isinstance(env.limiter, TighteningLimiter) else env.limiter
     if not isinstance(limiter, BudgetLimiter) or limiter.predictor is None or env.int8:
         return None
-    model = limiter.predictor
-    return lambda policy: model.predict(policy.keep_ratios(), policy.lowrank_ratios())
+    return lambda policy: limiter.predicted_latency(env.analysis, policy.keep_ratios(), policy.lowrank_ratios())
 
 
 def seed_design(units: int, dims: int, count: int, seed: int) -> list[np.ndarray]:

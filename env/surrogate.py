@@ -225,6 +225,12 @@ class Prediction:
     def resources(self, i: int) -> Resources:
         return Resources(float(self.accuracy[i]), float(self.latency_ms[i]), float(self.memory_bytes[i]))
 
+    def shifted(self, deviations: float) -> Prediction:
+        """Each accuracy moved by `deviations` standard deviations of its prediction, within [0, 1]."""
+        if not deviations:
+            return self
+        return replace(self, accuracy=np.clip(self.accuracy + deviations * self.accuracy_std, 0.0, 1.0))
+
 
 @dataclass
 class Surrogate:
@@ -310,10 +316,7 @@ class SurrogateEvaluator:
         key = self.surrogate.encoder.encode(policy, self.classes).tobytes()
         if key not in self._memo:
             prediction = self.surrogate.predict([policy], self.classes, self.device, self.baseline)
-            predicted = prediction.resources(0)
-            if self.accuracy_shift:
-                shifted = predicted.accuracy + self.accuracy_shift * float(prediction.accuracy_std[0])
-                predicted = replace(predicted, accuracy=min(max(shifted, 0.0), 1.0))
+            predicted = prediction.shifted(self.accuracy_shift).resources(0)
             if self.latency is not None:
                 predicted = replace(predicted, latency_ms=self.latency(policy))
             self._memo[key] = self._outcome(policy, predicted)
@@ -374,7 +377,7 @@ def rank_encoded(
     predicted = surrogate.predict_encoded(x, device, baseline)
     if latency is not None:
         predicted = replace(predicted, latency_ms=np.array([latency(p) for p in policies]))
-    hopeful = replace(predicted, accuracy=np.clip(predicted.accuracy + optimism * predicted.accuracy_std, 0.0, 1.0))
+    hopeful = predicted.shifted(optimism)
     scored = [(float(reward(hopeful.resources(i), baseline)), p) for i, p in enumerate(policies)]
     return sorted(scored, key=lambda item: -item[0])
 
