@@ -51,7 +51,7 @@ from _settings import (  # bench/, beside this file
     legend,
 )
 
-from modeltailor.agent import make_searcher
+from modeltailor.agent import SEARCHERS, make_searcher
 from modeltailor.compressors.policy import Policy
 from modeltailor.env.records import EpisodeRecord, Outcome
 from modeltailor.env.reward import Resources
@@ -264,6 +264,7 @@ def main() -> None:
     searchers = args.searchers.split(",")
     started = time.perf_counter()
     names = args.deployments.split(",")
+    check_names(searchers, names)
     configs = {name: deployment_config(DEPLOYMENTS[name], args.episode_steps, args.config) for name in names}
     earlier = earlier_runs(args.out, run_settings(args), configs) if args.merge else {}
     caches: dict[str, dict] = {}
@@ -308,6 +309,15 @@ def main() -> None:
     print(f"\n{args.episodes} episodes, seeds {args.seeds}, episode recovery "
           f"{next(iter(deployments.values())).config.recovery.episode_steps} steps, "
           f"{time.perf_counter() - started:.0f} s in all")
+
+
+def check_names(searchers: list[str], deployments: list[str]) -> None:
+    """SystemExit in one line, before any workbench is built, for a searcher or deployment this
+    bench does not know."""
+    for what, given, known in (("searcher", searchers, (*SEARCHERS, *ABLATIONS)), ("deployment", deployments, DEPLOYMENTS)):
+        unknown = [n for n in given if n not in known]
+        if unknown:
+            raise SystemExit(f"error: unknown {what} {', '.join(map(repr, unknown))}: use one of {', '.join(known)}")
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -626,3 +626,16 @@ def test_searchers_merge_names_a_baseline_that_moved(bench_module: Callable[[str
     lines = searchers.baseline_drift(earlier, now)
     assert len(lines) == 1 and lines[0].startswith("note: all-30's baseline measures 0.716 ms now, 0.766 ms"), lines
     assert "(-6.5%)" in lines[0]
+
+
+@pytest.mark.parametrize(("flag", "value", "what"), [("--searchers", "ppo,nope", "searcher 'nope'"),
+                                                     ("--deployments", "all-99", "deployment 'all-99'")])
+def test_searchers_unknown_name_is_one_line(
+    bench_module: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch, flag: str, value: str, what: str,
+) -> None:
+    searchers = bench_module("searchers")
+    monkeypatch.setattr(sys, "argv", ["searchers.py", flag, value])
+    with pytest.raises(SystemExit) as refused:
+        searchers.main()
+    message = str(refused.value.code)
+    assert message.startswith(f"error: unknown {what}: use one of") and "\n" not in message, message
