@@ -351,7 +351,7 @@ class SurrogateSearcher:
             floor = isinstance(env.reward_fn, AccuracyFloorReward)
             evaluator = SurrogateEvaluator(
                 surrogate, env.baseline, view.classes, view.device, env.analysis, view.round_to,
-                latency=device_latency(env) if self.settings.device_latency else None,
+                latency=self._latency(env),
                 accuracy_shift=-self.settings.floor_pessimism if floor else 0.0,
             )
             variants = deployment_variants(env, view) if self.proposer == "ppo" and self.settings.variants else []
@@ -402,21 +402,31 @@ class SurrogateSearcher:
 
     # --- the steps ----------------------------------------------------------------------------
     def _seed(self, env: CompressionEnv, view: ExperienceView, episodes: int) -> int:
-        """Measure the seed episodes the experience lacks (out of the budget); how many."""
+        """Measure the seed episodes the experience lacks (out of the budget); how many. Where the
+        regressor predicts this device's latency (no calibrated limiter model: `device_latency`),
+        experience from other devices is not enough: half the seed episodes are measured here."""
         own = [r for r in env.history if r.failure is None]
         on_device = sum(1 for s in view.prior if s.device == view.device) + len(own)
         total = len(view.prior) + len(own)
-        wanted = min(max(self.settings.seed_episodes - total, 0), episodes)
+        wanted = max(self.settings.seed_episodes - total, 0)
+        short_here = self._latency(env) is None and on_device < self.settings.seed_episodes // 2
+        if short_here:
+            wanted = max(wanted, self.settings.seed_episodes // 2 - on_device)
+        wanted = min(wanted, episodes)
         if wanted <= 0:
             return 0
+        why = " (the latency on this device is the regressor's, from episodes measured here)" if short_here else ""
         self.report(
             f"experience: {len(view.prior)} earlier real episodes of this model and data ({on_device} on this "
-            f"device): measuring {wanted} seed episodes (a space-filling design, out of the {episodes}-episode budget)"
+            f"device): measuring {wanted} seed episodes (a space-filling design, out of the {episodes}-episode budget){why}"
         )
         for genome in seed_design(len(env.units), _dims(env), wanted, self.seed + len(own)):
             run_episode(env, _player(genome))
         self.notes["seed_episodes"] = wanted
         return wanted
+
+    def _latency(self, env: CompressionEnv) -> LatencyFn | None:
+        return device_latency(env) if self.settings.device_latency else None
 
     def _fit(self, env: CompressionEnv, view: ExperienceView, encoder: PolicyEncoder, kind: str | None) -> Surrogate:
         own = [view.sample(r, env.baseline) for r in env.history if r.failure is None]

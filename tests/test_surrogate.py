@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from modeltailor.agent import make_searcher
+from modeltailor.agent import surrogate_search as surrogate_search_module
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings, save_checkpoint
 from modeltailor.agent.surrogate_search import (
     ExperienceView,
@@ -229,6 +230,22 @@ def test_enough_experience_means_no_seed_episodes(model):  # noqa: F811
     _, _, second = surrogate_search(model, seed=1, episodes=4, view=view)
     assert second.notes["seed_episodes"] == 0 and second.notes["prior_samples"] == 14
     assert len(second.episodes) == 4
+
+
+def test_experience_from_other_devices_alone_still_seeds_this_one(model, monkeypatch):  # noqa: F811
+    """With no calibrated latency model on the searched device the regressor predicts its latency,
+    so experience measured only elsewhere is not enough: half the seed episodes are measured here.
+    With the limiter's model (standing in: the mean keep ratio) none are."""
+    env, _, first = surrogate_search(model, seed=0)
+    view = ExperienceView(prior=tuple(sample_of(r.policy, r.accuracy, r.latency_ms, r.memory_bytes, env.baseline,
+                                                None, "elsewhere") for r in first.episodes))
+    _, _, second = surrogate_search(model, seed=1, episodes=5, view=view)
+    assert second.notes["seed_episodes"] == FAST.seed_episodes // 2 and len(second.episodes) == 5
+    model_latency = KeptChannelsModel()
+    monkeypatch.setattr(surrogate_search_module, "device_latency",
+                        lambda env: lambda policy: model_latency.predict(policy.keep_ratios()))
+    _, _, third = surrogate_search(model, seed=1, episodes=5, view=view)
+    assert third.notes["seed_episodes"] == 0 and len(third.episodes) == 5
 
 
 @pytest.mark.parametrize("margin", [None, 100.0])
