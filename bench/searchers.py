@@ -19,7 +19,8 @@ best speedup meeting the accuracy floor) after k = 3, 6, 12, 24, 48 real episode
 them as --episodes allows), the fraction of episodes that met the budget / floor, and the episodes
 until the search was within 0.5 points (or 5% of latency) of its own final best.
 
-Usage: python bench/searchers.py [--episodes 48] [--seeds 0,1,2] [--episode-steps 40]
+Usage: python bench/searchers.py [--config examples/digits-resnet20.yaml] [--episodes 48] [--seeds 0,1,2]
+       [--episode-steps 40]
        [--searchers ppo,evolution-surrogate,ppo-real,random,uniform,greedy,evolution]
        [--deployments all-30,all-50,c037-accuracy] [--out runs/bench/searchers.json]
 Writes every episode and the settings it was made with to --out (JSON: the run's episodes and
@@ -253,7 +254,7 @@ def main() -> None:
                         help=f"any of modeltailor's searchers, or an ablation: {', '.join(ABLATIONS)}")
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument("--episode-steps", type=int, default=None,
-                        help="distillation steps per episode (default: the config's, 40)")
+                        help="distillation steps per episode (default: the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "searchers.json")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other searchers' runs already in --out and add or replace these; refused in one "
