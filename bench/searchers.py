@@ -196,7 +196,8 @@ def summarize_run(d: Deployment, records: list[EpisodeRecord]) -> dict[str, Any]
         "to_near_best": episodes_to_reach(d, curve, final),
         "curve": curve,
         "episodes": [
-            {"accuracy": r.accuracy, "latency_ms": r.latency_ms, "feasible": r.feasible, "cached": r.cached}
+            {"accuracy": r.accuracy, "latency_ms": r.latency_ms, "feasible": r.feasible, "cached": r.cached,
+             "policy": r.policy.to_dict()}  # what was measured, for offline looks (the surrogate's view of it)
             for r in records
         ],
     }

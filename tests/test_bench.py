@@ -38,6 +38,8 @@ from typing import Any
 import pytest
 import yaml
 
+from modeltailor.compressors.policy import Policy
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
 """The bench scripts; bench/_*.py are helpers they import."""
@@ -193,7 +195,8 @@ def test_searchers_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
                     "--out", str(tmp_path / "searchers.json"))
     rows = table_rows(out, ["| deployment", "searcher", "best", "within budget"], "all-50")
     assert [row.split("|")[2].strip() for row in rows] == ["random", "uniform"], rows
-    assert (tmp_path / "searchers.json").is_file()
+    episodes = json.loads((tmp_path / "searchers.json").read_text())["results"]["all-50"]["random"][0]["episodes"]
+    assert len(episodes) == 2 and all(Policy.from_dict(e["policy"]).actions for e in episodes)  # each measured policy
     # --merge with the same settings (--episode-steps now omitted: the config's 2): random kept, marked
     out = run_bench("searchers", cache, "--config", str(config), "--episodes", "2", "--seeds", "0",
                     "--searchers", "uniform", "--deployments", "all-50", "--merge",
