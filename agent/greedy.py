@@ -92,7 +92,7 @@ class GreedySearcher:
         accuracy = probe_results(env, plan, previous)
         pending = [p for p in plan if p not in accuracy]
         evaluated = {record.policy.actions for record in previous}
-        allocations = _Allocations(env, total - len(plan))
+        allocations = Allocations(env, total - len(plan))
         log.info("greedy: %d probes (%d pending), then allocations", len(plan), len(pending))
 
         def play(_i: int) -> EpisodeRecord:
@@ -186,7 +186,7 @@ def uniform_policies(env: CompressionEnv) -> Iterator[Policy]:
         yield Policy(tuple(UnitAction(u.name, "prune", round(float(keep), 4)) for u in env.units))
 
 
-class _Allocations:
+class Allocations:
     """Phase 2: which allocation to evaluate next, given the probes and what was evaluated."""
 
     def __init__(self, env: CompressionEnv, episodes: int) -> None:

@@ -133,6 +133,7 @@ class FirstSight:
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "ppo-regressor-latency": ("ppo", {"device_latency": False}),
     "ppo-floor-mean": ("ppo", {"floor_pessimism": 0.0}),
+    "ppo-no-allocation": ("ppo", {"allocation_candidates": 0}),
 }
 """Searchers the bench also runs by name: a searcher with some `search.surrogate` settings changed."""
 

@@ -26,9 +26,9 @@ The policy encoding (`PolicyEncoder`): per unit the channel fraction the compres
 flag; then the estimated MACs and parameter ratios of the whole model and the class subset
 (multi-hot and fraction). Equal encodings are equal models.
 
-Which regressor (`KINDS`: a Gaussian process, extremely randomized trees, a small MLP ensemble) is
-picked by measurement: the one with the best cross-validated Kendall tau on the samples at hand
-(`select_kind`); `Surrogate.scores` keeps every candidate's score. Predictions steer the search
+Which regressor (`KINDS`: a Gaussian process, extremely randomized trees, a small MLP ensemble, an
+additive model) is picked by measurement: the one with the best cross-validated Kendall tau on the
+samples at hand (`select_kind`); `Surrogate.scores` keeps every candidate's score. Predictions steer the search
 only: every reported number is measured by a real episode.
 """
 
@@ -51,9 +51,14 @@ from modeltailor.env.records import Outcome
 from modeltailor.env.reward import Resources
 from modeltailor.errors import ModelTailorError
 
-KINDS: tuple[str, ...] = ("gp", "trees", "mlp")
+KINDS: tuple[str, ...] = ("gp", "trees", "mlp", "additive")
 """Regressors `select_kind` chooses among: a Gaussian process (Matern kernel plus noise),
-extremely randomized trees, an ensemble of five small MLPs (Once-for-All's predictor)."""
+extremely randomized trees, an ensemble of five small MLPs (Once-for-All's predictor), and an
+additive model (Bayesian ridge over each feature and its square: a sum of one smooth curve per
+unit: the per-layer sensitivity greedy search and AIMET assume). Trees and a GP with one length
+scale treat every unit alike until they have seen many episodes; the additive model weighs each
+unit from the start, and answers what the others can only extrapolate: one unit compressed, the
+rest untouched (the probes `agent.surrogate_search` allocates from)."""
 DEFAULT_KIND = "trees"
 """Below `SELECT_MIN` samples there is too little to cross-validate on: extremely randomized trees
 then. bench/surrogate.py, fitted on 12 real episodes (digits ResNet-20, 3 shuffles), held-out
@@ -145,13 +150,13 @@ class Regressor:
             warnings.simplefilter("ignore")
             self._models = [_make(self.kind, self.seed + i) for i in range(5 if self.kind == "mlp" else 1)]
             for model in self._models:
-                model.fit(xs, ys)
+                model.fit(self._basis(xs), ys)
         return self
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xs = self._x(np.atleast_2d(x))
-        if self.kind == "gp":
-            mean, std = self._models[0].predict(xs, return_std=True)
+        if self.kind in ("gp", "additive"):
+            mean, std = self._models[0].predict(self._basis(xs), return_std=True)
         elif self.kind == "trees":
             # the trees' own float32 input, validated once: per-tree validation was 90% of a
             # one-row prediction (18 ms of 20 for 100 trees), and a surrogate episode makes three
@@ -166,6 +171,10 @@ class Regressor:
     def _x(self, x: np.ndarray) -> np.ndarray:
         return (x - self._mean) / self._scale
 
+    def _basis(self, xs: np.ndarray) -> np.ndarray:
+        """The additive model's features: each standardized column and its square; the others' own."""
+        return np.c_[xs, xs**2] if self.kind == "additive" else xs
+
 
 def _make(kind: str, seed: int) -> Any:
     if kind == "gp":
@@ -175,6 +184,10 @@ def _make(kind: str, seed: int) -> Any:
         kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=5.0, length_scale_bounds=(1e-1, 1e3), nu=2.5)
         kernel += WhiteKernel(0.05, (1e-5, 1.0))
         return GaussianProcessRegressor(kernel, normalize_y=False, random_state=seed)
+    if kind == "additive":
+        from sklearn.linear_model import BayesianRidge
+
+        return BayesianRidge()
     if kind == "trees":
         from sklearn.ensemble import ExtraTreesRegressor
 

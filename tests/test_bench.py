@@ -642,3 +642,17 @@ def test_searchers_unknown_name_is_one_line(
         searchers.main()
     message = str(refused.value.code)
     assert message.startswith(f"error: unknown {what}: use one of") and "\n" not in message, message
+
+
+def test_every_searchers_ablation_changes_real_settings(bench_module: Callable[[str], ModuleType]) -> None:
+    """An ablation's changed settings are surrogate-search settings (a misspelt one would be refused
+    only after the workbench of a long run is built), each set away from its default."""
+    from dataclasses import fields
+
+    from modeltailor.agent.surrogate_search import SurrogateSettings
+
+    searchers = bench_module("searchers")
+    defaults = {f.name: f.default for f in fields(SurrogateSettings)}
+    for name, (base, changed) in searchers.ABLATIONS.items():
+        assert base in searchers.SEARCHERS and name.startswith(base)
+        assert changed and all(key in defaults and defaults[key] != value for key, value in changed.items())

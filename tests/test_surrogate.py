@@ -23,6 +23,7 @@ from modeltailor.agent import make_searcher
 from modeltailor.agent import surrogate_search as surrogate_search_module
 from modeltailor.agent.ppo import PPOSearcher, PPOSettings, save_checkpoint
 from modeltailor.agent.surrogate_search import (
+    AllocationProposer,
     ExperienceView,
     LocalProposer,
     SurrogateSearcher,
@@ -135,8 +136,41 @@ def test_kind_is_picked_by_cross_validated_rank():
     x = rng.uniform(size=(40, 5))
     y = x[:, 0] * 2 + np.sin(3 * x[:, 1])
     kind, scores = select_kind(x, y)
-    assert set(scores) == {"gp", "trees", "mlp"} and scores[kind] == max(scores.values()) and scores[kind] > 0.7
+    assert set(scores) == {"gp", "trees", "mlp", "additive"} and scores[kind] == max(scores.values()) and scores[kind] > 0.7
     assert select_kind(x[:10], y[:10]) == ("trees", {})  # too few to cross-validate
+
+
+def test_the_additive_model_ranks_per_unit_sensitivities_from_few_episodes():
+    """Accuracy as a sum of one curve per unit (a few units matter, most hardly): fitted on fewer
+    episodes than it has features, the additive model ranks held-out policies better than the trees
+    and tells which unit hurts most when it alone is pruned."""
+    rng = np.random.default_rng(3)
+    units = 24
+    weight = np.where(np.arange(units) % 6 == 0, 3.0, 0.1)
+    def drop(keep: np.ndarray) -> np.ndarray:
+        return ((1.0 - keep) ** 2 * weight).sum(axis=1) + rng.normal(0.0, 0.02, len(keep))
+    x = rng.uniform(0.2, 1.0, size=(40, units))
+    held = rng.uniform(0.2, 1.0, size=(200, units))
+    taus = {kind: kendall_tau(drop(held), Regressor(kind, 0).fit(x, drop(x)).predict(held)[0])
+            for kind in ("additive", "trees")}
+    assert taus["additive"] > taus["trees"] + 0.1 and taus["additive"] > 0.6
+    probes = np.ones((units, units)) - 0.7 * np.eye(units)  # each unit alone at keep 0.3
+    predicted, std = Regressor("additive", 0).fit(x, drop(x)).predict(probes)
+    assert set(np.argsort(-predicted)[:4]) <= set(np.flatnonzero(weight > 1)) and (std > 0).all()
+
+
+def test_allocations_come_from_the_surrogates_predicted_probes(model):  # noqa: F811
+    """Greedy's allocations on a modelled evaluator whose units differ in sensitivity (weights 1, 2,
+    3 by index): the probes are predicted, never played, and the allocations prune the least
+    sensitive units hardest."""
+    env = make_env(model, ("prune",), modelled=True)
+    proposer = AllocationProposer(ratios=3)
+    policies = proposer.learn(env, 5)
+    assert len(policies) == 5 == proposer.played and len(set(policies)) == 5 and env.history == []
+    weights = {u.name: u.index % 3 for u in env.units}
+    for policy in policies:
+        keep = {w: np.mean([a.keep for a in policy.actions if weights[a.unit] == w]) for w in range(3)}
+        assert keep[0] < keep[2]
 
 
 def test_the_trees_mean_is_the_forests_own_prediction():
@@ -185,7 +219,7 @@ def test_surrogate_search_is_deterministic_for_a_seed_and_spends_the_budget(mode
 
 def test_without_design_or_local_candidates_every_proposal_is_the_agents(model):  # noqa: F811
     env = make_env(model, ("prune",), modelled=True)
-    settings = replace(FAST, design_candidates=0, local_candidates=0)
+    settings = replace(FAST, design_candidates=0, local_candidates=0, allocation_candidates=0)
     searcher = SurrogateSearcher(seed=0, settings=settings, ppo=PPOSettings(hidden=16))
     result = searcher.search(env, FAST.seed_episodes + 3)
     assert result.notes["proposals"] == {"agent": 3, "design": 0}
@@ -208,7 +242,7 @@ def test_local_candidates_are_mutations_of_the_best_real_episodes(model):  # noq
 
 def test_only_the_ppo_search_plays_local_candidates(model):  # noqa: F811
     _, _, ppo = surrogate_search(model, seed=0, episodes=FAST.seed_episodes + 4)
-    assert set(ppo.notes["proposals"]) == {"agent", "design", "local"}
+    assert set(ppo.notes["proposals"]) == {"agent", "design", "local", "allocation"}
     assert sum(ppo.notes["proposals"].values()) == 4
     env = make_env(model, ("prune",), modelled=True)
     evolution = make_searcher("evolution-surrogate", 0, surrogate=vars(FAST)).search(env, FAST.seed_episodes + 2)

@@ -166,6 +166,11 @@ class SurrogateConfig(Strict):
         description="fresh space-filling designs played on the surrogate each round and ranked with the agent's models "
         "(0: the agent's alone)",
     )
+    allocation_candidates: int = Field(
+        12, ge=0, le=1000,
+        description="ppo: greedy search's allocations computed from the surrogate's predicted per-unit sensitivities, "
+        "ranked with the agent's models each round (0: none)",
+    )
     rollout_episodes: int = Field(
         16, ge=1, le=1024, description="ppo: episodes per PPO update on the surrogate (search.ppo.episodes_per_rollout is ppo-real's)"
     )
