@@ -174,8 +174,8 @@ class SearchAgentInfo(Strict):
     experience: str | None = Field(default=None, description="the experience file read and appended (null: off)")
     proposals: dict[str, int] | None = Field(
         default=None, description="of the real episodes after the seeds, how many went to the agent's models, how "
-        "many to the space-filling design's and (ppo) how many to mutations of the best real episodes (local), all "
-        "ranked by the surrogate")
+        "many to the space-filling design's and (ppo) how many to mutations of the best real episodes (local) and "
+        "to greedy's allocations from the surrogate's predicted sensitivities (allocation), all ranked by the surrogate")
     deployment_variants: int = Field(
         default=0, description="ppo: variants of the deployment (budgets, floors, class subsets) its agent also learned on"
     )
