@@ -302,6 +302,9 @@ def main() -> None:
                 if notes.get("proposals"):  # the surrogate searchers: whose models the real episodes measured
                     run["proposals"] = notes["proposals"]
                     proposals = "  proposals " + ", ".join(f"{k} {v}" for k, v in notes["proposals"].items())
+                if notes.get("predictor"):  # the accuracy regressor last chosen, and every kind's cross-validated tau
+                    run["predictor"] = notes["predictor"]
+                    proposals += f"  predictor {notes['predictor']['kind']}"
                 results[dname][sname].append(run)
                 print(f"  seed {seed} {sname:<19} best {run['best']}  feasible {run['feasible']:.0%}  "
                       f"near best at {run['to_near_best']}{proposals}  ({run['seconds']:.0f} s)", flush=True)
