@@ -4,7 +4,7 @@ Real episodes of the default deployment (ResNet-20 on digits, cpu-1t, all classe
 policies from mild to aggressive (each unit's keep ratio drawn below a per-policy ceiling, a
 skippable block removed with probability 0.2), compressed, recovered (--episode-steps), exported
 and measured, as a search measures them. A fixed held-out set (--held-out policies) is set aside;
-each regressor kind (Gaussian process, extremely randomized trees, MLP ensemble) and the automatic
+each regressor kind (Gaussian process, extremely randomized trees, MLP ensemble, additive) and the automatic
 choice (`select_kind`, by cross-validated Kendall tau on the training samples alone) is fitted on
 the first n of the rest, for n in --sizes, and scored on the held-out set: Kendall tau of the
 predicted against the measured accuracy, and of the predicted against the measured latency, and

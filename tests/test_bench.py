@@ -258,7 +258,7 @@ def test_surrogate_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
                     "--sizes", "12", "--seeds", "0", "--episode-steps", "0", "--out", str(tmp_path / "s.json"))
     rows = [row for row in table_rows(out, ["| predictor", "real episodes fitted on", "accuracy Kendall tau"])
             if row.startswith("|")]
-    assert {row.split("|")[1].strip().split(" ")[0] for row in rows} == {"gp", "trees", "mlp", "auto"}, rows
+    assert {row.split("|")[1].strip().split(" ")[0] for row in rows} == {"gp", "trees", "mlp", "additive", "auto"}, rows
     assert len(json.loads((tmp_path / "s.json").read_text())["episodes"]) == 24
 
 

@@ -69,7 +69,7 @@ def sample_summary(quantized: bool = False, pareto: list[ParetoPoint] | None = N
         ),
         search_agent=SearchAgentInfo(
             proposer="ppo", real_episodes=4, seed_episodes=4, surrogate_episodes=0, prior_samples=0, agent_from="cold",
-            experience="cache/experience/resnet20--digits.jsonl", proposals={"agent": 3, "design": 1, "local": 2},
+            experience="cache/experience/resnet20--digits.jsonl", proposals={"agent": 3, "design": 1, "local": 2, "allocation": 2},
         ),
         interrupted=False,
         searcher="ppo", search_seconds=10.0, total_seconds=20.0,
