@@ -134,6 +134,7 @@ class SurrogateSettings:
     with the other sources' models. What greedy search spends 36 of 48 real episodes on (CIFAR-10
     ResNet-20), the surrogate answers in milliseconds, and each real episode corrects it."""
     allocation_ratios: int = 4
+    """Keep ratios each unit's predicted probes try (greedy's `probe_keeps`), mildest first."""
     local_parents: int = 4
     """How many of the best real episodes the local candidates are mutated from (round robin)."""
     local_every: int = 2
@@ -550,11 +551,10 @@ class SurrogateSearcher:
         return best, predicted, source
 
     def _round(self, source: _Agent) -> int:
-        if source.label == "local":
-            return self.settings.local_candidates
-        if source.label == "allocation":
-            return self.settings.allocation_candidates
-        return self.settings.design_candidates if source.label == "design" else self.settings.round_episodes
+        """Models per round: a source's `<label>_candidates`, the agent's `round_episodes`."""
+        if source.label in OTHER_SOURCES:
+            return int(getattr(self.settings, f"{source.label}_candidates"))
+        return self.settings.round_episodes
 
     def _local(self, env: CompressionEnv, evaluators: list[SurrogateEvaluator]) -> list[_Agent]:
         """The PPO search's mutations of its best real episodes, on the searched deployment's
