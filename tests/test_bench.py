@@ -93,7 +93,7 @@ def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
 
 def test_every_bench_script_is_covered() -> None:
     assert set(SCRIPTS) == {
-        "campaign", "cifar10", "corpus", "dashboard_screenshot", "episode_noise", "feasibility", "floor_correction", "fuzz_api", "held_out",
+        "campaign", "cifar10", "class_aware", "corpus", "dashboard_screenshot", "episode_noise", "feasibility", "floor_correction", "fuzz_api", "held_out",
         "joint_vs_prune", "lowrank", "recovery_budget", "resolution", "search_default", "subsets", "searchers", "shared_agent", "surrogate", "warm_start",
     }, "a bench script was added or removed: give it a --help (and smoke) test here"
 
@@ -362,6 +362,12 @@ def test_fuzz_api_smoke(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "fuzz.json").read_text())["requests"] == counted
 
 
+TINY_CIFAR = ["model.kwargs.width=0.5", "data.input_size=16", "train.epochs=8", "train.batch_size=16",
+              "train.lr=0.05", "recovery.final_steps=2", "recovery.episode_steps=2", "recovery.batch_size=16",
+              "device.runs=10", "device.warmup=2", "compute.precision=fp32", "search.searcher=random"]
+"""--set overrides that shrink a CIFAR-10 deployment to the tiny archive (its own teacher, 8 short epochs)."""
+
+
 def tiny_cifar10(folder: Path) -> Path:
     """A CIFAR-10-format archive: the 10 class folders, 16 train and 2 test 32x32 JPEGs each."""
     from tests.test_data_archive import make_members, write_archive
@@ -374,12 +380,9 @@ def test_cifar10_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """A teacher trained on the tiny archive, one Torch-Pruning ratio (alone and then int8), ORT int8
     of the teacher and one 2-episode search (the accuracy objective: no budget to reach)."""
     _, cache = tiny
-    tiny_set = ["model.kwargs.width=0.5", "data.input_size=16", "train.epochs=8", "train.batch_size=16",
-                "train.lr=0.05", "recovery.final_steps=2", "recovery.episode_steps=2", "recovery.batch_size=16",
-                "device.runs=10", "device.warmup=2", "compute.precision=fp32", "search.searcher=random"]
     out = run_bench("cifar10", cache, "--data", str(tiny_cifar10(tmp_path)), "--episodes", "2", "--ratios", "0.5",
                     "--modes", "uniform", "--skip", "budget", "joint", "int8search", "subset", "--repeats", "1",
-                    "--set", *tiny_set, "--out", str(tmp_path / "out"))
+                    "--set", *TINY_CIFAR, "--out", str(tmp_path / "out"))
     rows = [row for row in table_rows(out, ["| model", "test acc", "drop (pt)", "latency ms", "speedup", "params k"])
             if row.startswith("|")]
     names = [row.split("|")[1].strip() for row in rows]
@@ -392,15 +395,39 @@ def test_cifar10_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_class_aware_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """cat/dog on the tiny archive, one keep ratio, one seed, 2 steps: a row per variant, every
+    variant at the same MACs (same widths), class-agnostic at +0.00 against itself."""
+    _, cache = tiny
+    out = run_bench("class_aware", cache, "--data", str(tiny_cifar10(tmp_path)), "--subset", "cat-dog", "--keeps", "0.5",
+                    "--seeds", "0", "--steps", "2", "--set", *TINY_CIFAR, "--out", str(tmp_path / "out"))
+    rows = [row for row in table_rows(out, ["| keep", "variant", "ranked on", "distilled on", "test acc"])
+            if row.startswith("|")]
+    cells = [[c.strip() for c in row.strip("| ").split("|")] for row in rows]
+    assert [c[1] for c in cells] == ["class-agnostic", "ranked on the subset", "distilled on the subset", "class-aware",
+                                     "l2, distilled on the subset"], rows
+    assert len({c[4] for c in cells}) == 1 and cells[0][7] == "+0.00", rows
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["config"]["classes"] == ["cat", "dog"] and results["settings"]["args"]["steps"] == 2
+    assert all(0.0 <= a <= 1.0 for r in results["rows"] for a in r["accuracies"])
+
+
+def test_class_aware_refuses_bad_arguments(tmp_path: Path) -> None:
+    for bad, says in ((["--subset", "all"], "--subset: 'all' is not a class subset"),
+                      (["--keeps", "0.5,1.2"], "--keeps: each keep ratio must be in (0, 1)"),
+                      (["--keeps", "half"], "are not comma-separated numbers")):
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "class_aware.py"), *bad], cwd=ROOT,
+                              env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
 def test_subsets_smoke(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """All classes and cat/dog on the tiny archive, one seed, 2 random episodes each: a row per
     subset with its numbers, the all-class model narrowed beside it, the plot and the report."""
     _, cache = tiny
-    tiny_set = ["model.kwargs.width=0.5", "data.input_size=16", "train.epochs=8", "train.batch_size=16",
-                "train.lr=0.05", "recovery.final_steps=2", "recovery.episode_steps=2", "recovery.batch_size=16",
-                "device.runs=10", "device.warmup=2", "compute.precision=fp32", "search.searcher=random"]
     args = ["--data", str(tiny_cifar10(tmp_path)), "--subsets", "all,cat-dog", "--seeds", "0", "--episodes", "2",
-            "--repeats", "1", "--set", *tiny_set, "--out", str(tmp_path / "out")]
+            "--repeats", "1", "--set", *TINY_CIFAR, "--out", str(tmp_path / "out")]
     out = run_bench("subsets", cache, *args)
     rows = [row for row in table_rows(out, ["| subset", "classes", "teacher acc", "searched: speedup"])
             if row.startswith("|")]
