@@ -40,6 +40,11 @@ def test_accuracy_floor_prefers_the_fastest_within_the_floor():
     assert reward.feasible(fast_ok) and not reward.feasible(faster_bad)
     assert reward(fast_ok, BASE) > reward(faster_bad, BASE)
     assert reward(Resources(0.95, 0.4, 1000), BASE) > reward(fast_ok, BASE)
+    # a miss just under the floor, however fast, never outranks a model within it at the baseline's speed
+    just_under, at_baseline = Resources(0.939, 0.1, 1000), Resources(0.94, BASE.latency_ms, 1000)
+    assert reward(at_baseline, BASE) == 0.0 > reward(just_under, BASE) == pytest.approx(-20 * 0.001)
+    slow_bad = Resources(0.939, 2 * BASE.latency_ms, 1000)  # under the floor and slower: the slowdown counts too
+    assert reward(slow_bad, BASE) == pytest.approx(math.log(0.5) - 20 * 0.001)
 
 
 def test_make_reward_by_kind():
