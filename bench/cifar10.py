@@ -92,12 +92,18 @@ class Row:
         return f"{self.name} {MARK}" if self.reused else self.name
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cifar10_parser(doc: str) -> argparse.ArgumentParser:
+    """A CIFAR-10 bench script's parser with the arguments `deployment` reads: --data, --config, --model."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None,
                         help="cifar10-jpeg.tar.gz or its extracted folder (default: the config's data.root)")
     parser.add_argument("--config", type=Path, default=ROOT / "examples" / "cifar10-resnet20.yaml")
     parser.add_argument("--model", default=None, help="zoo model (default: the config's)")
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = cifar10_parser(__doc__)
     parser.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the config's)")
     parser.add_argument("--main-episodes", type=int, default=None,
                         help="episodes of the first budget's search, the headline deployment (default: --episodes)")

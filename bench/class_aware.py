@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from _cli import one_line_errors
 from _settings import deployment_settings
-from cifar10 import deployment  # bench/cifar10.py, beside this file
+from cifar10 import cifar10_parser, deployment  # bench/cifar10.py, beside this file
 from subsets import SUBSETS
 from torch import nn
 
@@ -74,11 +74,7 @@ VARIANTS = (
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None,
-                        help="cifar10-jpeg.tar.gz or its extracted folder (default: the config's data.root)")
-    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "cifar10-resnet20.yaml")
-    parser.add_argument("--model", default=None, help="zoo model (default: the config's)")
+    parser = cifar10_parser(__doc__)
     parser.add_argument("--subset", default="auto-ship-truck",
                         help=f"one of {', '.join(s for s in SUBSETS if s != 'all')}")
     parser.add_argument("--keeps", default="0.5,0.3", help="uniform keep ratios, comma-separated, each in (0, 1)")
