@@ -36,7 +36,7 @@ import onnxruntime as ort
 import torch
 from _cli import one_line_errors
 from _settings import MARK, deployment_settings, legend
-from cifar10 import Row, deployment, search_row, teacher_row  # bench/cifar10.py, beside this file
+from cifar10 import Row, cifar10_parser, deployment, search_row, teacher_row  # bench/, beside this
 
 from modeltailor.experiments.search.workbench import build_workbench
 
@@ -52,11 +52,7 @@ SUBSETS: dict[str, list[str] | None] = {
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None,
-                        help="cifar10-jpeg.tar.gz or its extracted folder (default: the config's data.root)")
-    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "cifar10-resnet20.yaml")
-    parser.add_argument("--model", default=None, help="zoo model (default: the config's), e.g. resnet56")
+    parser = cifar10_parser(__doc__)
     parser.add_argument("--subsets", default=",".join(SUBSETS), help=f"comma-separated, from {', '.join(SUBSETS)}")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the config's)")
